@@ -1,0 +1,105 @@
+"""Conversions between domain rows and the column tuples both SQL stores use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
+from fleetforge.ports.store import AttemptRow, DecisionRow
+
+__all__ = [
+    "attempt_finish_params",
+    "attempt_from_row",
+    "attempt_params",
+    "budget_from_row",
+    "budget_params",
+    "decision_from_row",
+    "decision_params",
+    "run_from_row",
+    "run_params",
+    "step_from_row",
+    "step_params",
+    "step_update_params",
+]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _load(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def run_params(r: RunRow) -> tuple[Any, ...]:
+    return (r.id, r.workspace, r.app, str(r.status), _dump(r.spec), r.seed, r.slo_tier, r.queue_target_ms,
+            r.trace_id, r.created_us, r.started_us, r.finished_us, r.error_kind, _dump(r.labels))
+
+
+def run_from_row(row: Any) -> RunRow:
+    (id_, ws, app, status, spec, seed, tier, target, trace, created, started, finished, err, labels) = row
+    return RunRow(id=id_, workspace=ws, app=app, status=RunStatus(status), spec=_load(spec), seed=seed,
+                  slo_tier=tier, queue_target_ms=target, trace_id=trace, created_us=created,
+                  started_us=started, finished_us=finished, error_kind=err, labels=_load(labels))
+
+
+def step_params(s: StepRow) -> tuple[Any, ...]:
+    return (s.run_id, s.step_id, str(s.type), str(s.status), _dump(s.spec), s.attempt, s.max_attempts,
+            s.deps_remaining, s.due_us, s.ready_us, s.not_before_us, s.queue_target_ms, s.priority_boost,
+            s.slo_tier, s.lease_owner, s.lease_expires_us, s.started_us, s.finished_us, s.first_failure_us,
+            s.error_kind, None if s.output is None else _dump(s.output))
+
+
+def step_update_params(s: StepRow) -> tuple[Any, ...]:
+    return (str(s.status), s.attempt, s.deps_remaining, s.due_us, s.ready_us, s.not_before_us, s.lease_owner,
+            s.lease_expires_us, s.started_us, s.finished_us, s.first_failure_us, s.error_kind,
+            None if s.output is None else _dump(s.output), s.run_id, s.step_id)
+
+
+def step_from_row(row: Mapping[str, Any]) -> StepRow:
+    output = row["output"]
+    return StepRow(
+        run_id=row["run_id"], step_id=row["step_id"], type=StepType(row["type"]),
+        status=StepStatus(row["status"]), spec=_load(row["spec"]), attempt=row["attempt"],
+        max_attempts=row["max_attempts"], deps_remaining=row["deps_remaining"], due_us=row["due_us"],
+        ready_us=row["ready_us"], not_before_us=row["not_before_us"],
+        queue_target_ms=row["queue_target_ms"], priority_boost=row["priority_boost"],
+        slo_tier=row["slo_tier"], lease_owner=row["lease_owner"], lease_expires_us=row["lease_expires_us"],
+        started_us=row["started_us"], finished_us=row["finished_us"],
+        first_failure_us=row["first_failure_us"], error_kind=row["error_kind"],
+        output=None if output is None else _load(output),
+    )
+
+
+def budget_params(b: BudgetRow) -> tuple[Any, ...]:
+    return (b.scope, b.tokens_limit, b.cost_limit_micros, b.tokens_reserved, b.tokens_used,
+            b.cost_reserved_micros, b.cost_used_micros)
+
+
+def budget_from_row(row: Any) -> BudgetRow:
+    return BudgetRow(*row)
+
+
+def attempt_params(a: AttemptRow) -> tuple[Any, ...]:
+    return (a.run_id, a.step_id, a.attempt, a.status, a.worker, a.started_us, a.finished_us, a.error_kind,
+            a.tokens_reserved, a.tokens_used, a.cost_reserved_micros, a.cost_used_micros, a.input_tokens,
+            a.output_tokens, a.cached_tokens, a.tool, a.provider, a.model)
+
+
+def attempt_finish_params(a: AttemptRow) -> tuple[Any, ...]:
+    return (a.status, a.finished_us, a.error_kind, a.tokens_used, a.cost_used_micros, a.input_tokens,
+            a.output_tokens, a.cached_tokens, a.tool, a.provider, a.model, a.run_id, a.step_id, a.attempt)
+
+
+def attempt_from_row(row: Any) -> AttemptRow:
+    return AttemptRow(*row)
+
+
+def decision_params(d: DecisionRow) -> tuple[Any, ...]:
+    return (d.id, d.run_id, d.step_id, d.attempt, d.pack, d.hook, d.effect, d.reason, d.at_us)
+
+
+def decision_from_row(row: Any) -> DecisionRow:
+    return DecisionRow(*row)

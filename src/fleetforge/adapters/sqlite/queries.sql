@@ -1,0 +1,150 @@
+-- Named queries of the SQLite store. Parameters are positional (?).
+
+-- name: insert_run
+INSERT INTO runs (id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+                  created_us, started_us, finished_us, error_kind, labels)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: update_run
+UPDATE runs SET status = ?, started_us = ?, finished_us = ?, error_kind = ? WHERE id = ?;
+
+-- name: select_run
+SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+       created_us, started_us, finished_us, error_kind, labels
+FROM runs WHERE id = ?;
+
+-- name: list_runs
+SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+       created_us, started_us, finished_us, error_kind, labels
+FROM runs
+WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workspace = ?2)
+ORDER BY created_us DESC LIMIT ?3;
+
+-- name: count_open_runs
+SELECT count(*) FROM runs WHERE status IN ('queued', 'running');
+
+-- name: insert_step
+INSERT INTO steps (run_id, step_id, type, status, spec, attempt, max_attempts, deps_remaining, due_us,
+                   ready_us, not_before_us, queue_target_ms, priority_boost, slo_tier, lease_owner,
+                   lease_expires_us, started_us, finished_us, first_failure_us, error_kind, output)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_dep
+INSERT INTO step_deps (run_id, step_id, depends_on) VALUES (?, ?, ?);
+
+-- name: update_step
+UPDATE steps SET status = ?, attempt = ?, deps_remaining = ?, due_us = ?, ready_us = ?,
+                 not_before_us = ?, lease_owner = ?, lease_expires_us = ?, started_us = ?,
+                 finished_us = ?, first_failure_us = ?, error_kind = ?, output = ?
+WHERE run_id = ? AND step_id = ?;
+
+-- name: select_steps_of_run
+SELECT * FROM steps WHERE run_id = ? ORDER BY rowid;
+
+-- name: select_step
+SELECT * FROM steps WHERE run_id = ? AND step_id = ?;
+
+-- name: ready_steps
+SELECT * FROM steps
+WHERE status = 'queued' AND not_before_us <= ?
+ORDER BY due_us LIMIT ?;
+
+-- name: expired_leases
+SELECT * FROM steps
+WHERE status = 'running' AND lease_expires_us < ?
+ORDER BY lease_expires_us LIMIT ?;
+
+-- name: open_steps_of_run
+SELECT * FROM steps
+WHERE run_id = ? AND status IN ('pending', 'queued', 'running');
+
+-- name: release_dependents
+UPDATE steps SET deps_remaining = deps_remaining - 1
+WHERE run_id = ?1
+  AND step_id IN (SELECT step_id FROM step_deps WHERE run_id = ?1 AND depends_on = ?2)
+  AND status = 'pending'
+RETURNING *;
+
+-- name: select_budget
+SELECT scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+       cost_reserved_micros, cost_used_micros
+FROM budgets WHERE scope = ?;
+
+-- name: upsert_budget
+INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+                     cost_reserved_micros, cost_used_micros)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope) DO UPDATE SET
+    tokens_limit = excluded.tokens_limit, cost_limit_micros = excluded.cost_limit_micros,
+    tokens_reserved = excluded.tokens_reserved, tokens_used = excluded.tokens_used,
+    cost_reserved_micros = excluded.cost_reserved_micros, cost_used_micros = excluded.cost_used_micros;
+
+-- name: insert_attempt
+INSERT INTO attempts (run_id, step_id, attempt, status, worker, started_us, finished_us, error_kind,
+                      tokens_reserved, tokens_used, cost_reserved_micros, cost_used_micros,
+                      input_tokens, output_tokens, cached_tokens, tool, provider, model)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: finish_attempt
+UPDATE attempts SET status = ?, finished_us = ?, error_kind = ?, tokens_used = ?, cost_used_micros = ?,
+                    input_tokens = ?, output_tokens = ?, cached_tokens = ?, tool = ?, provider = ?, model = ?
+WHERE run_id = ? AND step_id = ? AND attempt = ?;
+
+-- name: select_attempts
+SELECT run_id, step_id, attempt, status, worker, started_us, finished_us, error_kind,
+       tokens_reserved, tokens_used, cost_reserved_micros, cost_used_micros,
+       input_tokens, output_tokens, cached_tokens, tool, provider, model
+FROM attempts WHERE run_id = ? ORDER BY started_us, step_id, attempt;
+
+-- name: insert_decision
+INSERT INTO policy_decisions (id, run_id, step_id, attempt, pack, hook, effect, reason, at_us)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: select_decisions
+SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us
+FROM policy_decisions WHERE run_id = ? ORDER BY at_us, id;
+
+-- name: insert_event
+INSERT INTO outbox (event_id, kind, run_id, envelope, created_us) VALUES (?, ?, ?, ?, ?);
+
+-- name: read_outbox
+SELECT 0, seq, event_id, kind, run_id, envelope, created_us
+FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?;
+
+-- name: get_cursor
+SELECT pos_xid, pos_seq FROM outbox_cursors WHERE consumer = ?;
+
+-- name: set_cursor
+INSERT INTO outbox_cursors (consumer, pos_xid, pos_seq, updated_us) VALUES (?, ?, ?, ?)
+ON CONFLICT (consumer) DO UPDATE SET
+    pos_xid = excluded.pos_xid, pos_seq = excluded.pos_seq, updated_us = excluded.updated_us;
+
+-- name: outbox_backlog
+SELECT count(*), min(created_us) FROM outbox WHERE seq > ?;
+
+-- name: summary_runs
+SELECT status, count(*) FROM runs GROUP BY status;
+
+-- name: summary_steps
+SELECT status, count(*) FROM steps GROUP BY status;
+
+-- name: summary_attempts
+SELECT s.type, a.status, a.attempt, count(*)
+FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id
+GROUP BY s.type, a.status, a.attempt;
+
+-- name: summary_decisions
+SELECT pack, hook, effect, count(*) FROM policy_decisions GROUP BY pack, hook, effect;
+
+-- name: summary_budget
+SELECT r.workspace, r.app, sum(a.tokens_reserved), sum(a.tokens_used),
+       sum(a.cost_reserved_micros), sum(a.cost_used_micros)
+FROM attempts a JOIN runs r ON r.id = a.run_id
+WHERE a.status <> 'denied'
+GROUP BY r.workspace, r.app;
+
+-- name: summary_tools
+SELECT a.tool, a.provider, a.error_kind, count(*)
+FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id
+WHERE s.type IN ('tool', 'http') AND a.status IN ('succeeded', 'failed')
+GROUP BY a.tool, a.provider, a.error_kind;

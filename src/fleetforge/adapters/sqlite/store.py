@@ -1,0 +1,256 @@
+"""SQLite state store (embedded default): WAL, one connection per thread, `BEGIN IMMEDIATE` writes.
+
+SQLite serializes writers, so outbox sequence order is commit order and readers need no gap guard.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fleetforge.adapters import rows
+from fleetforge.adapters.sqlfiles import load_queries, migrations
+from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.errors import StoreError, StoreUnavailable
+from fleetforge.domain.models import BudgetRow, RunRow, StepRow
+from fleetforge.ports.clock import Clock, SystemClock
+from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
+
+__all__ = ["SqliteStore"]
+
+Q = load_queries("fleetforge.adapters.sqlite")
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
+        self.c = conn
+        self.clock = clock
+
+    def insert_run(self, run: RunRow) -> None:
+        self.c.execute(Q["insert_run"], rows.run_params(run))
+
+    def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
+        self.c.executemany(Q["insert_step"], [rows.step_params(s) for s in steps])
+        self.c.executemany(Q["insert_dep"], deps)
+
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
+        out: dict[str, RunRow] = {}
+        for rid in dict.fromkeys(run_ids):
+            row = self.c.execute(Q["select_run"], (rid,)).fetchone()
+            if row is not None:
+                out[rid] = rows.run_from_row(tuple(row))
+        return out
+
+    def update_runs(self, runs: Sequence[RunRow]) -> None:
+        self.c.executemany(
+            Q["update_run"], [(str(r.status), r.started_us, r.finished_us, r.error_kind, r.id) for r in runs]
+        )
+
+    def get_steps(self, run_id: str) -> list[StepRow]:
+        return [rows.step_from_row(r) for r in self.c.execute(Q["select_steps_of_run"], (run_id,))]
+
+    def lock_ready_steps(self, now_us: int, limit: int) -> list[StepRow]:
+        return [rows.step_from_row(r) for r in self.c.execute(Q["ready_steps"], (now_us, limit))]
+
+    def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
+        found = (self.c.execute(Q["select_step"], k).fetchone() for k in keys)
+        return [rows.step_from_row(r) for r in found if r is not None]
+
+    def lock_expired_leases(self, now_us: int, limit: int) -> list[StepRow]:
+        return [rows.step_from_row(r) for r in self.c.execute(Q["expired_leases"], (now_us, limit))]
+
+    def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
+        return [
+            rows.step_from_row(r)
+            for rid in dict.fromkeys(run_ids)
+            for r in self.c.execute(Q["open_steps_of_run"], (rid,))
+        ]
+
+    def update_steps(self, steps: Sequence[StepRow]) -> None:
+        self.c.executemany(Q["update_step"], [rows.step_update_params(s) for s in steps])
+
+    def release_dependents(self, done: Sequence[tuple[str, str]]) -> list[StepRow]:
+        ready: list[StepRow] = []
+        for key in done:
+            for r in self.c.execute(Q["release_dependents"], key).fetchall():
+                step = rows.step_from_row(r)
+                if step.deps_remaining == 0:
+                    ready.append(step)
+        return ready
+
+    def lock_budgets(self, scopes: Sequence[str]) -> dict[str, BudgetRow]:
+        out: dict[str, BudgetRow] = {}
+        for scope in dict.fromkeys(scopes):
+            row = self.c.execute(Q["select_budget"], (scope,)).fetchone()
+            if row is not None:
+                out[scope] = rows.budget_from_row(tuple(row))
+        return out
+
+    def upsert_budgets(self, budgets: Sequence[BudgetRow]) -> None:
+        self.c.executemany(Q["upsert_budget"], [rows.budget_params(b) for b in budgets])
+
+    def insert_attempts(self, attempts: Sequence[AttemptRow]) -> None:
+        self.c.executemany(Q["insert_attempt"], [rows.attempt_params(a) for a in attempts])
+
+    def finish_attempts(self, attempts: Sequence[AttemptRow]) -> None:
+        self.c.executemany(Q["finish_attempt"], [rows.attempt_finish_params(a) for a in attempts])
+
+    def insert_decisions(self, decisions: Sequence[DecisionRow]) -> None:
+        self.c.executemany(Q["insert_decision"], [rows.decision_params(d) for d in decisions])
+
+    def append_events(self, events: Sequence[Envelope]) -> None:
+        now = self.clock.now_us()
+        self.c.executemany(
+            Q["insert_event"], [(e.id, str(e.kind), e.run_id, e.to_json(), now) for e in events]
+        )
+
+
+class SqliteStore:
+    """The embedded store at `path` (a file; created with its folder on first use)."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, *, clock: Clock | None = None, busy_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.clock = clock or SystemClock()
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+                )
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"cannot open SQLite store at {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqliteTx]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} is not writable: {exc}") from exc
+        try:
+            yield _SqliteTx(conn, self.clock)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"commit failed: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite query failed: {exc}") from exc
+
+    def migrate(self) -> int:
+        conn = self._conn()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_us INTEGER NOT NULL)"
+        )
+        for version, name, sql in migrations("fleetforge.adapters.sqlite"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone()
+                if done is None:
+                    for statement in _statements(sql):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, self.clock.now_us())
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return self.schema_version()
+
+    def schema_version(self) -> int:
+        try:
+            row = self._conn().execute("SELECT max(version) FROM schema_migrations").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0] or 0)
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        found = self._query(Q["select_run"], (run_id,))
+        return rows.run_from_row(tuple(found[0])) if found else None
+
+    def list_runs(
+        self, *, status: str | None = None, workspace: str | None = None, limit: int = 50
+    ) -> list[RunRow]:
+        return [rows.run_from_row(tuple(r)) for r in self._query(Q["list_runs"], (status, workspace, limit))]
+
+    def get_steps(self, run_id: str) -> list[StepRow]:
+        return [rows.step_from_row(r) for r in self._query(Q["select_steps_of_run"], (run_id,))]
+
+    def get_attempts(self, run_id: str) -> list[AttemptRow]:
+        return [rows.attempt_from_row(tuple(r)) for r in self._query(Q["select_attempts"], (run_id,))]
+
+    def get_decisions(self, run_id: str) -> list[DecisionRow]:
+        return [rows.decision_from_row(tuple(r)) for r in self._query(Q["select_decisions"], (run_id,))]
+
+    def count_open_runs(self) -> int:
+        return int(self._query(Q["count_open_runs"])[0][0])
+
+    def aggregate(self, name: str) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._query(Q[name])]
+
+    def read_outbox(self, after: OutboxPosition, limit: int) -> list[OutboxRecord]:
+        return [
+            OutboxRecord((xid, seq), eid, kind, run_id, env, created)
+            for xid, seq, eid, kind, run_id, env, created in self._query(Q["read_outbox"], (after[1], limit))
+        ]
+
+    def iter_outbox(self, batch: int = 5000) -> Iterator[OutboxRecord]:
+        pos: OutboxPosition = (0, 0)
+        while chunk := self.read_outbox(pos, batch):
+            yield from chunk
+            pos = chunk[-1].position
+
+    def get_cursor(self, consumer: str) -> OutboxPosition:
+        found = self._query(Q["get_cursor"], (consumer,))
+        return (int(found[0][0]), int(found[0][1])) if found else (0, 0)
+
+    def set_cursor(self, consumer: str, position: OutboxPosition) -> None:
+        with self.transaction() as tx:
+            tx.c.execute(Q["set_cursor"], (consumer, position[0], position[1], self.clock.now_us()))
+
+    def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
+        count, oldest = self._query(Q["outbox_backlog"], (self.get_cursor(consumer)[1],))[0]
+        return int(count), oldest
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (no semicolons inside our literals)."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

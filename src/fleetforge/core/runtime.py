@@ -1,0 +1,77 @@
+"""The runtime facade: validate and submit runs, cancel them, and make workers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fleetforge.core.config import RuntimeConfig
+from fleetforge.core.policies.registry import option_validators
+from fleetforge.core.scheduler import Scheduler
+from fleetforge.core.submit import build_run
+from fleetforge.core.worker import Observer, Worker
+from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.errors import NotFoundError
+from fleetforge.domain.models import RunSpec, StepType
+from fleetforge.domain.spec import parse_spec, spec_to_dict
+from fleetforge.ports.clock import Clock, SystemClock
+from fleetforge.ports.executor import Executor
+from fleetforge.ports.policy import PolicyPack
+from fleetforge.ports.store import Store
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Everything a process needs to submit, cancel and execute runs against one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        executors: dict[StepType, Executor],
+        packs: Mapping[str, PolicyPack],
+        config: RuntimeConfig | None = None,
+        clock: Clock | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.executors = executors
+        self.packs = packs
+        self.clock = clock or SystemClock()
+        self.observer = observer
+        validators = option_validators(packs)
+        self.scheduler = Scheduler(executors=executors, packs=packs, config=config,
+                                   parse=lambda d: parse_spec(d, packs=validators))
+
+    def parse(self, data: Mapping[str, Any]) -> RunSpec:
+        """Validate a spec mapping; raises SpecError naming every problem."""
+        return self.scheduler.parse(data)
+
+    def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None) -> str:
+        """Validate (when given a mapping) and store a run in one transaction; returns its id."""
+        parsed = spec if isinstance(spec, RunSpec) else self.parse(spec)
+        now = self.clock.now_us()
+        run, steps, deps = build_run(parsed, spec_to_dict(parsed), now, run_id)
+        with self.store.transaction() as tx:
+            events = self.scheduler.submit(tx, run, steps, deps, parsed, now)
+        self._emit(events)
+        return run.id
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run; False when it had already ended. Raises NotFoundError for unknown ids."""
+        if self.store.get_run(run_id) is None:
+            raise NotFoundError(f"no run {run_id!r}; list runs with `fleetforge runs list`")
+        with self.store.transaction() as tx:
+            events = self.scheduler.cancel(tx, run_id, self.clock.now_us())
+        self._emit(events)
+        return bool(events)
+
+    def worker(self, worker_id: str, *, concurrency: int = 16, poll_interval_s: float = 0.05) -> Worker:
+        return Worker(self.store, self.scheduler, self.executors, worker_id=worker_id,
+                      concurrency=concurrency, poll_interval_s=poll_interval_s, clock=self.clock,
+                      observer=self.observer)
+
+    def _emit(self, events: list[Envelope]) -> None:
+        if self.observer is not None and events:
+            self.observer(events)

@@ -1,0 +1,503 @@
+"""State transitions of runs and steps. Every method runs inside one store transaction and writes
+the state change, the cost ledger, policy decisions and the outbox events together."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetforge.core import budgets as B
+from fleetforge.core.config import RuntimeConfig
+from fleetforge.core.events import run_event, step_event
+from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.models import (
+    TERMINAL_RUN,
+    TERMINAL_STEP,
+    BudgetRow,
+    ErrorKind,
+    RunRow,
+    RunSpec,
+    RunStatus,
+    StepRow,
+    StepSpec,
+    StepStatus,
+    StepType,
+)
+from fleetforge.domain.money import to_micros, to_usd
+from fleetforge.domain.names import EventKind as K
+from fleetforge.ports.executor import ExecutionResult, Executor, StepFailure
+from fleetforge.ports.policy import Effect, Hook, PolicyContext, PolicyPack
+from fleetforge.ports.store import AttemptRow, DecisionRow, Tx
+
+__all__ = ["Claim", "Outcome", "Scheduler"]
+
+
+@dataclass(slots=True)
+class Claim:
+    """An attempt a worker holds the lease for."""
+
+    run: RunRow
+    step: StepRow
+    spec: StepSpec
+    attempt: int
+    inputs: dict[str, Any]
+    reservation: B.Reservation
+    worker: str
+    started_us: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an attempt ended: a result or a classified failure."""
+
+    claim: Claim
+    finished_us: int
+    result: ExecutionResult | None = None
+    failure: StepFailure | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one transaction accumulates before writing."""
+
+    events: list[Envelope] = field(default_factory=list)
+    steps: dict[tuple[str, str], StepRow] = field(default_factory=dict)
+    runs: dict[str, RunRow] = field(default_factory=dict)
+    budgets: dict[str, BudgetRow] = field(default_factory=dict)
+    new_attempts: list[AttemptRow] = field(default_factory=list)
+    done_attempts: list[AttemptRow] = field(default_factory=list)
+    decisions: list[DecisionRow] = field(default_factory=list)
+    failed_runs: set[str] = field(default_factory=set)
+    touched_runs: set[str] = field(default_factory=set)
+
+    def step(self, s: StepRow) -> None:
+        self.steps[(s.run_id, s.step_id)] = s
+
+    def flush(self, tx: Tx) -> None:
+        if self.runs:
+            tx.update_runs(list(self.runs.values()))
+        if self.steps:
+            tx.update_steps(list(self.steps.values()))
+        if self.budgets:
+            tx.upsert_budgets(list(self.budgets.values()))
+        if self.new_attempts:
+            tx.insert_attempts(self.new_attempts)
+        if self.done_attempts:
+            tx.finish_attempts(self.done_attempts)
+        if self.decisions:
+            tx.insert_decisions(self.decisions)
+        if self.events:
+            tx.append_events(self.events)
+
+
+def _doomed(run: RunRow, b: _Batch) -> bool:
+    """The run ended or failed: nothing more of it may start."""
+    return run.status in TERMINAL_RUN or run.id in b.failed_runs or run.error_kind != ""
+
+
+class Scheduler:
+    """Claims, completions, lease recovery and cancellation, as pure logic over a `Tx`."""
+
+    def __init__(
+        self,
+        *,
+        executors: Mapping[StepType, Executor],
+        packs: Mapping[str, PolicyPack],
+        parse: Callable[[Mapping[str, Any]], RunSpec],
+        config: RuntimeConfig | None = None,
+    ) -> None:
+        self.executors = executors
+        self.packs = packs
+        self.parse = parse
+        self.config = config or RuntimeConfig()
+        self._specs: OrderedDict[str, RunSpec] = OrderedDict()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def run_spec(self, run: RunRow) -> RunSpec:
+        spec = self._specs.get(run.id)
+        if spec is None:
+            spec = self._specs[run.id] = self.parse(run.spec)
+            if len(self._specs) > 4096:
+                self._specs.popitem(last=False)
+        return spec
+
+    def _step_spec(self, run: RunRow, step_id: str) -> StepSpec:
+        return next(s for s in self.run_spec(run).steps if s.id == step_id)
+
+    def _budgets(self, tx: Tx, b: _Batch, run: RunRow) -> list[BudgetRow]:
+        scopes = B.scopes_of(run)
+        missing = [s for s in scopes if s not in b.budgets]
+        if missing:
+            found = tx.lock_budgets(missing)
+            for s in missing:
+                b.budgets[s] = found.get(s) or BudgetRow(s, None, None)
+        return [b.budgets[s] for s in scopes]
+
+    def _policy(self, b: _Batch, hook: Hook, run: RunRow, step: StepRow, spec: StepSpec, attempt: int,
+                payload: dict[str, Any], now: int, **ctx: Any) -> tuple[dict[str, Any], str | None]:
+        """Evaluate the run's and step's packs for `hook`. Returns (payload, deny reason or None)."""
+        for pack_spec in (*self.run_spec(run).packs, *spec.policy.packs):
+            pack = self.packs[pack_spec.name]
+            if hook not in pack.hooks:
+                continue
+            verdict = pack.evaluate(PolicyContext(run_id=run.id, step=spec, hook=hook, payload=payload,
+                                                  options=pack_spec.options, **ctx))
+            b.decisions.append(DecisionRow(str(uuid.uuid4()), run.id, step.step_id, attempt, pack.name,
+                                           str(hook), str(verdict.effect), verdict.reason, now))
+            b.events.append(step_event(K.POLICY_DECISION, run, step, attempt, now, pack=pack.name,
+                                       hook=str(hook), effect=str(verdict.effect), reason=verdict.reason,
+                                       raw=verdict.raw))
+            if verdict.effect is Effect.DENY:
+                return payload, f"{pack.name}: {verdict.reason}"
+            if verdict.effect is Effect.MODIFY and verdict.payload is not None:
+                payload = verdict.payload
+        return payload, None
+
+    def _queue(self, b: _Batch, run: RunRow, step: StepRow, now: int, *, not_before: int) -> None:
+        step.status = StepStatus.QUEUED
+        step.ready_us = not_before
+        step.not_before_us = not_before
+        step.due_us = not_before + (step.queue_target_ms - step.priority_boost) * 1000
+        step.lease_owner, step.lease_expires_us = "", 0
+        b.step(step)
+
+    # -- submission ----------------------------------------------------------------------------
+
+    def submit(self, tx: Tx, run: RunRow, steps: list[StepRow], deps: list[tuple[str, str, str]],
+               spec: RunSpec, now: int) -> list[Envelope]:
+        """Store a validated run with its steps and budgets; roots are queued."""
+        tx.insert_run(run)
+        tx.insert_steps(steps, deps)
+        rows: list[BudgetRow] = []
+        if spec.budget is not None and not spec.budget.empty:
+            rows.append(B.row_for_limit(B.run_scope(run.id), spec.budget))
+        app_limit = self.config.app_budgets.get(f"{run.workspace}/{run.app}")
+        if app_limit is not None:
+            scope = B.app_scope(run.workspace, run.app)
+            row = tx.lock_budgets([scope]).get(scope) or BudgetRow(scope, None, None)
+            fresh = B.row_for_limit(scope, app_limit)
+            row.tokens_limit, row.cost_limit_micros = fresh.tokens_limit, fresh.cost_limit_micros
+            rows.append(row)
+        if rows:
+            tx.upsert_budgets(rows)
+        events = [run_event(K.RUN_SUBMITTED, run, now, steps=len(steps),
+                            budget_tokens=(spec.budget.tokens or 0) if spec.budget else 0,
+                            budget_cost_usd=(spec.budget.cost or 0.0) if spec.budget else 0.0,
+                            labels=run.labels)]
+        events += [step_event(K.STEP_QUEUED, run, s, 0, now, queue_target_ms=s.queue_target_ms,
+                              priority_boost=s.priority_boost)
+                   for s in steps if s.status is StepStatus.QUEUED]
+        tx.append_events(events)
+        return events
+
+    # -- claim ---------------------------------------------------------------------------------
+
+    def claim(self, tx: Tx, worker: str, now: int, limit: int) -> tuple[list[Claim], list[Envelope]]:
+        """Lease up to `limit` ready steps, least slack first, after budget and policy checks."""
+        ready = tx.lock_ready_steps(now, limit)
+        if not ready:
+            return [], []
+        b = _Batch()
+        runs = tx.get_runs([s.run_id for s in ready])
+        b.runs.update(runs)
+        claims: list[Claim] = []
+        for step in ready:
+            run = b.runs[step.run_id]
+            claim = self._claim_one(tx, b, run, step, worker, now)
+            if claim is not None:
+                claims.append(claim)
+        self._finish_failed_runs(tx, b, now)
+        b.flush(tx)
+        return claims, b.events
+
+    def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str,
+                   now: int) -> Claim | None:
+        spec = self._step_spec(run, step.step_id)
+        executor = self.executors[step.type]
+        res = B.reservation_for(spec, executor.estimate(spec))
+        rows = self._budgets(tx, b, run)
+        attempt = step.attempt + 1
+        limit_breach = next((why for r in rows if r.scope != B.FLEET
+                             for why in [B.exceeded(r, res.tokens, res.micros)] if why), None)
+        if limit_breach is None:
+            fleet = rows[-1]
+            cap = B.exceeded(
+                BudgetRow(B.FLEET, self.config.max_inflight_tokens,
+                          None if self.config.max_inflight_cost is None
+                          else to_micros(self.config.max_inflight_cost),
+                          fleet.tokens_reserved, 0, fleet.cost_reserved_micros, 0),
+                res.tokens, res.micros)
+            if cap is not None and (fleet.tokens_reserved or fleet.cost_reserved_micros):
+                delay = self.config.defer_delay_ms * 1000
+                step.not_before_us = now + delay
+                b.step(step)
+                b.events.append(step_event(K.STEP_DEFERRED, run, step, step.attempt, now,
+                                           reason=f"in-flight cap: {cap}", delay_ms=delay / 1000))
+                return None
+        step.attempt = attempt
+        if limit_breach is not None:
+            self._deny(b, run, step, attempt, now, ErrorKind.BUDGET_EXCEEDED, limit_breach, "", worker)
+            return None
+        run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
+        inputs, denied = self._policy(
+            b, Hook.PRE, run, step, spec, attempt, dict(spec.inputs), now,
+            tokens_reserved=res.tokens, cost_reserved=to_usd(res.micros),
+            tokens_used_before=run_rows[0].tokens_used if run_rows else 0,
+            cost_used_before=to_usd(run_rows[0].cost_used_micros) if run_rows else 0.0)
+        if denied is not None:
+            pack = denied.split(":", 1)[0]
+            self._deny(b, run, step, attempt, now, ErrorKind.POLICY_DENIED, denied, pack, worker)
+            return None
+        B.settle(rows, reserve_tokens=res.tokens, reserve_micros=res.micros)
+        room = B.headroom(rows)
+        tool, provider = executor.target(spec)
+        step.status = StepStatus.RUNNING
+        step.lease_owner = worker
+        step.lease_expires_us = now + self.config.lease_ms * 1000
+        step.started_us = step.started_us or now
+        b.step(step)
+        b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "running", worker, now,
+                                         tokens_reserved=res.tokens, cost_reserved_micros=res.micros,
+                                         tool=tool, provider=provider))
+        if run.status is RunStatus.QUEUED:
+            run.status, run.started_us = RunStatus.RUNNING, now
+            b.events.append(run_event(K.RUN_STARTED, run, now, queue_lag_ms=(now - run.created_us) / 1000))
+        b.events.append(step_event(
+            K.BUDGET_RESERVED, run, step, attempt, now, tokens=res.tokens, cost_usd=to_usd(res.micros),
+            source=res.source, tokens_limit=room.tokens_limit, cost_limit_usd=to_usd(room.cost_limit_micros),
+            tokens_remaining=room.tokens_remaining, cost_remaining_usd=to_usd(room.cost_remaining_micros),
+            tokens_projected_burn=room.tokens_committed,
+            cost_projected_burn_usd=to_usd(room.cost_committed_micros), budget_active=room.active))
+        b.events.append(step_event(K.STEP_STARTED, run, step, attempt, now,
+                                   queue_lag_ms=max(0, now - step.ready_us) / 1000, worker=worker))
+        return Claim(run, step, spec, attempt, inputs, res, worker, now)
+
+    def _deny(self, b: _Batch, run: RunRow, step: StepRow, attempt: int, now: int, kind: ErrorKind,
+              reason: str, pack: str, worker: str) -> None:
+        step.status, step.finished_us, step.error_kind = StepStatus.DENIED, now, str(kind)
+        b.step(step)
+        b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "denied", worker, now, now, str(kind)))
+        b.events.append(step_event(K.STEP_DENIED, run, step, attempt, now, error_kind=str(kind),
+                                   reason=reason, pack=pack))
+        self._mark_failed(b, run, str(kind))
+
+    def _mark_failed(self, b: _Batch, run: RunRow, error_kind: str) -> None:
+        if run.status not in TERMINAL_RUN and run.id not in b.failed_runs:
+            b.failed_runs.add(run.id)
+            run.error_kind = run.error_kind or error_kind
+        b.touched_runs.add(run.id)
+
+    # -- completion ----------------------------------------------------------------------------
+
+    def complete(self, tx: Tx, outcomes: Sequence[Outcome], now: int) -> tuple[list[Outcome], list[Envelope]]:
+        """Record finished attempts. Returns the outcomes accepted (lease still held) and the events."""
+        b = _Batch()
+        live = {(s.run_id, s.step_id): s for s in tx.lock_steps(
+            [(o.claim.run.id, o.claim.step.step_id) for o in outcomes])}
+        b.runs.update(tx.get_runs(list({o.claim.run.id for o in outcomes})))
+        accepted: list[Outcome] = []
+        released: list[tuple[str, str]] = []
+        for o in outcomes:
+            step = live.get((o.claim.run.id, o.claim.step.step_id))
+            if (step is None or step.status is not StepStatus.RUNNING or step.lease_owner != o.claim.worker
+                    or step.attempt != o.claim.attempt):
+                continue  # lease lost: the reaper already recorded this attempt
+            accepted.append(o)
+            if self._finish_attempt(tx, b, b.runs[step.run_id], step, o, now):
+                released.append((step.run_id, step.step_id))
+        if released:
+            for dep in tx.release_dependents(released):
+                run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
+                b.runs[run.id] = run
+                if _doomed(run, b):
+                    continue
+                self._queue(b, run, dep, now, not_before=now)
+                b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
+                                           queue_target_ms=dep.queue_target_ms,
+                                           priority_boost=dep.priority_boost))
+        self._finish_failed_runs(tx, b, now)
+        b.flush(tx)
+        return accepted, b.events
+
+    def _finish_attempt(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
+        """Settle one attempt; True when the step succeeded and its dependents may be released."""
+        spec, attempt, failure = o.claim.spec, o.claim.attempt, o.failure
+        result = o.result
+        if result is not None:
+            output, denied = self._policy(b, Hook.POST, run, step, spec, attempt, dict(result.output), now)
+            if denied is not None:
+                failure = StepFailure(ErrorKind.POLICY_DENIED, denied, usage=result.usage, tool=result.tool,
+                                      provider=result.provider)
+            else:
+                result = ExecutionResult(output, result.usage, result.tool, result.provider, result.model,
+                                         result.latency_ms)
+        usage = result.usage if failure is None and result is not None else (failure.usage if failure else None)
+        used_tokens = usage.tokens if usage else 0
+        used_micros = to_micros(usage.cost_usd) if usage else 0
+        res = o.claim.reservation
+        rows = self._budgets(tx, b, run)
+        B.settle(rows, reserve_tokens=-res.tokens, reserve_micros=-res.micros,
+                 use_tokens=used_tokens, use_micros=used_micros)
+        room = B.headroom(rows)
+        duration_ms = (o.finished_us - o.claim.started_us) / 1000
+        tool = (result.tool if failure is None and result else failure.tool if failure else "") or ""
+        provider = (result.provider if failure is None and result else failure.provider if failure else "") or ""
+        defaults = self.executors[step.type].target(spec)
+        tool, provider = tool or defaults[0], provider or defaults[1]
+        b.done_attempts.append(AttemptRow(
+            run.id, step.step_id, attempt, "failed" if failure else "succeeded", o.claim.worker,
+            o.claim.started_us, o.finished_us, str(failure.kind) if failure else "",
+            res.tokens, used_tokens, res.micros, used_micros,
+            usage.input_tokens if usage else 0, usage.output_tokens if usage else 0,
+            usage.cached_tokens if usage else 0, tool, provider,
+            result.model if result and failure is None else ""))
+        b.events.append(step_event(
+            K.BUDGET_RECONCILED, run, step, attempt, now, tokens_reserved=res.tokens, tokens_used=used_tokens,
+            cost_reserved_usd=to_usd(res.micros), cost_used_usd=to_usd(used_micros),
+            tokens_limit=room.tokens_limit, tokens_remaining=room.tokens_remaining,
+            cost_remaining_usd=to_usd(room.cost_remaining_micros), budget_active=room.active))
+        if step.type in (StepType.TOOL, StepType.HTTP) and not (failure and failure.kind is ErrorKind.POLICY_DENIED
+                                                                 and result is not None):
+            b.events.append(step_event(K.TOOL_CALL, run, step, attempt, now, tool=tool, provider=provider,
+                                       ok=failure is None, error_kind=str(failure.kind) if failure else "",
+                                       latency_ms=duration_ms))
+        step.lease_owner, step.lease_expires_us = "", 0
+        if failure is None and result is not None:
+            return self._succeed(b, run, step, spec, result, o, used_tokens, used_micros, duration_ms, now)
+        assert failure is not None
+        self._fail(b, run, step, spec, failure, o.finished_us, used_tokens, used_micros, duration_ms, now)
+        return False
+
+    def _succeed(self, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, result: ExecutionResult,
+                 o: Outcome, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
+        step.status, step.finished_us, step.error_kind = StepStatus.SUCCEEDED, o.finished_us, ""
+        step.output = result.output
+        b.step(step)
+        u = result.usage
+        b.events.append(step_event(
+            K.STEP_SUCCEEDED, run, step, o.claim.attempt, now, tokens=tokens, cost_usd=to_usd(micros),
+            duration_ms=duration_ms, tool=result.tool, provider=result.provider, model=result.model,
+            input_tokens=u.input_tokens, output_tokens=u.output_tokens, cached_tokens=u.cached_tokens,
+            recovered_after_ms=(o.finished_us - step.first_failure_us) / 1000 if step.first_failure_us else 0.0))
+        b.touched_runs.add(run.id)
+        return not _doomed(run, b)
+
+    def _fail(self, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, failure: StepFailure,
+              finished_us: int, tokens: int, micros: int, duration_ms: float, now: int) -> None:
+        attempt = step.attempt
+        retry = failure.kind.retriable and attempt < step.max_attempts and not _doomed(run, b)
+        step.first_failure_us = step.first_failure_us or finished_us
+        step.error_kind = str(failure.kind)
+        b.events.append(step_event(
+            K.STEP_FAILED, run, step, attempt, now, tokens=tokens, cost_usd=to_usd(micros),
+            duration_ms=duration_ms, error_kind=str(failure.kind), error=failure.message[:500],
+            tool=failure.tool, provider=failure.provider, final=not retry))
+        if retry:
+            ex = spec.execution
+            backoff_us = int(ex.retry_backoff_ms * ex.retry_backoff_factor ** (attempt - 1) * 1000)
+            if failure.retry_after_s:
+                backoff_us = max(backoff_us, int(failure.retry_after_s * 1_000_000))
+            self._queue(b, run, step, now, not_before=now + backoff_us)
+            b.events.append(step_event(K.STEP_RETRY_SCHEDULED, run, step, attempt, now,
+                                       next_attempt=attempt + 1, backoff_ms=backoff_us / 1000,
+                                       error_kind=str(failure.kind)))
+            return
+        step.status, step.finished_us = StepStatus.FAILED, finished_us
+        b.step(step)
+        self._mark_failed(b, run, str(failure.kind))
+
+    # -- run status ----------------------------------------------------------------------------
+
+    def _finish_failed_runs(self, tx: Tx, b: _Batch, now: int) -> None:
+        """Skip what failed runs will never run, and close every touched run whose steps are done."""
+        if not b.touched_runs:
+            return
+        open_steps: dict[str, list[StepRow]] = {rid: [] for rid in b.touched_runs}
+        for s in tx.lock_open_steps(sorted(b.touched_runs)):
+            s = b.steps.get((s.run_id, s.step_id), s)
+            if s.status not in TERMINAL_STEP:
+                open_steps[s.run_id].append(s)
+        for rid in sorted(b.touched_runs):
+            run = b.runs[rid]
+            if run.status in TERMINAL_RUN:
+                continue
+            still_running = False
+            for s in open_steps[rid]:
+                if rid in b.failed_runs and s.status in (StepStatus.PENDING, StepStatus.QUEUED):
+                    s.status, s.finished_us = StepStatus.SKIPPED, now
+                    b.step(s)
+                    b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now,
+                                               reason=f"run failed ({run.error_kind})"))
+                else:
+                    still_running = True
+            if still_running:
+                continue
+            failed = rid in b.failed_runs or run.error_kind != ""
+            run.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+            run.finished_us = now
+            b.runs[rid] = run
+            extra = {"error_kind": run.error_kind} if failed else {}
+            b.events.append(run_event(K.RUN_FAILED if failed else K.RUN_SUCCEEDED, run, now,
+                                      duration_ms=(now - run.created_us) / 1000,
+                                      queue_target_ms=run.queue_target_ms, **extra))
+
+    # -- leases and cancellation ---------------------------------------------------------------
+
+    def extend_leases(self, tx: Tx, claims: Iterable[Claim], now: int) -> list[Claim]:
+        """Push the lease of live claims forward; returns the claims whose lease was lost."""
+        claims = list(claims)
+        live = {(s.run_id, s.step_id): s for s in tx.lock_steps([(c.run.id, c.step.step_id) for c in claims])}
+        lost, keep = [], []
+        for c in claims:
+            s = live.get((c.run.id, c.step.step_id))
+            if s is None or s.status is not StepStatus.RUNNING or s.lease_owner != c.worker \
+                    or s.attempt != c.attempt:
+                lost.append(c)
+                continue
+            s.lease_expires_us = now + self.config.lease_ms * 1000
+            keep.append(s)
+        if keep:
+            tx.update_steps(keep)
+        return lost
+
+    def reap(self, tx: Tx, now: int, limit: int = 100) -> list[Envelope]:
+        """Fail attempts whose lease expired (their worker died) so they are retried, never lost."""
+        expired = tx.lock_expired_leases(now, limit)
+        if not expired:
+            return []
+        runs = tx.get_runs([s.run_id for s in expired])
+        outcomes = []
+        for s in expired:
+            run = runs[s.run_id]
+            spec = self._step_spec(run, s.step_id)
+            res = B.reservation_for(spec, self.executors[s.type].estimate(spec))
+            tool, provider = self.executors[s.type].target(spec)
+            claim = Claim(run, s, spec, s.attempt, {}, res, s.lease_owner, s.lease_expires_us
+                          - self.config.lease_ms * 1000)
+            failure = StepFailure(ErrorKind.CRASH, f"lease of worker {s.lease_owner} expired",
+                                  tool=tool, provider=provider)
+            outcomes.append(Outcome(claim, now, failure=failure))
+        _, events = self.complete(tx, outcomes, now)
+        return events
+
+    def cancel(self, tx: Tx, run_id: str, now: int) -> list[Envelope]:
+        """Cancel a run: pending and queued steps are canceled; running attempts finish on their own."""
+        run = tx.get_runs([run_id]).get(run_id)
+        if run is None or run.status in TERMINAL_RUN:
+            return []
+        b = _Batch()
+        run.status, run.finished_us = RunStatus.CANCELED, now
+        b.runs[run.id] = run
+        for s in tx.lock_open_steps([run_id]):
+            if s.status in (StepStatus.PENDING, StepStatus.QUEUED):
+                s.status, s.finished_us = StepStatus.CANCELED, now
+                b.step(s)
+                b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now, reason="run canceled"))
+        b.events.append(run_event(K.RUN_CANCELED, run, now, duration_ms=(now - run.created_us) / 1000,
+                                  queue_target_ms=run.queue_target_ms))
+        b.flush(tx)
+        return b.events

@@ -1,0 +1,123 @@
+"""The ground-truth summary of what the runtime did, from the state tables or from the outbox.
+
+Both computations must agree; analytics and dashboards are held against them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.money import to_micros, to_usd
+from fleetforge.domain.names import EventKind as K
+from fleetforge.ports.store import Store
+
+__all__ = ["summary_from_events", "summary_from_store"]
+
+
+def _sorted(c: Counter[str] | dict[str, int]) -> dict[str, int]:
+    return {k: int(c[k]) for k in sorted(c) if c[k]}
+
+
+def _budget(rows: dict[tuple[str, str], list[int]]) -> dict[str, Any]:
+    totals = [sum(v[i] for v in rows.values()) for i in range(4)]
+    return {
+        "tokens_reserved": totals[0], "tokens_used": totals[1],
+        "cost_reserved": to_usd(totals[2]), "cost_used": to_usd(totals[3]),
+        "by_workspace_app": [
+            {"workspace": ws, "app": app, "tokens_reserved": v[0], "tokens_used": v[1],
+             "cost_reserved": to_usd(v[2]), "cost_used": to_usd(v[3])}
+            for (ws, app), v in sorted(rows.items())
+        ],
+    }
+
+
+def _assemble(runs: Counter[str], steps: Counter[str], attempts: int, retries: int,
+              decisions: Counter[tuple[str, str]], budget: dict[tuple[str, str], list[int]],
+              tools: Counter[str], tool_total: int) -> dict[str, Any]:
+    by_effect: Counter[str] = Counter()
+    by_pack: Counter[str] = Counter()
+    for (pack, effect), n in decisions.items():
+        by_effect[effect] += n
+        by_pack[pack] += n
+    return {
+        "runs": {"total": sum(runs.values()), "by_status": _sorted(runs)},
+        "steps": {"total": sum(steps.values()), "by_status": _sorted(steps), "attempts": attempts,
+                  "retries": retries},
+        "policy_decisions": {"total": sum(decisions.values()),
+                             "by_effect": {e: by_effect.get(e, 0) for e in ("allow", "deny", "modify")},
+                             "by_pack": _sorted(by_pack)},
+        "budget": _budget(budget),
+        "tool_calls": {"total": tool_total, "failed": sum(tools.values()), "by_error_kind": _sorted(tools)},
+    }
+
+
+def summary_from_store(store: Store) -> dict[str, Any]:
+    """Ground truth from the state tables (runs, steps, attempts ledger, policy decisions)."""
+    runs = Counter({s: n for s, n in store.aggregate("summary_runs")})
+    steps = Counter({s: n for s, n in store.aggregate("summary_steps")})
+    attempts = retries = 0
+    for _type, _status, attempt, n in store.aggregate("summary_attempts"):
+        attempts += n
+        retries += n if attempt > 1 else 0
+    decisions: Counter[tuple[str, str]] = Counter()
+    for pack, _hook, effect, n in store.aggregate("summary_decisions"):
+        decisions[(pack, effect)] += n
+    budget = {(ws, app): [int(a or 0), int(b or 0), int(c or 0), int(d or 0)]
+              for ws, app, a, b, c, d in store.aggregate("summary_budget")}
+    tools: Counter[str] = Counter()
+    total = 0
+    for _tool, _provider, kind, n in store.aggregate("summary_tools"):
+        total += n
+        if kind:
+            tools[kind] += n
+    return _assemble(runs, steps, attempts, retries, decisions, budget, tools, total)
+
+
+def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
+    """The same summary, derived only from outbox envelopes (the latest status per run and step)."""
+    run_status: dict[str, str] = {}
+    step_status: dict[tuple[str, str], str] = {}
+    attempts = retries = 0
+    decisions: Counter[tuple[str, str]] = Counter()
+    budget: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    tools: Counter[str] = Counter()
+    tool_total = 0
+    terminal_step = {K.STEP_SUCCEEDED: "succeeded", K.STEP_DENIED: "denied"}
+    for e in events:
+        ev = Envelope.from_dict(json.loads(e)) if isinstance(e, str) else e
+        p, key = ev.payload, (ev.run_id, ev.step_id or "")
+        if ev.kind in (K.RUN_SUBMITTED, K.RUN_STARTED, K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED):
+            run_status[ev.run_id] = p["status"]
+        elif ev.kind is K.STEP_QUEUED:
+            step_status[key] = "queued"
+        elif ev.kind is K.STEP_STARTED:
+            step_status[key] = "running"
+        elif ev.kind in terminal_step:
+            step_status[key] = terminal_step[ev.kind]
+        elif ev.kind is K.STEP_FAILED:
+            step_status[key] = "failed" if p["final"] else "queued"
+        elif ev.kind is K.STEP_SKIPPED:
+            step_status[key] = "canceled" if p["reason"] == "run canceled" else "skipped"
+        if ev.kind in (K.STEP_SUCCEEDED, K.STEP_FAILED, K.STEP_DENIED):
+            attempts += 1
+            retries += ev.attempt > 1
+        elif ev.kind is K.POLICY_DECISION:
+            decisions[(p["pack"], p["effect"])] += 1
+        elif ev.kind is K.BUDGET_RESERVED:
+            v = budget[(ev.workspace, ev.app)]
+            v[0] += p["tokens"]
+            v[2] += to_micros(p["cost_usd"])
+        elif ev.kind is K.BUDGET_RECONCILED:
+            v = budget[(ev.workspace, ev.app)]
+            v[1] += p["tokens_used"]
+            v[3] += to_micros(p["cost_used_usd"])
+        elif ev.kind is K.TOOL_CALL:
+            tool_total += 1
+            if not p["ok"]:
+                tools[p["error_kind"]] += 1
+    return _assemble(Counter(run_status.values()), Counter(step_status.values()), attempts, retries,
+                     decisions, dict(budget), tools, tool_total)

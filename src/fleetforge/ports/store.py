@@ -1,0 +1,165 @@
+"""The state store: runs, steps, budgets, the cost ledger, policy decisions and the outbox.
+
+Every method of `Tx` runs inside one database transaction; a state change and the events
+describing it are written by the same `Tx` and commit together or not at all. Methods take and
+return batches so that a backend can send them in few round trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.models import BudgetRow, RunRow, StepRow
+
+__all__ = [
+    "AttemptRow",
+    "DecisionRow",
+    "OutboxPosition",
+    "OutboxRecord",
+    "Store",
+    "Tx",
+]
+
+OutboxPosition = tuple[int, int]
+"""Position in the outbox's delivery order: (transaction id, sequence); (0, seq) on SQLite."""
+
+
+@dataclass(slots=True)
+class AttemptRow:
+    """One line of the cost ledger: an attempt's reservation and, once finished, its actuals."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    status: str  # running | succeeded | failed | denied
+    worker: str
+    started_us: int
+    finished_us: int | None = None
+    error_kind: str = ""
+    tokens_reserved: int = 0
+    tokens_used: int = 0
+    cost_reserved_micros: int = 0
+    cost_used_micros: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    tool: str = ""
+    provider: str = ""
+    model: str = ""
+
+
+@dataclass(slots=True)
+class DecisionRow:
+    """One guardrail evaluation."""
+
+    id: str
+    run_id: str
+    step_id: str
+    attempt: int
+    pack: str
+    hook: str
+    effect: str
+    reason: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """An outbox row as readers see it."""
+
+    position: OutboxPosition
+    event_id: str
+    kind: str
+    run_id: str
+    envelope: str  # the envelope JSON, delivered unchanged
+    created_us: int
+
+
+class Tx(Protocol):
+    """Operations inside one transaction. Rows returned by `lock_*` stay locked until commit."""
+
+    def insert_run(self, run: RunRow) -> None: ...
+    def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
+        """Insert steps and their edges as (run_id, step_id, depends_on)."""
+        ...
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]: ...
+    def update_runs(self, runs: Sequence[RunRow]) -> None:
+        """Write status, started_us, finished_us and error_kind."""
+        ...
+    def get_steps(self, run_id: str) -> list[StepRow]: ...
+    def lock_ready_steps(self, now_us: int, limit: int) -> list[StepRow]:
+        """Lock up to `limit` queued steps due by `now_us`, least slack first, skipping locked rows."""
+        ...
+    def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
+        """Lock the given (run_id, step_id) steps."""
+        ...
+    def lock_expired_leases(self, now_us: int, limit: int) -> list[StepRow]:
+        """Lock running steps whose lease expired before `now_us`."""
+        ...
+    def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
+        """Lock every non-terminal step of the given runs."""
+        ...
+    def update_steps(self, steps: Sequence[StepRow]) -> None:
+        """Write every mutable field of the given steps."""
+        ...
+    def release_dependents(self, done: Sequence[tuple[str, str]]) -> list[StepRow]:
+        """Decrement deps_remaining of the dependents of the succeeded (run_id, step_id) steps.
+
+        Returns the dependents (locked) whose count reached zero.
+        """
+        ...
+    def lock_budgets(self, scopes: Sequence[str]) -> dict[str, BudgetRow]:
+        """Lock and return the budget rows that exist among `scopes`."""
+        ...
+    def upsert_budgets(self, rows: Sequence[BudgetRow]) -> None: ...
+    def insert_attempts(self, rows: Sequence[AttemptRow]) -> None: ...
+    def finish_attempts(self, rows: Sequence[AttemptRow]) -> None:
+        """Write the outcome and actual usage of attempts inserted earlier."""
+        ...
+    def insert_decisions(self, rows: Sequence[DecisionRow]) -> None: ...
+    def append_events(self, events: Sequence[Envelope]) -> None:
+        """Append envelopes to the outbox, in order."""
+        ...
+
+
+class Store(Protocol):
+    """A state store backend (SQLite or PostgreSQL)."""
+
+    backend: str
+
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version."""
+        ...
+    def schema_version(self) -> int: ...
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A write transaction; commits on normal exit, rolls back on an exception."""
+        ...
+    def get_run(self, run_id: str) -> RunRow | None: ...
+    def list_runs(
+        self, *, status: str | None = None, workspace: str | None = None, limit: int = 50
+    ) -> list[RunRow]: ...
+    def get_steps(self, run_id: str) -> list[StepRow]: ...
+    def get_attempts(self, run_id: str) -> list[AttemptRow]: ...
+    def get_decisions(self, run_id: str) -> list[DecisionRow]: ...
+    def count_open_runs(self) -> int:
+        """Runs not yet terminal."""
+        ...
+    def aggregate(self, name: str) -> list[tuple[Any, ...]]:
+        """Run a named read-only summary query (see core.summary for the names)."""
+        ...
+    def read_outbox(self, after: OutboxPosition, limit: int) -> list[OutboxRecord]:
+        """Rows after `after` in delivery order. Never returns a row past one that may still commit."""
+        ...
+    def iter_outbox(self, batch: int = 5000) -> Iterator[OutboxRecord]:
+        """Every committed outbox row in delivery order."""
+        ...
+    def get_cursor(self, consumer: str) -> OutboxPosition: ...
+    def set_cursor(self, consumer: str, position: OutboxPosition) -> None: ...
+    def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
+        """(rows after the consumer's cursor, created_us of the oldest of them or None)."""
+        ...
+    def close(self) -> None: ...
