@@ -1,0 +1,128 @@
+"""`fleetforge demo`: a realistic sample fleet, end to end, on the embedded stores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleetforge.adapters.cli.common import DataDirOpt, err, guard, out, print_json
+from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
+from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.webhook import WebhookServer
+from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
+from fleetforge.core.summary import summary_from_store
+
+__all__ = ["register", "run_demo"]
+
+STATE_FILES = ("state.db", "state.db-wal", "state.db-shm")
+
+
+def _reset(data_dir: Path) -> None:
+    """Remove the demo's own stores from `data_dir` (nothing else in it)."""
+    for name in STATE_FILES:
+        (data_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(data_dir / "clickhouse", ignore_errors=True)
+
+
+def _fill(spec: dict[str, Any], webhook: str) -> dict[str, Any]:
+    text = json.dumps(spec).replace(WEBHOOK_PLACEHOLDER, webhook)
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+async def run_demo(data_dir: Path, *, runs: int, seed: int, workers: int, concurrency: int,
+                   progress: bool) -> dict[str, Any]:
+    """Submit the fleet, run it to completion with `workers` in-process workers, return the summary."""
+    store = SqliteStore(data_dir / "state.db")
+    store.migrate()
+    webhook = WebhookServer().start()
+    try:
+        async with httpx.AsyncClient() as client:
+            runtime = build_runtime(store, client, config=config_from_env(lease_ms=10_000))
+            for spec in demo_fleet(runs, seed):
+                runtime.submit(_fill(spec, webhook.base_url))
+            pool = [runtime.worker(f"demo-{i}", concurrency=concurrency, poll_interval_s=0.02)
+                    for i in range(workers)]
+            work = asyncio.gather(*(w.run(until_idle=True) for w in pool))
+            if progress:
+                await _watch(store, runs, work)
+            await work
+    finally:
+        webhook.stop()
+    summary = summary_from_store(store)
+    store.close()
+    return summary
+
+
+async def _watch(store: SqliteStore, total: int, work: asyncio.Future[Any]) -> None:
+    columns = (TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("runs", total=total)
+        while not work.done():
+            open_runs = await asyncio.to_thread(store.count_open_runs)
+            bar.update(task, completed=total - open_runs)
+            await asyncio.wait([work], timeout=0.2)  # type: ignore[list-item]
+        bar.update(task, completed=total)
+
+
+def _print_summary(s: dict[str, Any], data_dir: Path) -> None:
+    table = Table("what", "count", title="What the fleet did", title_justify="left")
+    table.add_row("runs", str(s["runs"]["total"]))
+    for status, n in s["runs"]["by_status"].items():
+        table.add_row(f"  runs {status}", str(n))
+    table.add_row("steps", str(s["steps"]["total"]))
+    table.add_row("  attempts", str(s["steps"]["attempts"]))
+    table.add_row("  retries", str(s["steps"]["retries"]))
+    for effect, n in s["policy_decisions"]["by_effect"].items():
+        table.add_row(f"policy {effect}", str(n))
+    table.add_row("tool calls (failed)", f'{s["tool_calls"]["total"]} ({s["tool_calls"]["failed"]})')
+    b = s["budget"]
+    table.add_row("tokens used / reserved", f'{b["tokens_used"]} / {b["tokens_reserved"]}')
+    table.add_row("cost used / reserved", f'${b["cost_used"]:.4f} / ${b["cost_reserved"]:.4f}')
+    out.print(table)
+    out.print(f"\nState is in [bold]{data_dir}[/]. Next: "
+              f"[cyan]fleetforge runs list --data-dir {data_dir}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        runs: Annotated[int, typer.Option(envvar="FLEETFORGE_DEMO_RUNS", min=1, max=100_000,
+                                          help="Runs in the sample fleet.")] = 40,
+        seed: Annotated[int, typer.Option(envvar="FLEETFORGE_DEMO_SEED", min=0,
+                                          help="Fleet seed: the same seed gives the same fleet.")] = 7,
+        data_dir: DataDirOpt = None,
+        no_serve: Annotated[bool, typer.Option("--no-serve", envvar="FLEETFORGE_DEMO_NO_SERVE",
+                                               help="Exit when the fleet is done instead of serving "
+                                                    "the dashboard.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: the ground truth "
+                                                            "from the state tables.")] = False,
+        workers: Annotated[int, typer.Option(envvar="FLEETFORGE_DEMO_WORKERS", min=1, max=64,
+                                             help="In-process workers.")] = 2,
+        concurrency: Annotated[int, typer.Option(envvar="FLEETFORGE_DEMO_CONCURRENCY", min=1, max=1024,
+                                                 help="Steps each worker runs at once.")] = 16,
+        keep: Annotated[bool, typer.Option("--keep", envvar="FLEETFORGE_DEMO_KEEP",
+                                           help="Keep earlier demo state in --data-dir instead of "
+                                                "starting fresh.")] = False,
+    ) -> None:
+        """Run a realistic sample fleet end to end on the embedded stores (SQLite + chDB)."""
+        folder = data_dir or DEFAULT_DATA_DIR
+        with guard():
+            folder.mkdir(parents=True, exist_ok=True)
+            if not keep:
+                _reset(folder)
+            summary = asyncio.run(run_demo(folder, runs=runs, seed=seed, workers=workers,
+                                           concurrency=concurrency, progress=not as_json))
+        if as_json:
+            print_json(summary)
+        else:
+            _print_summary(summary, folder)
+        del no_serve  # the dashboard is served once it exists

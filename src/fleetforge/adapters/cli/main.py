@@ -1,0 +1,233 @@
+"""`fleetforge` command line: submit, worker, runs, migrate, demo and the commands of each area."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.table import Table
+
+from fleetforge import __version__
+from fleetforge.adapters.cli import demo
+from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
+from fleetforge.adapters.cli.wiring import build_runtime, store_for
+from fleetforge.domain.errors import NotFoundError, SpecError
+from fleetforge.domain.spec import load_spec_text
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fleetforge",
+    help="Run fleets of AI-agent workflows durably, and see everything they do.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+# Command modules of the other areas; each exposes register(app).
+_AREAS = ("analytics", "forwarder", "observability", "dashboard", "doctor")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"fleetforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """FleetForge command line."""
+
+
+def _ts(us: int | None) -> str:
+    return "" if us is None else datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Run spec file (JSON or YAML); '-' reads standard input.",
+                                         show_default=False)],
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {\"run_id\": ...} as JSON.")] = False,
+) -> None:
+    """Validate a run spec and store it; workers pick it up. Prints the run id."""
+    with guard():
+        if str(spec) == "-":
+            text, source = sys.stdin.read(), "<stdin>"
+        else:
+            if not spec.is_file():
+                die(f"spec file {str(spec)!r} does not exist; pass a JSON or YAML run spec", 2)
+            text, source = spec.read_text(encoding="utf-8", errors="replace"), str(spec)
+        data = load_spec_text(text, source=source)
+        st = store_for(store, data_dir)
+
+        async def go() -> str:
+            async with httpx.AsyncClient() as client:
+                return build_runtime(st, client).submit(data)
+
+        try:
+            run_id = asyncio.run(go())
+        except SpecError as exc:
+            raise SpecError([f"{source}: {p}" for p in exc.problems]) from None
+    if as_json:
+        print_json({"run_id": run_id})
+    else:
+        out.print(run_id)
+
+
+@app.command()
+def worker(
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+    worker_id: Annotated[str | None, typer.Option("--id", envvar="FLEETFORGE_WORKER_ID", show_default=False,
+                                                  help="Stable worker id (default: host-pid).")] = None,
+    concurrency: Annotated[int, typer.Option(envvar="FLEETFORGE_WORKER_CONCURRENCY", min=1, max=4096,
+                                             help="Steps executed at once.")] = 16,
+    until_idle: Annotated[bool, typer.Option("--until-idle", envvar="FLEETFORGE_WORKER_UNTIL_IDLE",
+                                             help="Exit once no run is open.")] = False,
+    poll_ms: Annotated[int, typer.Option(envvar="FLEETFORGE_WORKER_POLL_MS", min=1,
+                                         help="Idle poll interval in milliseconds.")] = 50,
+) -> None:
+    """Claim and execute ready steps until interrupted (SIGINT/SIGTERM finish what is in flight)."""
+    with guard():
+        st = store_for(store, data_dir)
+        wid = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+        async def go() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async with httpx.AsyncClient() as client:
+                w = build_runtime(st, client).worker(wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
+                await w.run(stop=stop, until_idle=until_idle)
+
+        asyncio.run(go())
+
+
+@app.command()
+def migrate(store: StoreOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Create or upgrade the state store schema (every command also does this on start)."""
+    with guard():
+        st = store_for(store, data_dir)
+        out.print(f"{st.backend} store at schema version {st.schema_version()}")
+
+
+@runs_app.command("list")
+def runs_list(
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.", show_default=False)] = None,
+    workspace: Annotated[str | None, typer.Option(help="Only runs of this workspace.",
+                                                  show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many runs.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """The most recent runs, newest first."""
+    allowed = {"queued", "running", "succeeded", "failed", "canceled"}
+    if status is not None and status not in allowed:
+        die(f"--status: got {status!r}, expected one of {', '.join(sorted(allowed))}", 2)
+    with guard():
+        rows = store_for(store, data_dir).list_runs(status=status, workspace=workspace, limit=limit)
+    if as_json:
+        print_json([{"run_id": r.id, "workspace": r.workspace, "app": r.app, "status": str(r.status),
+                     "created_at": _ts(r.created_us), "finished_at": _ts(r.finished_us),
+                     "error_kind": r.error_kind} for r in rows])
+        return
+    table = Table("run id", "workspace", "app", "status", "created", "finished", "error")
+    for r in rows:
+        table.add_row(r.id, r.workspace, r.app, str(r.status), _ts(r.created_us), _ts(r.finished_us),
+                      r.error_kind)
+    out.print(table)
+
+
+@runs_app.command("get")
+def runs_get(
+    run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)],
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One run with its steps, attempts (the cost ledger) and policy decisions."""
+    with guard():
+        st = store_for(store, data_dir)
+        run = st.get_run(run_id)
+        if run is None:
+            raise NotFoundError(f"no run {run_id!r}; list runs with `fleetforge runs list`")
+        steps, attempts, decisions = st.get_steps(run_id), st.get_attempts(run_id), st.get_decisions(run_id)
+    doc = {
+        "run_id": run.id, "workspace": run.workspace, "app": run.app, "status": str(run.status),
+        "trace_id": run.trace_id, "slo_tier": run.slo_tier, "error_kind": run.error_kind,
+        "created_at": _ts(run.created_us), "finished_at": _ts(run.finished_us),
+        "steps": [{"step_id": s.step_id, "type": str(s.type), "status": str(s.status), "attempts": s.attempt,
+                   "error_kind": s.error_kind} for s in steps],
+        "attempts": [{"step_id": a.step_id, "attempt": a.attempt, "status": a.status, "error_kind": a.error_kind,
+                      "tokens_reserved": a.tokens_reserved, "tokens_used": a.tokens_used,
+                      "cost_reserved": a.cost_reserved_micros / 1e6, "cost_used": a.cost_used_micros / 1e6,
+                      "tool": a.tool, "provider": a.provider, "model": a.model} for a in attempts],
+        "policy_decisions": [{"step_id": d.step_id, "attempt": d.attempt, "pack": d.pack, "hook": d.hook,
+                              "effect": d.effect, "reason": d.reason} for d in decisions],
+    }
+    if as_json:
+        print_json(doc)
+        return
+    out.print(f"[bold]{run.id}[/]  {run.workspace}/{run.app}  [bold]{run.status}[/]  trace {run.trace_id}")
+    for title, key in (("steps", "steps"), ("attempts", "attempts"), ("policy decisions", "policy_decisions")):
+        rows = doc[key]
+        assert isinstance(rows, list)
+        if not rows:
+            continue
+        table = Table(*rows[0].keys(), title=title)
+        for row in rows:
+            table.add_row(*(json.dumps(v) if not isinstance(v, str) else v for v in row.values()))
+        out.print(table)
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)],
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Cancel a run: queued and pending steps stop; running attempts finish."""
+    with guard():
+        st = store_for(store, data_dir)
+
+        async def go() -> bool:
+            async with httpx.AsyncClient() as client:
+                return build_runtime(st, client).cancel(run_id)
+
+        changed = asyncio.run(go())
+    out.print("canceled" if changed else "already finished")
+
+
+demo.register(app)
+for _area in _AREAS:
+    try:
+        _module = importlib.import_module(f"fleetforge.adapters.cli.{_area}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"fleetforge.adapters.cli.{_area}":
+            raise
+    else:
+        _module.register(app)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
