@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
@@ -58,7 +57,8 @@ def step_update_params(s: StepRow) -> tuple[Any, ...]:
             None if s.output is None else _dump(s.output), s.run_id, s.step_id)
 
 
-def step_from_row(row: Mapping[str, Any]) -> StepRow:
+def step_from_row(row: Any) -> StepRow:
+    """A StepRow from a row addressable by column name."""
     output = row["output"]
     return StepRow(
         run_id=row["run_id"], step_id=row["step_id"], type=StepType(row["type"]),

@@ -8,6 +8,7 @@ reaped so their attempts are retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -98,10 +99,8 @@ class Worker:
                 if until_idle and not self._inflight and await self._call(self.store.count_open_runs) == 0:
                     return
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-                except TimeoutError:
-                    pass
         finally:
             for _, task in self._inflight.values():
                 task.cancel()

@@ -9,7 +9,7 @@ MICROS = 1_000_000
 
 def to_micros(usd: float) -> int:
     """USD to integer micro-USD, rounded half away from zero."""
-    return int(round(usd * MICROS))
+    return round(usd * MICROS)
 
 
 def to_usd(micros: int) -> float:

@@ -1,0 +1,13 @@
+# FleetForge recipes (`pip install rust-just` provides `just`).
+
+# Run the sample fleet end to end on the embedded stores
+demo *ARGS:
+    fleetforge demo {{ARGS}}
+
+# Install what the tests need and run the whole suite (what CI runs)
+test *ARGS:
+    ./scripts/test {{ARGS}}
+
+# Benchmarks (figures beside their baselines)
+bench-scheduler *ARGS:
+    python3 bench/scheduler/bench.py {{ARGS}}
