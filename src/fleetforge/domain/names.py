@@ -69,7 +69,7 @@ class KindSpec:
 
 _RUN_COMMON = (
     Field("status", "str", "run status after this event"),
-    Field("slo_tier", "str", "SLO tier of the run (from its first step or run labels)"),
+    Field("slo_tier", "str", "SLO tier of the run (that of its step with the tightest queue target)"),
 )
 _STEP_COMMON = (
     Field("step_type", "str", "llm | tool | http"),
@@ -144,7 +144,12 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("tokens_limit", "int", "tightest token limit, 0 when none"),
                   Field("cost_limit_usd", "float", "tightest cost limit, 0 when none"),
                   Field("tokens_remaining", "int", "limit minus used minus reserved, after this"),
-                  Field("cost_remaining_usd", "float", "limit minus used minus reserved, after this"))),
+                  Field("cost_remaining_usd", "float", "limit minus used minus reserved, after this"),
+                  Field("tokens_projected_burn", "int",
+                        "used + reserved (this reservation included) in the scope of the tightest token limit"),
+                  Field("cost_projected_burn_usd", "float",
+                        "used + reserved (this reservation included) in the scope of the tightest cost limit"),
+                  Field("budget_active", "bool", "some token or cost limit applies to the run"))),
         KindSpec(EventKind.BUDGET_RECONCILED, "step", "an attempt's reservation settled to actual usage",
                  (*_STEP_COMMON, Field("tokens_reserved", "int", "reserved for the attempt"),
                   Field("tokens_used", "int", "actually used"),
@@ -152,7 +157,9 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("cost_used_usd", "float", "actually used"),
                   Field("tokens_limit", "int", "tightest token limit, 0 when none"),
                   Field("tokens_remaining", "int", "tightest limit minus used, after this"),
-                  Field("cost_remaining_usd", "float", "tightest limit minus used, after this"))),
+                  Field("cost_remaining_usd", "float", "tightest limit minus used, after this"),
+                  Field("cost_limit_usd", "float", "tightest cost limit, 0 when none"),
+                  Field("budget_active", "bool", "some token or cost limit applies to the run"))),
         KindSpec(EventKind.TOOL_CALL, "step", "a tool or http step called its target",
                  (*_STEP_COMMON, Field("tool", "str", "tool name or host"),
                   Field("provider", "str", "python | http | provider name"),
@@ -189,6 +196,8 @@ class Metric(StrEnum):
     DELIVERY_LATENCY = "fleetforge.delivery.publish_latency"
     OUTBOX_BACKLOG = "fleetforge.outbox.backlog"
     OUTBOX_LAG = "fleetforge.outbox.lag_seconds"
+    BUDGET_TOKENS_LIMIT = "fleetforge.budget.tokens_limit"
+    BUDGET_COST_LIMIT = "fleetforge.budget.cost_limit"
 
 
 class Attr(StrEnum):
@@ -212,3 +221,9 @@ class Attr(StrEnum):
     GENAI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
     GENAI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
     GENAI_TOKEN_TYPE = "gen_ai.token.type"
+    STATUS = "status"
+    REASON = "reason"
+    RAW = "raw"
+    WORKER = "worker"
+    GENAI_TOOL_NAME = "gen_ai.tool.name"
+    TOOL_PROVIDER = "fleetforge.tool.provider"

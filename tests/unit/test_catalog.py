@@ -1,0 +1,46 @@
+"""Every envelope the runtime writes carries exactly the payload fields its catalog entry lists."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+
+from fleetforge.adapters.cli.wiring import build_runtime, config_from_env
+from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.webhook import WebhookServer
+from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
+from fleetforge.domain.names import CATALOG, EventKind
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "json": (dict, list, str, int, float)}
+
+
+def test_demo_events_match_catalog(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    store.migrate()
+    hook = WebhookServer().start()
+
+    async def go() -> None:
+        async with httpx.AsyncClient() as client:
+            rt = build_runtime(store, client, config=config_from_env(), sim_sleep=False)
+            for spec in demo_fleet(24, seed=11):
+                rt.submit(json.loads(json.dumps(spec).replace(WEBHOOK_PLACEHOLDER, hook.base_url)))
+            await rt.worker("w", concurrency=8, poll_interval_s=0.001).run(until_idle=True)
+
+    try:
+        asyncio.run(go())
+    finally:
+        hook.stop()
+    seen: set[EventKind] = set()
+    for record in store.iter_outbox():
+        env = json.loads(record.envelope)
+        kind = EventKind(env["kind"])
+        seen.add(kind)
+        fields = {f.name: f for f in CATALOG[kind].fields}
+        assert set(env["payload"]) == set(fields), kind
+        for name, value in env["payload"].items():
+            assert isinstance(value, _TYPES[fields[name].type]), (kind, name, value)
+        assert (env["step_id"] is None) == (CATALOG[kind].scope == "run")
+    assert seen >= set(EventKind) - {EventKind.STEP_DEFERRED, EventKind.RUN_CANCELED}
