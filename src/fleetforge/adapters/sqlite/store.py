@@ -57,7 +57,7 @@ class _SqliteTx:
         return [rows.step_from_row(r) for r in self.c.execute(Q["ready_steps"], (now_us, limit))]
 
     def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
-        found = (self.c.execute(Q["select_step"], k).fetchone() for k in keys)
+        found = (self.c.execute(Q["select_step"], k).fetchone() for k in dict.fromkeys(keys))
         return [rows.step_from_row(r) for r in found if r is not None]
 
     def lock_expired_leases(self, now_us: int, limit: int) -> list[StepRow]:
@@ -150,6 +150,9 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite store {self.path} is not writable: {exc}") from exc
         try:
             yield _SqliteTx(conn, self.clock)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"SQLite transaction failed: {exc}") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -1,0 +1,210 @@
+-- Named queries of the PostgreSQL store. Parameters are %s or %(name)s (psycopg).
+-- Locks are taken in key order (run_id, step_id / scope) so that concurrent transactions cannot
+-- deadlock on each other; queue scans skip rows another transaction holds.
+
+-- name: insert_run
+INSERT INTO runs (id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+                  created_us, started_us, finished_us, error_kind, labels)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb);
+
+-- name: update_run
+UPDATE runs SET status = %s, started_us = %s, finished_us = %s, error_kind = %s WHERE id = %s;
+
+-- name: select_run
+SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+       created_us, started_us, finished_us, error_kind, labels
+FROM runs WHERE id = %s;
+
+-- name: select_runs
+SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+       created_us, started_us, finished_us, error_kind, labels
+FROM runs WHERE id = ANY(%s::text[]);
+
+-- name: list_runs
+SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
+       created_us, started_us, finished_us, error_kind, labels
+FROM runs
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(workspace)s::text IS NULL OR workspace = %(workspace)s::text)
+ORDER BY created_us DESC LIMIT %(limit)s;
+
+-- name: count_open_runs
+SELECT count(*)::int FROM runs WHERE status IN ('queued', 'running');
+
+-- name: insert_step
+INSERT INTO steps (run_id, step_id, type, status, spec, attempt, max_attempts, deps_remaining, due_us,
+                   ready_us, not_before_us, queue_target_ms, priority_boost, slo_tier, lease_owner,
+                   lease_expires_us, started_us, finished_us, first_failure_us, error_kind, output)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb);
+
+-- name: insert_dep
+INSERT INTO step_deps (run_id, step_id, depends_on) VALUES (%s, %s, %s);
+
+-- name: update_step
+UPDATE steps SET status = %s, attempt = %s, deps_remaining = %s, due_us = %s, ready_us = %s,
+                 not_before_us = %s, lease_owner = %s, lease_expires_us = %s, started_us = %s,
+                 finished_us = %s, first_failure_us = %s, error_kind = %s, output = %s::jsonb
+WHERE run_id = %s AND step_id = %s;
+
+-- name: select_steps_of_run
+SELECT * FROM steps WHERE run_id = %s ORDER BY ord;
+
+-- name: lock_steps
+SELECT s.* FROM steps s
+JOIN unnest(%(run_ids)s::text[], %(step_ids)s::text[]) AS k(run_id, step_id)
+  ON s.run_id = k.run_id AND s.step_id = k.step_id
+ORDER BY s.run_id, s.step_id
+FOR UPDATE OF s;
+
+-- name: ready_steps
+SELECT * FROM steps
+WHERE status = 'queued' AND not_before_us <= %s
+ORDER BY due_us LIMIT %s
+FOR UPDATE SKIP LOCKED;
+
+-- name: expired_leases
+SELECT * FROM steps
+WHERE status = 'running' AND lease_expires_us < %s
+ORDER BY lease_expires_us LIMIT %s
+FOR UPDATE SKIP LOCKED;
+
+-- name: open_steps_of_runs
+SELECT * FROM steps
+WHERE run_id = ANY(%s::text[]) AND status IN ('pending', 'queued', 'running')
+ORDER BY run_id, step_id
+FOR UPDATE;
+
+-- name: release_dependents
+-- One statement for the whole batch: a dependent of several finished steps loses one per edge.
+-- The CTE locks the dependents in key order before the UPDATE touches them.
+WITH done AS (
+    SELECT DISTINCT d.run_id, d.step_id
+    FROM unnest(%(run_ids)s::text[], %(step_ids)s::text[]) AS d(run_id, step_id)
+), hits AS (
+    SELECT sd.run_id, sd.step_id, count(*)::int AS n
+    FROM step_deps sd JOIN done ON sd.run_id = done.run_id AND sd.depends_on = done.step_id
+    GROUP BY sd.run_id, sd.step_id
+), locked AS (
+    SELECT s.run_id, s.step_id, h.n
+    FROM steps s JOIN hits h ON s.run_id = h.run_id AND s.step_id = h.step_id
+    WHERE s.status = 'pending'
+    ORDER BY s.run_id, s.step_id
+    FOR UPDATE OF s
+)
+UPDATE steps s SET deps_remaining = s.deps_remaining - l.n
+FROM locked l
+WHERE s.run_id = l.run_id AND s.step_id = l.step_id AND s.status = 'pending'
+RETURNING s.*;
+
+-- name: lock_budgets
+SELECT scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+       cost_reserved_micros, cost_used_micros
+FROM budgets WHERE scope = ANY(%s::text[])
+ORDER BY scope
+FOR UPDATE;
+
+-- name: upsert_budget
+INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+                     cost_reserved_micros, cost_used_micros)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (scope) DO UPDATE SET
+    tokens_limit = excluded.tokens_limit, cost_limit_micros = excluded.cost_limit_micros,
+    tokens_reserved = excluded.tokens_reserved, tokens_used = excluded.tokens_used,
+    cost_reserved_micros = excluded.cost_reserved_micros, cost_used_micros = excluded.cost_used_micros;
+
+-- name: insert_attempt
+INSERT INTO attempts (run_id, step_id, attempt, status, worker, started_us, finished_us, error_kind,
+                      tokens_reserved, tokens_used, cost_reserved_micros, cost_used_micros,
+                      input_tokens, output_tokens, cached_tokens, tool, provider, model)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
+
+-- name: finish_attempt
+UPDATE attempts SET status = %s, finished_us = %s, error_kind = %s, tokens_used = %s, cost_used_micros = %s,
+                    input_tokens = %s, output_tokens = %s, cached_tokens = %s, tool = %s, provider = %s,
+                    model = %s
+WHERE run_id = %s AND step_id = %s AND attempt = %s;
+
+-- name: select_attempts
+SELECT run_id, step_id, attempt, status, worker, started_us, finished_us, error_kind,
+       tokens_reserved, tokens_used, cost_reserved_micros, cost_used_micros,
+       input_tokens, output_tokens, cached_tokens, tool, provider, model
+FROM attempts WHERE run_id = %s ORDER BY started_us, step_id, attempt;
+
+-- name: insert_decision
+INSERT INTO policy_decisions (id, run_id, step_id, attempt, pack, hook, effect, reason, at_us)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
+
+-- name: select_decisions
+SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us
+FROM policy_decisions WHERE run_id = %s ORDER BY at_us, id;
+
+-- name: insert_event
+INSERT INTO outbox (event_id, kind, run_id, envelope, created_us) VALUES (%s, %s, %s, %s, %s);
+
+-- name: read_outbox
+-- Gap-safe: only rows of transactions older than every transaction still in progress, so no row
+-- can later commit before a position already handed out.
+SELECT xid::text::bigint, seq, event_id, kind, run_id, envelope, created_us
+FROM outbox
+WHERE (xid, seq) > (%(xid)s::text::xid8, %(seq)s::bigint)
+  AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, seq
+LIMIT %(limit)s;
+
+-- name: get_cursor
+SELECT pos_xid, pos_seq FROM outbox_cursors WHERE consumer = %s;
+
+-- name: set_cursor
+INSERT INTO outbox_cursors (consumer, pos_xid, pos_seq, updated_us) VALUES (%s, %s, %s, %s)
+ON CONFLICT (consumer) DO UPDATE SET
+    pos_xid = excluded.pos_xid, pos_seq = excluded.pos_seq, updated_us = excluded.updated_us;
+
+-- name: outbox_backlog
+SELECT count(*)::int, min(created_us)
+FROM outbox WHERE (xid, seq) > (%(xid)s::text::xid8, %(seq)s::bigint);
+
+-- name: summary_runs
+SELECT status, count(*)::int FROM runs GROUP BY status;
+
+-- name: summary_steps
+SELECT status, count(*)::int FROM steps GROUP BY status;
+
+-- name: summary_attempts
+SELECT s.type, a.status, a.attempt, count(*)::int
+FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id
+GROUP BY s.type, a.status, a.attempt;
+
+-- name: summary_decisions
+SELECT pack, hook, effect, count(*)::int FROM policy_decisions GROUP BY pack, hook, effect;
+
+-- name: summary_budget
+SELECT r.workspace, r.app, sum(a.tokens_reserved)::bigint, sum(a.tokens_used)::bigint,
+       sum(a.cost_reserved_micros)::bigint, sum(a.cost_used_micros)::bigint
+FROM attempts a JOIN runs r ON r.id = a.run_id
+WHERE a.status <> 'denied'
+GROUP BY r.workspace, r.app;
+
+-- name: summary_tools
+SELECT a.tool, a.provider, a.error_kind, count(*)::int
+FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id
+WHERE s.type IN ('tool', 'http') AND a.status IN ('succeeded', 'failed')
+GROUP BY a.tool, a.provider, a.error_kind;
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_us bigint NOT NULL
+);
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(hashtext('fleetforge.migrate'), hashtext(%s));
+
+-- name: migration_applied
+SELECT 1 FROM schema_migrations WHERE version = %s;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_us) VALUES (%s, %s, %s);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_migrations;
