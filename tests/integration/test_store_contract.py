@@ -572,3 +572,14 @@ def test_open_store_rejects_other_urls(url: str) -> None:
     assert "hidden-pw" not in message
     if url:
         assert url.split("://")[0] in message
+
+
+def test_ensure_budgets_inserts_only_missing_rows(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.upsert_budgets([BudgetRow("fleet", None, None, tokens_reserved=7)])
+        tx.ensure_budgets([BudgetRow("fleet", 10, 10), BudgetRow("app:ws/a", 5, None)])
+    with store.transaction() as tx:
+        assert tx.lock_budgets(["fleet", "app:ws/a"]) == {
+            "fleet": BudgetRow("fleet", None, None, tokens_reserved=7),
+            "app:ws/a": BudgetRow("app:ws/a", 5, None),
+        }

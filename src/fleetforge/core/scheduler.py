@@ -16,6 +16,7 @@ from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import (
     TERMINAL_RUN,
     TERMINAL_STEP,
+    BudgetLimit,
     BudgetRow,
     ErrorKind,
     RunRow,
@@ -172,18 +173,18 @@ class Scheduler:
         """Store a validated run with its steps and budgets; roots are queued."""
         tx.insert_run(run)
         tx.insert_steps(steps, deps)
-        rows: list[BudgetRow] = []
-        if spec.budget is not None and not spec.budget.empty:
-            rows.append(B.row_for_limit(B.run_scope(run.id), spec.budget))
+        run_limit = spec.budget or BudgetLimit()
+        app = B.app_scope(run.workspace, run.app)
+        # every scope a claim will lock exists from now on, so concurrent claims never race to create one
+        tx.ensure_budgets([B.row_for_limit(B.run_scope(run.id), run_limit), BudgetRow(app, None, None),
+                           BudgetRow(B.FLEET, None, None)])
         app_limit = self.config.app_budgets.get(f"{run.workspace}/{run.app}")
         if app_limit is not None:
-            scope = B.app_scope(run.workspace, run.app)
-            row = tx.lock_budgets([scope]).get(scope) or BudgetRow(scope, None, None)
-            fresh = B.row_for_limit(scope, app_limit)
-            row.tokens_limit, row.cost_limit_micros = fresh.tokens_limit, fresh.cost_limit_micros
-            rows.append(row)
-        if rows:
-            tx.upsert_budgets(rows)
+            row = tx.lock_budgets([app])[app]
+            fresh = B.row_for_limit(app, app_limit)
+            if (row.tokens_limit, row.cost_limit_micros) != (fresh.tokens_limit, fresh.cost_limit_micros):
+                row.tokens_limit, row.cost_limit_micros = fresh.tokens_limit, fresh.cost_limit_micros
+                tx.upsert_budgets([row])
         events = [run_event(K.RUN_SUBMITTED, run, now, steps=len(steps),
                             budget_tokens=(spec.budget.tokens or 0) if spec.budget else 0,
                             budget_cost_usd=(spec.budget.cost or 0.0) if spec.budget else 0.0,
@@ -359,7 +360,8 @@ class Scheduler:
             K.BUDGET_RECONCILED, run, step, attempt, now, tokens_reserved=res.tokens, tokens_used=used_tokens,
             cost_reserved_usd=to_usd(res.micros), cost_used_usd=to_usd(used_micros),
             tokens_limit=room.tokens_limit, tokens_remaining=room.tokens_remaining,
-            cost_remaining_usd=to_usd(room.cost_remaining_micros), budget_active=room.active))
+            cost_remaining_usd=to_usd(room.cost_remaining_micros),
+            cost_limit_usd=to_usd(room.cost_limit_micros), budget_active=room.active))
         if step.type in (StepType.TOOL, StepType.HTTP) and not (failure and failure.kind is ErrorKind.POLICY_DENIED
                                                                  and result is not None):
             b.events.append(step_event(K.TOOL_CALL, run, step, attempt, now, tool=tool, provider=provider,

@@ -103,6 +103,12 @@ FROM budgets WHERE scope = ANY(%s::text[])
 ORDER BY scope
 FOR UPDATE;
 
+-- name: ensure_budget
+INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+                     cost_reserved_micros, cost_used_micros)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (scope) DO NOTHING;
+
 -- name: upsert_budget
 INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
                      cost_reserved_micros, cost_used_micros)

@@ -206,6 +206,9 @@ class _PostgresTx:
         found = self._tuples("lock_budgets", (list(dict.fromkeys(scopes)),))
         return {b.scope: b for b in map(rows.budget_from_row, found)}
 
+    def ensure_budgets(self, budgets: Sequence[BudgetRow]) -> None:
+        self._many("ensure_budget", [rows.budget_params(b) for b in sorted(budgets, key=lambda b: b.scope)])
+
     def upsert_budgets(self, budgets: Sequence[BudgetRow]) -> None:
         self._many("upsert_budget", [rows.budget_params(b) for b in sorted(budgets, key=lambda b: b.scope)])
 

@@ -70,6 +70,12 @@ SELECT scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
        cost_reserved_micros, cost_used_micros
 FROM budgets WHERE scope = ?;
 
+-- name: ensure_budget
+INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+                     cost_reserved_micros, cost_used_micros)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope) DO NOTHING;
+
 -- name: upsert_budget
 INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
                      cost_reserved_micros, cost_used_micros)

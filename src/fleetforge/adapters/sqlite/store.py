@@ -90,6 +90,9 @@ class _SqliteTx:
                 out[scope] = rows.budget_from_row(tuple(row))
         return out
 
+    def ensure_budgets(self, budgets: Sequence[BudgetRow]) -> None:
+        self.c.executemany(Q["ensure_budget"], [rows.budget_params(b) for b in budgets])
+
     def upsert_budgets(self, budgets: Sequence[BudgetRow]) -> None:
         self.c.executemany(Q["upsert_budget"], [rows.budget_params(b) for b in budgets])
 
