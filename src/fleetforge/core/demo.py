@@ -9,7 +9,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-__all__ = ["WEBHOOK_PLACEHOLDER", "demo_fleet"]
+__all__ = ["LLM_DEADLINE_MS", "WEBHOOK_PLACEHOLDER", "demo_fleet"]
+
+LLM_DEADLINE_MS = 2_000
+"""Deadline of the demo's LLM steps (the simulator's latencies are tens of milliseconds)."""
 
 WEBHOOK_PLACEHOLDER = "{webhook}"
 """Replaced by the demo's loopback webhook base URL at submit time."""
@@ -144,5 +147,8 @@ def demo_fleet(runs: int, seed: int) -> list[dict[str, Any]]:
     for i in range(runs):
         spec = _SHAPES[i % len(_SHAPES)](rng, i)
         spec["seed"] = rng.randrange(2**31)
+        for step in spec["steps"]:  # a simulated LLM timeout waits out its deadline: keep it short
+            if step["type"] == "llm":
+                step.setdefault("execution", {}).setdefault("deadline_ms", LLM_DEADLINE_MS)
         fleet.append(spec)
     return fleet

@@ -73,17 +73,31 @@ class _Batch:
     decisions: list[DecisionRow] = field(default_factory=list)
     failed_runs: set[str] = field(default_factory=set)
     touched_runs: set[str] = field(default_factory=set)
+    # state of runs and budget rows as read, so that flush writes only the rows that changed
+    run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def step(self, s: StepRow) -> None:
         self.steps[(s.run_id, s.step_id)] = s
 
+    def add_runs(self, runs: Mapping[str, RunRow]) -> None:
+        for r in runs.values():
+            self.run_seen.setdefault(r.id, _run_state(r))
+        self.runs.update(runs)
+
+    def add_budget(self, row: BudgetRow) -> None:
+        self.budget_seen.setdefault(row.scope, _budget_state(row))
+        self.budgets[row.scope] = row
+
     def flush(self, tx: Tx) -> None:
-        if self.runs:
-            tx.update_runs(list(self.runs.values()))
+        runs = [r for r in self.runs.values() if self.run_seen.get(r.id) != _run_state(r)]
+        if runs:
+            tx.update_runs(runs)
         if self.steps:
             tx.update_steps(list(self.steps.values()))
-        if self.budgets:
-            tx.upsert_budgets(list(self.budgets.values()))
+        budgets = [r for r in self.budgets.values() if self.budget_seen.get(r.scope) != _budget_state(r)]
+        if budgets:
+            tx.upsert_budgets(budgets)
         if self.new_attempts:
             tx.insert_attempts(self.new_attempts)
         if self.done_attempts:
@@ -92,6 +106,16 @@ class _Batch:
             tx.insert_decisions(self.decisions)
         if self.events:
             tx.append_events(self.events)
+
+
+def _run_state(r: RunRow) -> tuple[Any, ...]:
+    """The fields `Tx.update_runs` writes."""
+    return (r.status, r.started_us, r.finished_us, r.error_kind)
+
+
+def _budget_state(r: BudgetRow) -> tuple[Any, ...]:
+    return (r.tokens_limit, r.cost_limit_micros, r.tokens_reserved, r.tokens_used, r.cost_reserved_micros,
+            r.cost_used_micros)
 
 
 def _doomed(run: RunRow, b: _Batch) -> bool:
@@ -135,8 +159,19 @@ class Scheduler:
         if missing:
             found = tx.lock_budgets(missing)
             for s in missing:
-                b.budgets[s] = found.get(s) or BudgetRow(s, None, None)
+                b.add_budget(found.get(s) or BudgetRow(s, None, None))
         return [b.budgets[s] for s in scopes]
+
+    def _has_dependents(self, run: RunRow, step_id: str) -> bool:
+        return any(step_id in s.depends_on for s in self.run_spec(run).steps)
+
+    def _lock_budgets(self, tx: Tx, b: _Batch, runs: Iterable[RunRow]) -> None:
+        """Lock the budget rows of every run of the batch in one statement, in one (sorted) order."""
+        scopes = sorted({s for run in runs for s in B.scopes_of(run)} - b.budgets.keys())
+        if scopes:
+            found = tx.lock_budgets(scopes)
+            for s in scopes:
+                b.add_budget(found.get(s) or BudgetRow(s, None, None))
 
     def _policy(self, b: _Batch, hook: Hook, run: RunRow, step: StepRow, spec: StepSpec, attempt: int,
                 payload: dict[str, Any], now: int, **ctx: Any) -> tuple[dict[str, Any], str | None]:
@@ -204,10 +239,14 @@ class Scheduler:
             return [], []
         b = _Batch()
         runs = tx.get_runs([s.run_id for s in ready])
-        b.runs.update(runs)
+        b.add_runs(runs)
+        self._lock_budgets(tx, b, runs.values())
         claims: list[Claim] = []
         for step in ready:
             run = b.runs[step.run_id]
+            if _doomed(run, b):  # failed earlier in this batch (a denial): the step is skipped, not started
+                self._mark_failed(b, run, run.error_kind)
+                continue
             claim = self._claim_one(tx, b, run, step, worker, now)
             if claim is not None:
                 claims.append(claim)
@@ -297,9 +336,14 @@ class Scheduler:
     def complete(self, tx: Tx, outcomes: Sequence[Outcome], now: int) -> tuple[list[Outcome], list[Envelope]]:
         """Record finished attempts. Returns the outcomes accepted (lease still held) and the events."""
         b = _Batch()
-        live = {(s.run_id, s.step_id): s for s in tx.lock_steps(
-            [(o.claim.run.id, o.claim.step.step_id) for o in outcomes])}
-        b.runs.update(tx.get_runs(list({o.claim.run.id for o in outcomes})))
+        # Lock every open step of these runs (their dependents and siblings too) before any budget
+        # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
+        # the budgets (in _finish_failed_runs) would deadlock with it.
+        keys = {(o.claim.run.id, o.claim.step.step_id) for o in outcomes}
+        live = {(s.run_id, s.step_id): s for s in tx.lock_open_steps(sorted({k[0] for k in keys}))
+                if (s.run_id, s.step_id) in keys}
+        b.add_runs(tx.get_runs(sorted({k[0] for k in keys})))
+        self._lock_budgets(tx, b, b.runs.values())
         accepted: list[Outcome] = []
         released: list[tuple[str, str]] = []
         for o in outcomes:
@@ -308,7 +352,8 @@ class Scheduler:
                     or step.attempt != o.claim.attempt):
                 continue  # lease lost: the reaper already recorded this attempt
             accepted.append(o)
-            if self._finish_attempt(tx, b, b.runs[step.run_id], step, o, now):
+            run = b.runs[step.run_id]
+            if self._finish_attempt(tx, b, run, step, o, now) and self._has_dependents(run, step.step_id):
                 released.append((step.run_id, step.step_id))
         if released:
             for dep in tx.release_dependents(released):
@@ -362,8 +407,7 @@ class Scheduler:
             tokens_limit=room.tokens_limit, tokens_remaining=room.tokens_remaining,
             cost_remaining_usd=to_usd(room.cost_remaining_micros),
             cost_limit_usd=to_usd(room.cost_limit_micros), budget_active=room.active))
-        if step.type in (StepType.TOOL, StepType.HTTP) and not (failure and failure.kind is ErrorKind.POLICY_DENIED
-                                                                 and result is not None):
+        if step.type in (StepType.TOOL, StepType.HTTP):  # every attempt that ran, as the ledger counts them
             b.events.append(step_event(K.TOOL_CALL, run, step, attempt, now, tool=tool, provider=provider,
                                        ok=failure is None, error_kind=str(failure.kind) if failure else "",
                                        latency_ms=duration_ms))

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetforge.domain.errors import ConfigError, FleetForgeError, NotFoundError, SpecError
 
@@ -35,7 +36,7 @@ DataDirOpt = Annotated[
 
 def die(message: str, code: int = 1) -> NoReturn:
     """Print an error to stderr and exit with `code`."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

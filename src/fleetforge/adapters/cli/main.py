@@ -20,7 +20,7 @@ from rich.table import Table
 from fleetforge import __version__
 from fleetforge.adapters.cli import demo
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
-from fleetforge.adapters.cli.wiring import build_runtime, store_for
+from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.spec import load_spec_text
 
@@ -72,8 +72,12 @@ def submit(
             text, source = sys.stdin.read(), "<stdin>"
         else:
             if not spec.is_file():
-                die(f"spec file {str(spec)!r} does not exist; pass a JSON or YAML run spec", 2)
-            text, source = spec.read_text(encoding="utf-8", errors="replace"), str(spec)
+                what = "is not a file" if spec.exists() else "does not exist"
+                die(f"spec file {str(spec)!r} {what}; pass a JSON or YAML run spec", 2)
+            try:
+                text, source = spec.read_text(encoding="utf-8", errors="replace"), str(spec)
+            except OSError as exc:
+                die(f"cannot read spec file {str(spec)!r}: {exc.strerror or exc}", 2)
         data = load_spec_text(text, source=source)
         st = store_for(store, data_dir)
 
@@ -103,9 +107,14 @@ def worker(
                                              help="Exit once no run is open.")] = False,
     poll_ms: Annotated[int, typer.Option(envvar="FLEETFORGE_WORKER_POLL_MS", min=1,
                                          help="Idle poll interval in milliseconds.")] = 50,
+    tools: Annotated[list[str] | None, typer.Option(
+        "--tools", envvar="FLEETFORGE_TOOLS", show_default=False,
+        help="Register your own tools: 'module:function', called with the ToolRegistry. "
+             "Repeatable; the env var takes comma-separated values.")] = None,
 ) -> None:
     """Claim and execute ready steps until interrupted (SIGINT/SIGTERM finish what is in flight)."""
     with guard():
+        registry = tools_registry(tools or ())
         st = store_for(store, data_dir)
         wid = worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
@@ -115,7 +124,8 @@ def worker(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             async with httpx.AsyncClient() as client:
-                w = build_runtime(st, client).worker(wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
+                w = build_runtime(st, client, tools=registry).worker(
+                    wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
                 await w.run(stop=stop, until_idle=until_idle)
 
         asyncio.run(go())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -76,8 +77,13 @@ def config_from_env(**overrides: object) -> RuntimeConfig:
         cost = float(cost_raw) if cost_raw else None
     except ValueError:
         raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r}, expected USD as a number") from None
+    if cost is not None and not 0 <= cost < float("inf"):
+        raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r}, expected a finite number of USD >= 0")
+    lease_ms = _int_env("FLEETFORGE_LEASE_MS")
+    if lease_ms == 0:
+        raise ConfigError("FLEETFORGE_LEASE_MS: got '0', expected milliseconds >= 1 (default 30000)")
     kwargs: dict[str, object] = {
-        "lease_ms": _int_env("FLEETFORGE_LEASE_MS") or 30_000,
+        "lease_ms": lease_ms or 30_000,
         "max_inflight_tokens": _int_env("FLEETFORGE_MAX_INFLIGHT_TOKENS"),
         "max_inflight_cost": cost,
         "app_budgets": _app_budgets(os.environ.get("FLEETFORGE_APP_BUDGETS", "")),
@@ -86,8 +92,14 @@ def config_from_env(**overrides: object) -> RuntimeConfig:
     return RuntimeConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def tools_registry() -> ToolRegistry:
-    return register_demo_tools(ToolRegistry())
+def tools_registry(plugins: Sequence[str] = ()) -> ToolRegistry:
+    """The demo tools, then the operator's tools from `module:function` plugins (see toolplugins)."""
+    registry = register_demo_tools(ToolRegistry())
+    if plugins:
+        from fleetforge.adapters.cli.toolplugins import load_tool_plugins
+
+        load_tool_plugins(plugins, registry)
+    return registry
 
 
 def build_runtime(store: Store, client: httpx.AsyncClient, *, config: RuntimeConfig | None = None,

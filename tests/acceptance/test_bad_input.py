@@ -1,0 +1,180 @@
+"""Bad input to the real command line: malformed specs, arguments and settings. Each case must exit
+non-zero with a clear message naming the problem, print no traceback, and store nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+D = "{d}"  # replaced by the case's data dir
+DD = ("--data-dir", D)
+
+
+def spec(*steps: dict[str, Any], **top: Any) -> str:
+    return json.dumps({"steps": list(steps) or [noop("a")], **top})
+
+
+def noop(step_id: str, *deps: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": "tool", "inputs": {"tool": "noop"}, "depends_on": list(deps), **extra}
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    expect: str  # must appear in stderr (whitespace-normalized)
+    spec: str | bytes | None = None  # written to spec.json and passed where the args say "{spec}"
+    env: dict[str, str] = field(default_factory=dict)
+    code: int = 2
+    stdin: str = ""
+
+
+def submit(text: str | bytes, expect: str) -> Case:
+    return Case(("submit", "{spec}", *DD), expect, spec=text)
+
+
+def worker_env(name: str, value: str, expect: str) -> Case:
+    return Case(("worker", "--until-idle", *DD), expect, env={name: value})
+
+
+CASES: dict[str, Case] = {
+    # -- specs: syntax and shape
+    "json-syntax-error": submit('{"steps": [', "spec.json:1:12: invalid JSON: Expecting value"),
+    "yaml-syntax-error": submit("steps:\n  - id: a\n   type: llm\n", "spec.json:3:4: invalid YAML"),
+    "json-duplicate-key": submit('{"steps": [], "steps": []}', "got duplicate key 'steps', expected each key once"),
+    "empty-file": submit("", "got an empty document, expected a mapping with a 'steps' list"),
+    "blank-file": submit("  \n\n", "got an empty document"),
+    "binary-file": submit(b"\x00\x01\x02{", "invalid YAML: unacceptable character #x0000"),
+    "oversize-spec": submit(spec(noop("a", pad="x" * (1024 * 1024))),
+                            "expected at most 1048576 bytes (1 MiB)"),
+    "top-level-list": submit("[1, 2]", "got [1, 2] at the top level, expected a mapping with 'steps'"),
+    "top-level-scalar": submit("hello\n", "got 'hello' at the top level, expected a mapping"),
+    "missing-file": Case(("submit", "no-such-spec.json", *DD), "spec file 'no-such-spec.json' does not exist"),
+    "directory-not-file": Case(("submit", D, *DD), "is not a file; pass a JSON or YAML run spec"),
+    "stdin-empty": Case(("submit", "-", *DD), "<stdin>: got an empty document"),
+    "stdin-yaml-cycle": Case(("submit", "-", *DD), "<stdin>: steps: cycle a -> b -> a, expected an acyclic graph",
+                             stdin="steps:\n- {id: a, type: tool, inputs: {tool: noop}, depends_on: [b]}\n"
+                                   "- {id: b, type: tool, inputs: {tool: noop}, depends_on: [a]}\n"),
+    # -- specs: validation
+    "missing-steps": submit(json.dumps({"workspace": "acme"}), "steps: missing, expected a non-empty list"),
+    "empty-steps": submit(json.dumps({"steps": []}), "steps: got [], expected a non-empty list"),
+    "unknown-top-key": submit(json.dumps({"step": []}), "step: unknown key, expected one of"),
+    "cycle": submit(spec(noop("a", "c"), noop("b", "a"), noop("c", "b")),
+                    "steps: cycle a -> c -> b -> a, expected an acyclic graph"),
+    "self-dependency": submit(spec(noop("a", "a")), "a step cannot depend on itself"),
+    "unknown-dependency": submit(spec(noop("a"), noop("b", "nope")),
+                                 "steps[1].depends_on: got 'nope', expected the id of another step (known: a, b)"),
+    "duplicate-ids": submit(spec(noop("a"), noop("a")),
+                            "steps[1].id: got 'a', expected a unique step id (steps[0] has it too)"),
+    "bad-step-id": submit(spec(noop("has space")), "steps[0].id: got 'has space', expected a string matching"),
+    "unknown-step-type": submit(spec({"id": "a", "type": "shell", "inputs": {}}),
+                                "steps[0].type: got 'shell', expected one of llm, tool, http"),
+    "negative-run-budget": submit(spec(budget={"tokens": -5}), "budget.tokens: got -5, expected an integer >= 0"),
+    "negative-step-budget": submit(spec(noop("a", policy={"budget": {"cost": -0.5}})),
+                                   "steps[0].policy.budget.cost: got -0.5, expected a number >= 0"),
+    "unknown-run-pack": submit(spec(packs=["firewall"]), "packs[0]: got 'firewall', expected a known pack"),
+    "unknown-step-pack": submit(spec(noop("a", policy={"packs": [{"name": "antivirus"}]})),
+                                "steps[0].policy.packs[0].name: got 'antivirus', expected a known pack"),
+    "bad-pii-mode": submit(spec(packs=[{"name": "pii_redaction", "mode": "shred"}]),
+                           "packs[0].mode: got 'shred', expected one of redact, deny, allow"),
+    "bad-acl-option": submit(spec(packs=[{"name": "tool_acl", "deny": "shell"}]),
+                             "packs[0].deny: got 'shell', expected a list of tool names"),
+    "bad-caps-option": submit(spec(packs=[{"name": "budget_caps", "max_tokens": 0}]),
+                              "packs[0].max_tokens: got 0, expected a positive integer"),
+    "max-attempts-zero": submit(spec(noop("a", execution={"max_attempts": 0})),
+                                "steps[0].execution.max_attempts: got 0, expected an integer >= 1"),
+    "backoff-factor-below-one": submit(spec(noop("a", execution={"retry_backoff_factor": 0.5})),
+                                       "steps[0].execution.retry_backoff_factor: got 0.5"),
+    "llm-without-prompt": submit(spec({"id": "a", "type": "llm", "inputs": {"model": "sim-small"}}),
+                                 "steps[0].inputs.prompt: missing"),
+    "http-bad-url": submit(spec({"id": "a", "type": "http", "inputs": {"url": "ftp://x"}}),
+                           "steps[0].inputs.url: got 'ftp://x', expected an http:// or https:// URL"),
+    # -- arguments
+    "worker-concurrency-zero": Case(("worker", "--concurrency", "0", *DD), "Invalid value for '--concurrency'"),
+    "worker-concurrency-env-zero": Case(("worker", *DD), "Invalid value for '--concurrency'",
+                                        env={"FLEETFORGE_WORKER_CONCURRENCY": "0"}),
+    "runs-list-bad-status": Case(("runs", "list", "--status", "bogus", *DD),
+                                 "--status: got 'bogus', expected one of canceled, failed, queued, running"),
+    "runs-list-limit-zero": Case(("runs", "list", "--limit", "0", *DD), "Invalid value for '--limit'"),
+    "runs-get-unknown": Case(("runs", "get", "nope", *DD), "no run 'nope'; list runs with", code=3),
+    "runs-cancel-unknown": Case(("runs", "cancel", "nope", *DD), "no run 'nope'", code=3),
+    "demo-zero-runs": Case(("demo", "--runs", "0", "--no-serve", "--json", *DD), "Invalid value for '--runs'"),
+    "demo-negative-seed": Case(("demo", "--seed", "-1", "--no-serve", *DD), "Invalid value for '--seed'"),
+    "unknown-command": Case(("frobnicate",), "No such command 'frobnicate'"),
+    # -- settings
+    "store-url-unknown-scheme": Case(("runs", "list"), "store URL: got 'mysql://u@h/db', expected sqlite:///",
+                                     env={"FLEETFORGE_STORE_URL": "mysql://u@h/db"}),
+    "store-url-memory": Case(("runs", "list"), "store URL: got 'sqlite:///:memory:'",
+                             env={"FLEETFORGE_STORE_URL": "sqlite:///:memory:"}),
+    "store-url-secret-hidden": Case(("runs", "list"), "got 'mysql://u:***@h/db'",
+                                    env={"FLEETFORGE_STORE_URL": "mysql://u:hunter2@h/db"}),
+    "store-unreachable": Case(("runs", "list"), "127.0.0.1", code=1,
+                              env={"FLEETFORGE_STORE_URL": "postgresql://nobody@127.0.0.1:1/x"}),
+    "data-dir-is-a-file": Case(("runs", "list", "--data-dir", "{spec}"), "cannot open SQLite store", code=1,
+                               spec="not a folder"),
+    "app-budgets-no-app": worker_env("FLEETFORGE_APP_BUDGETS", "acme=tokens:5",
+                                     "FLEETFORGE_APP_BUDGETS: got 'acme=tokens:5', expected 'workspace/app=...'"),
+    "app-budgets-not-a-number": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=tokens:lots",
+                                           "FLEETFORGE_APP_BUDGETS: got 'acme/bot=tokens:lots'"),
+    "app-budgets-negative": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=cost:-1", "with limits >= 0"),
+    "app-budgets-unknown-limit": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=calls:5",
+                                            "expected 'workspace/app=tokens:N,cost:USD'"),
+    "app-budgets-bad-on-submit": Case(("submit", "{spec}", *DD), "FLEETFORGE_APP_BUDGETS: got 'x'", spec=spec(),
+                                      env={"FLEETFORGE_APP_BUDGETS": "x"}),
+    "lease-not-a-number": worker_env("FLEETFORGE_LEASE_MS", "abc", "FLEETFORGE_LEASE_MS: got 'abc', expected a whole"),
+    "lease-negative": worker_env("FLEETFORGE_LEASE_MS", "-5", "FLEETFORGE_LEASE_MS: got '-5', expected a number >= 0"),
+    "lease-zero": worker_env("FLEETFORGE_LEASE_MS", "0", "FLEETFORGE_LEASE_MS: got '0', expected milliseconds >= 1"),
+    "inflight-tokens-negative": worker_env("FLEETFORGE_MAX_INFLIGHT_TOKENS", "-3",
+                                           "FLEETFORGE_MAX_INFLIGHT_TOKENS: got '-3'"),
+    "inflight-cost-not-a-number": worker_env("FLEETFORGE_MAX_INFLIGHT_COST", "abc",
+                                             "FLEETFORGE_MAX_INFLIGHT_COST: got 'abc', expected USD as a number"),
+    "inflight-cost-negative": worker_env("FLEETFORGE_MAX_INFLIGHT_COST", "-1",
+                                         "FLEETFORGE_MAX_INFLIGHT_COST: got '-1', expected a finite number"),
+}
+
+
+def run_cli(args: list[str], *, cwd: Path, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETFORGE_", "OTEL_"))}
+    base.update(COLUMNS="200", NO_COLOR="1", TERM="dumb", **env)
+    return subprocess.run([sys.executable, "-m", "fleetforge", *args], cwd=cwd, env=base, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def stored_rows(db: Path) -> list[int]:
+    """Rows in runs, steps and outbox."""
+    with sqlite3.connect(db) as conn:
+        return [int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("runs", "steps", "outbox")]
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_bad_input_is_rejected_clearly(case: Case, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    spec_file = tmp_path / "spec.json"
+    if isinstance(case.spec, bytes):
+        spec_file.write_bytes(case.spec)
+    elif case.spec is not None:
+        spec_file.write_text(case.spec, encoding="utf-8")
+    args = [a.replace(D, str(data_dir)).replace("{spec}", spec_file.name) for a in case.args]
+    if D in case.args and "submit" in case.args and case.args[1] == D:  # the data dir as the spec itself
+        data_dir.mkdir()
+    proc = run_cli(args, cwd=tmp_path, env=case.env, stdin=case.stdin)
+    stderr = " ".join(proc.stderr.replace("│", " ").split())
+    assert proc.returncode == case.code, (proc.returncode, proc.stdout, proc.stderr)
+    assert " ".join(case.expect.split()) in stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stdout == ""
+    for db in (data_dir / "state.db", tmp_path / ".fleetforge" / "state.db"):
+        if db.exists():
+            assert stored_rows(db) == [0, 0, 0]
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+
+def test_there_are_enough_cases() -> None:
+    assert len(CASES) >= 25
