@@ -13,9 +13,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleetforge.adapters.clickhouse.backends import chdb_dir
+from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
 from fleetforge.adapters.cli.common import DataDirOpt, err, guard, out, print_json
+from fleetforge.adapters.cli.dashboard import HostOpt, PortOpt, serve_until_interrupted
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
 from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.dashboard.server import Dashboard
 from fleetforge.adapters.webhook import WebhookServer
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.summary import summary_from_store
@@ -38,11 +42,14 @@ def _fill(spec: dict[str, Any], webhook: str) -> dict[str, Any]:
     return result
 
 
-async def run_demo(data_dir: Path, *, runs: int, seed: int, workers: int, concurrency: int,
-                   progress: bool) -> dict[str, Any]:
-    """Submit the fleet, run it to completion with `workers` in-process workers, return the summary."""
+async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, seed: int, workers: int,
+                   concurrency: int, progress: bool) -> dict[str, Any]:
+    """Submit the fleet and run it to completion with `workers` in-process workers while its events
+    stream into embedded ClickHouse; return the ground-truth summary once everything is stored."""
     store = SqliteStore(data_dir / "state.db")
     store.migrate()
+    analytics.apply()
+    analytics.start(store)
     webhook = WebhookServer().start()
     try:
         async with httpx.AsyncClient() as client:
@@ -57,6 +64,7 @@ async def run_demo(data_dir: Path, *, runs: int, seed: int, workers: int, concur
             await work
     finally:
         webhook.stop()
+        analytics.stop()  # drains every committed event into ClickHouse
     summary = summary_from_store(store)
     store.close()
     return summary
@@ -112,6 +120,8 @@ def register(app: typer.Typer) -> None:
         keep: Annotated[bool, typer.Option("--keep", envvar="FLEETFORGE_DEMO_KEEP",
                                            help="Keep earlier demo state in --data-dir instead of "
                                                 "starting fresh.")] = False,
+        host: HostOpt = "127.0.0.1",
+        port: PortOpt = 8080,
     ) -> None:
         """Run a realistic sample fleet end to end on the embedded stores (SQLite + chDB)."""
         folder = data_dir or DEFAULT_DATA_DIR
@@ -119,10 +129,13 @@ def register(app: typer.Typer) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             if not keep:
                 _reset(folder)
-            summary = asyncio.run(run_demo(folder, runs=runs, seed=seed, workers=workers,
-                                           concurrency=concurrency, progress=not as_json))
-        if as_json:
-            print_json(summary)
-        else:
-            _print_summary(summary, folder)
-        del no_serve  # the dashboard is served once it exists
+            with EmbeddedAnalytics(chdb_dir(folder)) as analytics:
+                summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
+                                               concurrency=concurrency, progress=not as_json))
+                if as_json:
+                    print_json(summary)
+                else:
+                    _print_summary(summary, folder)
+                if not no_serve:
+                    store = SqliteStore(folder / "state.db")
+                    serve_until_interrupted(Dashboard(analytics.analytics, store), host, port)

@@ -1,0 +1,59 @@
+"""`fleetforge dashboard`: serve the built-in, read-only dashboard."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
+from fleetforge.adapters.cli.wiring import store_for
+from fleetforge.adapters.clickhouse.backends import open_analytics
+from fleetforge.adapters.dashboard.server import Dashboard, DashboardServer
+
+__all__ = ["HostOpt", "PortOpt", "register", "serve_until_interrupted"]
+
+HostOpt = Annotated[str, typer.Option("--host", envvar="FLEETFORGE_DASHBOARD_HOST",
+                                      help="Address to bind; loopback by default (use 0.0.0.0 to expose it).")]
+PortOpt = Annotated[int, typer.Option("--port", envvar="FLEETFORGE_DASHBOARD_PORT", min=0, max=65535,
+                                      help="Port of the dashboard (0 picks a free one).")]
+
+
+def serve_until_interrupted(dashboard: Dashboard, host: str, port: int) -> None:
+    """Serve `dashboard` until SIGINT or SIGTERM."""
+    try:
+        server = DashboardServer(dashboard, host, port).start()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    err.print(f"Dashboard on [bold cyan]{server.url}[/] (read-only). Press Ctrl-C to stop.", highlight=False)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("dashboard")
+    def dashboard(
+        data_dir: DataDirOpt = None,
+        clickhouse_url: Annotated[str | None, typer.Option(
+            "--clickhouse-url", envvar="FLEETFORGE_CLICKHOUSE_URL", show_default=False,
+            help="ClickHouse server URL. Default: embedded chDB under --data-dir.")] = None,
+        store: StoreOpt = None,
+        host: HostOpt = "127.0.0.1",
+        port: PortOpt = 8080,
+    ) -> None:
+        """Serve the built-in dashboard: SLO/MTTR, retries, budgets, policy decisions, tool flakes, runs."""
+        with guard():
+            analytics = open_analytics(data_dir=data_dir, clickhouse_url=clickhouse_url,
+                                       explicit_data_dir=bool(data_dir and clickhouse_url))
+            state = store_for(store, data_dir or Path(".fleetforge"))
+            try:
+                serve_until_interrupted(Dashboard(analytics, state), host, port)
+            finally:
+                analytics.close()
+                state.close()

@@ -1,0 +1,217 @@
+"""The built-in dashboard: a read-only web page over the analytics tables and the run store.
+
+Panels run the same SQL files as the Grafana dashboard (`deploy/otel/dashboards/panels/*.sql`),
+expanded the way Grafana's ClickHouse plugin expands them. Nothing here writes to any store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from fleetforge.adapters.dashboard.panels import load_panels
+from fleetforge.core.panels import PanelQuery, expand
+from fleetforge.domain.errors import FleetForgeError
+from fleetforge.ports.analytics import AnalyticsStore
+from fleetforge.ports.store import Store
+
+__all__ = ["Dashboard", "DashboardServer"]
+
+log = logging.getLogger("fleetforge.dashboard")
+_STATIC = resources.files("fleetforge.adapters.dashboard").joinpath("static")
+_MAX_RANGE_S = 366 * 86_400
+
+
+def _ts(us: int | None) -> str:
+    return "" if us is None else datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass
+class Dashboard:
+    """The page's data: panels from `analytics`, runs from `store` (either may be None)."""
+
+    analytics: AnalyticsStore | None
+    store: Store | None
+
+    def __post_init__(self) -> None:
+        self.panels = load_panels()
+
+    def meta(self) -> dict[str, Any]:
+        workspaces: list[str] = []
+        apps: list[str] = []
+        if self.analytics is not None:
+            rows = self.analytics.rows(
+                "SELECT arraySort(groupUniqArray(workspace)), arraySort(groupUniqArray(app)) "
+                "FROM telemetry.run_events")
+            workspaces, apps = (list(rows[0][0]), list(rows[0][1])) if rows else ([], [])
+        return {"workspaces": workspaces, "apps": apps, "panels": sorted(self.panels),
+                "analytics": self.analytics.backend if self.analytics else None,
+                "store": self.store.backend if self.store else None}
+
+    def panel(self, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        if name not in self.panels:
+            raise KeyError(name)
+        if self.analytics is None:
+            return {"columns": [], "rows": []}
+        t_from, t_to = _range(query)
+        meta = self.meta()
+        variables = {
+            key: [query[key][0]] if query.get(key, [""])[0] else meta[f"{key}s"]
+            for key in ("workspace", "app")
+        }
+        interval = max(60, ((t_to - t_from) // 120) // 60 * 60)
+        sql = expand(self.panels[name], PanelQuery(t_from, t_to, interval, variables))
+        doc = json.loads(self.analytics.text(sql, "JSONCompact"))
+        return {"columns": [c["name"] for c in doc["meta"]], "rows": doc["data"]}
+
+    def runs(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        workspace = query.get("workspace", [""])[0] or None
+        app = query.get("app", [""])[0] or None
+        rows = self.store.list_runs(workspace=workspace, limit=200)
+        return [
+            {"run_id": r.id, "workspace": r.workspace, "app": r.app, "status": str(r.status),
+             "created_at": _ts(r.created_us), "error_kind": r.error_kind,
+             "duration_s": (r.finished_us - r.created_us) / 1e6 if r.finished_us else None}
+            for r in rows if app is None or r.app == app
+        ][:50]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        run = self.store.get_run(run_id)
+        if run is None:
+            return None
+        attempts = self.store.get_attempts(run_id)
+        budget = run.spec.get("budget") or {}
+        return {
+            "run_id": run.id, "workspace": run.workspace, "app": run.app, "status": str(run.status),
+            "slo_tier": run.slo_tier, "trace_id": run.trace_id, "error_kind": run.error_kind,
+            "budget": {"tokens_limit": budget.get("tokens"), "cost_limit": budget.get("cost"),
+                       "tokens_used": sum(a.tokens_used for a in attempts),
+                       "cost_used": sum(a.cost_used_micros for a in attempts) / 1e6},
+            "steps": [{"step_id": s.step_id, "type": str(s.type), "status": str(s.status), "attempts": s.attempt,
+                       "error_kind": s.error_kind} for s in self.store.get_steps(run_id)],
+            "attempts": [{"step_id": a.step_id, "attempt": a.attempt, "status": a.status,
+                          "error_kind": a.error_kind, "tokens_reserved": a.tokens_reserved,
+                          "tokens_used": a.tokens_used, "cost_used": a.cost_used_micros / 1e6,
+                          "tool": a.tool, "provider": a.provider, "model": a.model} for a in attempts],
+            "policy_decisions": [{"step_id": d.step_id, "attempt": d.attempt, "pack": d.pack, "hook": d.hook,
+                                  "effect": d.effect, "reason": d.reason}
+                                 for d in self.store.get_decisions(run_id)],
+        }
+
+
+def _range(query: dict[str, list[str]]) -> tuple[int, int]:
+    now = int(datetime.now(tz=UTC).timestamp())
+    try:
+        t_to = int(query.get("to", [str(now)])[0])
+        t_from = int(query.get("from", [str(t_to - 3600)])[0])
+    except ValueError:
+        raise ValueError("from/to: expected Unix seconds") from None
+    if not 0 <= t_from < t_to or t_to - t_from > _MAX_RANGE_S:
+        raise ValueError("from/to: expected 0 <= from < to and a range of at most 366 days")
+    return t_from, t_to
+
+
+class DashboardServer:
+    """Serves the page and its JSON API on `host:port` from a background thread."""
+
+    def __init__(self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 8080) -> None:
+        handler = _handler(dashboard)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def start(self) -> DashboardServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+_RUN_PATH = re.compile(r"^/api/runs/([\w.-]{1,100})$")
+_PANEL_PATH = re.compile(r"^/api/panel/(\w{1,64})$")
+
+
+def _handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "fleetforge-dashboard"
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, value: Any, status: int = 200) -> None:
+            self._send(status, json.dumps(value, default=str).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            path, query = unquote(url.path), parse_qs(url.query)
+            try:
+                if path in ("/", "/index.html"):
+                    return self._static("index.html")
+                if path.startswith("/static/"):
+                    return self._static(path.removeprefix("/static/"))
+                if path == "/api/meta":
+                    return self._json(dash.meta())
+                if path == "/api/runs":
+                    return self._json(dash.runs(query))
+                if m := _RUN_PATH.match(path):
+                    run = dash.run(m.group(1))
+                    return self._json(run) if run else self._json({"error": "no such run"}, 404)
+                if m := _PANEL_PATH.match(path):
+                    try:
+                        return self._json(dash.panel(m.group(1), query))
+                    except KeyError:
+                        return self._json({"error": f"no panel {m.group(1)!r}"}, 404)
+                return self._json({"error": "not found"}, 404)
+            except ValueError as exc:
+                return self._json({"error": str(exc)}, 400)
+            except FleetForgeError as exc:
+                log.warning("dashboard query failed: %s", exc)
+                return self._json({"error": str(exc)}, 503)
+
+        def do_POST(self) -> None:
+            self._json({"error": "the dashboard is read-only"}, HTTPStatus.METHOD_NOT_ALLOWED)
+
+        do_PUT = do_DELETE = do_PATCH = do_POST
+
+        def _static(self, name: str) -> None:
+            if ".." in name or name.startswith("/"):
+                return self._json({"error": "not found"}, 404)
+            entry = _STATIC.joinpath(name)
+            if not entry.is_file():
+                return self._json({"error": "not found"}, 404)
+            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            if ctype.startswith("text/") or ctype.endswith("javascript"):
+                ctype += "; charset=utf-8"
+            self._send(200, entry.read_bytes(), ctype)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug(fmt, *args)
+
+    return Handler
