@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
-from fleetforge.adapters.cli.wiring import store_for
 from fleetforge.adapters.clickhouse.backends import open_analytics
 from fleetforge.adapters.dashboard.server import Dashboard, DashboardServer
+from fleetforge.adapters.stores import open_store
+from fleetforge.ports.store import Store
 
 __all__ = ["HostOpt", "PortOpt", "register", "serve_until_interrupted"]
 
@@ -20,6 +21,14 @@ HostOpt = Annotated[str, typer.Option("--host", envvar="FLEETFORGE_DASHBOARD_HOS
                                       help="Address to bind; loopback by default (use 0.0.0.0 to expose it).")]
 PortOpt = Annotated[int, typer.Option("--port", envvar="FLEETFORGE_DASHBOARD_PORT", min=0, max=65535,
                                       help="Port of the dashboard (0 picks a free one).")]
+
+
+def _read_only_store(url: str | None, data_dir: Path) -> Store | None:
+    """The run store if it exists; never created or migrated here (the dashboard only reads)."""
+    if url:
+        return open_store(url)
+    path = data_dir / "state.db"
+    return open_store(f"sqlite:///{path}") if path.is_file() else None
 
 
 def serve_until_interrupted(dashboard: Dashboard, host: str, port: int) -> None:
@@ -51,9 +60,10 @@ def register(app: typer.Typer) -> None:
         with guard():
             analytics = open_analytics(data_dir=data_dir, clickhouse_url=clickhouse_url,
                                        explicit_data_dir=bool(data_dir and clickhouse_url))
-            state = store_for(store, data_dir or Path(".fleetforge"))
+            state = _read_only_store(store, data_dir or Path(".fleetforge"))
             try:
                 serve_until_interrupted(Dashboard(analytics, state), host, port)
             finally:
                 analytics.close()
-                state.close()
+                if state is not None:
+                    state.close()

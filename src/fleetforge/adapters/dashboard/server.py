@@ -46,10 +46,21 @@ class Dashboard:
     def __post_init__(self) -> None:
         self.panels = load_panels()
 
+    def _ready(self) -> bool:
+        """The derived tables exist (the dashboard never creates them: it only reads)."""
+        if self.analytics is None:
+            return False
+        found = self.analytics.rows(
+            "SELECT count() FROM system.tables WHERE database = 'telemetry' AND name IN "
+            "('run_events', 'run_latency_metrics', 'step_retry_heatmap', 'budget_burndown', "
+            "'policy_decision_rates', 'tool_error_taxonomy')")
+        return bool(found) and int(found[0][0]) == 6
+
     def meta(self) -> dict[str, Any]:
         workspaces: list[str] = []
         apps: list[str] = []
-        if self.analytics is not None:
+        if self._ready():
+            assert self.analytics is not None
             rows = self.analytics.rows(
                 "SELECT arraySort(groupUniqArray(workspace)), arraySort(groupUniqArray(app)) "
                 "FROM telemetry.run_events")
@@ -61,9 +72,9 @@ class Dashboard:
     def panel(self, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
         if name not in self.panels:
             raise KeyError(name)
-        if self.analytics is None:
-            return {"columns": [], "rows": []}
         t_from, t_to = _range(query)
+        if self.analytics is None or not self._ready():
+            return {"columns": [], "rows": []}
         meta = self.meta()
         variables = {
             key: [query[key][0]] if query.get(key, [""])[0] else meta[f"{key}s"]
