@@ -238,9 +238,11 @@ class Scheduler:
         if not ready:
             return [], []
         b = _Batch()
+        self._lock_budgets(tx, b, tx.get_runs([s.run_id for s in ready]).values())
+        # Read the runs again now that their budget rows are locked: a concurrent claim of another
+        # step of the same run has committed by now, so a run is started (run_started) only once.
         runs = tx.get_runs([s.run_id for s in ready])
         b.add_runs(runs)
-        self._lock_budgets(tx, b, runs.values())
         claims: list[Claim] = []
         for step in ready:
             run = b.runs[step.run_id]

@@ -19,6 +19,7 @@ __all__ = [
     "Attr",
     "EventKind",
     "Field",
+    "KafkaHeader",
     "KindSpec",
     "Metric",
 ]
@@ -227,3 +228,16 @@ class Attr(StrEnum):
     WORKER = "worker"
     GENAI_TOOL_NAME = "gen_ai.tool.name"
     TOOL_PROVIDER = "fleetforge.tool.provider"
+    BUDGET_TOKENS_RESERVED = "fleetforge.budget.tokens_reserved"
+    BUDGET_TOKENS_LEFT = "fleetforge.budget.tokens_left"
+    DELIVERY_MODE = "fleetforge.delivery.mode"
+    MESSAGING_DESTINATION = "messaging.destination.name"
+
+
+class KafkaHeader(StrEnum):
+    """Headers of every event message on the bus (value = the envelope JSON, key = run_id)."""
+
+    EVENT_ID = "event.id"
+    KIND = "kind"
+    TRACEPARENT = "traceparent"
+    OUTBOX_POSITION = "fleetforge.outbox.position"
