@@ -20,9 +20,12 @@ from fleetforge.adapters.cli.dashboard import HostOpt, PortOpt, serve_until_inte
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
 from fleetforge.adapters.sqlite.store import SqliteStore
 from fleetforge.adapters.dashboard.server import Dashboard
+from fleetforge.adapters.otel import Telemetry
 from fleetforge.adapters.webhook import WebhookServer
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.summary import summary_from_store
+from fleetforge.core.worker import Observer
+from fleetforge.domain.errors import ConfigError
 
 __all__ = ["register", "run_demo"]
 
@@ -43,7 +46,7 @@ def _fill(spec: dict[str, Any], webhook: str) -> dict[str, Any]:
 
 
 async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, seed: int, workers: int,
-                   concurrency: int, progress: bool) -> dict[str, Any]:
+                   concurrency: int, progress: bool, observer: Observer | None = None) -> dict[str, Any]:
     """Submit the fleet and run it to completion with `workers` in-process workers while its events
     stream into embedded ClickHouse; return the ground-truth summary once everything is stored."""
     store = SqliteStore(data_dir / "state.db")
@@ -53,7 +56,7 @@ async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, s
     webhook = WebhookServer().start()
     try:
         async with httpx.AsyncClient() as client:
-            runtime = build_runtime(store, client, config=config_from_env(lease_ms=10_000))
+            runtime = build_runtime(store, client, config=config_from_env(lease_ms=10_000), observer=observer)
             for spec in demo_fleet(runs, seed):
                 runtime.submit(_fill(spec, webhook.base_url))
             pool = [runtime.worker(f"demo-{i}", concurrency=concurrency, poll_interval_s=0.02)
@@ -100,6 +103,17 @@ def _print_summary(s: dict[str, Any], data_dir: Path) -> None:
               f"[cyan]fleetforge runs list --data-dir {data_dir}[/]")
 
 
+def _serve_metrics(telemetry: Telemetry) -> None:
+    """Expose the Prometheus endpoint while the demo runs and serves; a busy port is only a warning."""
+    try:
+        address = telemetry.start_prometheus()
+    except ConfigError as exc:
+        err.print(f"[yellow]warning:[/] no Prometheus endpoint: {exc}", highlight=False)
+        return
+    if address:
+        err.print(f"Prometheus metrics on http://{address[0]}:{address[1]}/metrics", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
@@ -129,9 +143,11 @@ def register(app: typer.Typer) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             if not keep:
                 _reset(folder)
-            with EmbeddedAnalytics(chdb_dir(folder)) as analytics:
+            with EmbeddedAnalytics(chdb_dir(folder)) as analytics, Telemetry.from_env() as telemetry:
+                _serve_metrics(telemetry)
                 summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
-                                               concurrency=concurrency, progress=not as_json))
+                                               concurrency=concurrency, progress=not as_json,
+                                               observer=telemetry.observer))
                 if as_json:
                     print_json(summary)
                 else:
