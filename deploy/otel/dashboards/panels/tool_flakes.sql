@@ -1,4 +1,5 @@
 -- Tool and http calls per tool and provider: failures, flake rate, most common error, p95 latency.
+-- Tools are shared across the fleet: this table is fleet-wide (the workspace/app filters do not apply).
 SELECT
     tool, provider,
     sum(kind_calls) AS calls,
@@ -11,7 +12,7 @@ FROM
     SELECT tool, provider, error_kind, sum(calls) AS kind_calls, sum(failures) AS kind_failures,
            quantileTDigestMergeState(latency_ms_state) AS kind_latency
     FROM telemetry.tool_error_taxonomy
-    WHERE $__timeFilter(bucket) AND workspace IN (${workspace:singlequote}) AND app IN (${app:singlequote})
+    WHERE $__timeFilter(bucket)
     GROUP BY tool, provider, error_kind
 )
 GROUP BY tool, provider

@@ -1,0 +1,1 @@
+"""Pure analytics logic: raw-table columns derived from the event catalog."""

@@ -1,0 +1,129 @@
+"""The ClickHouse SQL files against the event catalog, and their statement splitting (no services)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fleetforge.adapters.clickhouse.chdb_backend import clean_text, param_text
+from fleetforge.adapters.clickhouse.sqlfiles import migrations, split_statements, sql_dir, view_definitions, views_sql
+from fleetforge.core.analytics.schema import (
+    SCOPE_TABLES,
+    column_type,
+    kinds_of,
+    payload_columns,
+    render_raw_migration,
+)
+from fleetforge.domain.names import CATALOG, EventKind, Field, KindSpec
+
+GUIDE_TABLES = {"telemetry.run_latency_metrics", "telemetry.step_retry_heatmap", "telemetry.budget_burndown",
+                "telemetry.policy_decision_rates", "telemetry.tool_error_taxonomy"}
+
+
+def _columns(sql: str, table: str) -> dict[str, str]:
+    m = re.search(rf"CREATE TABLE IF NOT EXISTS telemetry\.{table}\s*\((.*?)\n\)", sql, re.S)
+    assert m, table
+    cols = {}
+    for line in m.group(1).strip().splitlines():
+        name, _, rest = line.strip().rstrip(",").partition(" ")
+        cols[name] = rest.split(" DEFAULT ")[0]
+    for add in re.finditer(rf"ALTER TABLE telemetry\.{table} ADD COLUMN IF NOT EXISTS (\w+) ([^,;]+)", sql):
+        cols[add.group(1)] = add.group(2).strip()
+    return cols
+
+
+def test_every_catalog_field_has_a_typed_raw_column() -> None:
+    sql = "\n".join(m.sql for m in migrations())
+    for scope, table in SCOPE_TABLES.items():
+        cols = _columns(sql, table)
+        for spec in CATALOG.values():
+            if spec.scope == scope:
+                for f in spec.fields:
+                    assert cols.get(f.name) == column_type(f.name, f.type), f"{table}.{f.name}"
+        for kind in kinds_of(scope):
+            assert f"'{kind}'" in sql, kind
+
+
+def test_the_first_migration_is_the_rendering_of_the_catalog() -> None:
+    first = migrations()[0]
+    assert first.version == 1
+    assert first.sql == render_raw_migration(), (
+        "deploy/clickhouse/migrations/0001_raw_events.sql differs from the catalog's rendering: "
+        "`python -m fleetforge.core.analytics.schema` renders it; once applied anywhere, add a new "
+        "migration instead of changing 0001")
+
+
+def test_column_types() -> None:
+    assert column_type("cost_usd", "float") == "Decimal(18, 6)"
+    assert column_type("duration_ms", "float") == "Float64"
+    assert column_type("error", "str") == "String"
+    assert column_type("tool", "str") == "LowCardinality(String)"
+    assert column_type("raw", "json") == "String"
+    with pytest.raises(ValueError, match="not one of"):
+        column_type("x", "decimal")
+
+
+def test_conflicting_field_types_are_refused() -> None:
+    specs = [KindSpec(EventKind.STEP_FAILED, "step", "", (Field("tokens", "int", ""),)),
+             KindSpec(EventKind.STEP_SUCCEEDED, "step", "", (Field("tokens", "float", ""),))]
+    with pytest.raises(ValueError, match="one type"):
+        payload_columns("step", specs)
+
+
+def test_the_views_file_provisions_the_five_guide_tables() -> None:
+    views = view_definitions(views_sql())
+    assert {v.target for v in views} == GUIDE_TABLES
+    assert {v.source for v in views} <= {"telemetry.run_events", "telemetry.step_events"}
+    text = views_sql()
+    for table in GUIDE_TABLES:
+        assert f"CREATE TABLE IF NOT EXISTS {table}" in text
+    for statement in split_statements(text):
+        assert statement.split()[0] == "CREATE" and "IF NOT EXISTS" in statement
+
+
+def test_state_columns_end_in_state_and_counts_are_simple_aggregates() -> None:
+    for line in views_sql().splitlines():
+        m = re.match(r"\s+(\w+) (AggregateFunction|SimpleAggregateFunction)\(", line)
+        if m:
+            assert m.group(1).endswith("_state") == (m.group(2) == "AggregateFunction"), line
+
+
+def test_split_statements_ignores_semicolons_in_quotes_and_comments() -> None:
+    sql = ("-- a comment; with a semicolon\nSELECT 'a;b', \"c;d\" /* x; y */ FROM t;\n"
+           "SELECT 'it\\'s; fine';  -- trailing; comment\n\n;SELECT 3")
+    assert split_statements(sql) == ["SELECT 'a;b', \"c;d\"  FROM t", "SELECT 'it\\'s; fine'", "SELECT 3"]
+
+
+def test_sql_dir_follows_the_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "materialized_views.sql").write_text("SELECT 1;")
+    monkeypatch.setenv("FLEETFORGE_CLICKHOUSE_SQL_DIR", str(tmp_path))
+    assert sql_dir() == tmp_path
+    monkeypatch.delenv("FLEETFORGE_CLICKHOUSE_SQL_DIR")
+    assert (sql_dir() / "migrations" / "0001_raw_events.sql").is_file()
+
+
+@pytest.mark.parametrize("value,text", [
+    ("it's", "it's"), ("a\\b\tc\n", "a\\\\b\\tc\\n"), (5, "5"), (True, "true"),
+    (["a'b", "c\\d"], "['a\\'b','c\\\\d']"), ([], "[]"),
+])
+def test_param_text(value: object, text: str) -> None:
+    assert param_text(value) == text
+
+
+def test_clean_text_makes_valid_utf8() -> None:
+    assert clean_text(b"a\xffb") == "a\ufffdb"
+    assert clean_text("ok \u00e9") == "ok \u00e9"
+    assert clean_text("x\udc80").encode("utf-8")
+
+
+def test_server_urls_are_checked_and_redacted() -> None:
+    from fleetforge.adapters.clickhouse.server_backend import ClickHouseServerAnalytics, redact_url
+    from fleetforge.domain.errors import ConfigError
+
+    assert redact_url("https://u:secret@ch.example:8443/db") == "https://u:***@ch.example:8443/db"
+    assert redact_url("http://ch:8123") == "http://ch:8123"
+    with pytest.raises(ConfigError, match="expected http") as info:
+        ClickHouseServerAnalytics("ftp://u:secret@host")
+    assert "secret" not in str(info.value)
