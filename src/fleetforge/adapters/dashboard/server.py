@@ -11,6 +11,7 @@ import logging
 import mimetypes
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -45,26 +46,37 @@ class Dashboard:
 
     def __post_init__(self) -> None:
         self.panels = load_panels()
+        self._ready_seen = False
+        self._names: tuple[float, list[str], list[str]] = (0.0, [], [])
+        self._lock = threading.Lock()
 
     def _ready(self) -> bool:
         """The derived tables exist (the dashboard never creates them: it only reads)."""
-        if self.analytics is None:
-            return False
+        if self._ready_seen or self.analytics is None:
+            return self._ready_seen
         found = self.analytics.rows(
             "SELECT count() FROM system.tables WHERE database = 'telemetry' AND name IN "
             "('run_events', 'run_latency_metrics', 'step_retry_heatmap', 'budget_burndown', "
             "'policy_decision_rates', 'tool_error_taxonomy')")
-        return bool(found) and int(found[0][0]) == 6
+        self._ready_seen = bool(found) and int(found[0][0]) == 6
+        return self._ready_seen
 
-    def meta(self) -> dict[str, Any]:
-        workspaces: list[str] = []
-        apps: list[str] = []
-        if self._ready():
+    def _workspaces_apps(self) -> tuple[list[str], list[str]]:
+        """Known workspaces and apps (from the smallest derived table), cached for 10 seconds."""
+        with self._lock:
+            at, workspaces, apps = self._names
+            if time.monotonic() - at < 10 or not self._ready():
+                return workspaces, apps
             assert self.analytics is not None
             rows = self.analytics.rows(
                 "SELECT arraySort(groupUniqArray(workspace)), arraySort(groupUniqArray(app)) "
-                "FROM telemetry.run_events")
+                "FROM telemetry.budget_burndown")
             workspaces, apps = (list(rows[0][0]), list(rows[0][1])) if rows else ([], [])
+            self._names = (time.monotonic(), workspaces, apps)
+            return workspaces, apps
+
+    def meta(self) -> dict[str, Any]:
+        workspaces, apps = self._workspaces_apps()
         return {"workspaces": workspaces, "apps": apps, "panels": sorted(self.panels),
                 "analytics": self.analytics.backend if self.analytics else None,
                 "store": self.store.backend if self.store else None}
@@ -75,11 +87,8 @@ class Dashboard:
         t_from, t_to = _range(query)
         if self.analytics is None or not self._ready():
             return {"columns": [], "rows": []}
-        meta = self.meta()
-        variables = {
-            key: [query[key][0]] if query.get(key, [""])[0] else meta[f"{key}s"]
-            for key in ("workspace", "app")
-        }
+        known = dict(zip(("workspace", "app"), self._workspaces_apps(), strict=True))
+        variables = {key: [query[key][0]] if query.get(key, [""])[0] else known[key] for key in known}
         interval = max(60, ((t_to - t_from) // 120) // 60 * 60)
         sql = expand(self.panels[name], PanelQuery(t_from, t_to, interval, variables))
         doc = json.loads(self.analytics.text(sql, "JSONCompact"))
