@@ -103,7 +103,7 @@ def _serve(args: list[str], env: dict[str, str]) -> Iterator[tuple[str, str]]:
             line = proc.stderr.readline()
             if not line and proc.poll() is not None:
                 raise AssertionError(f"server exited with {proc.returncode}")
-            if m := re.search(r"(http://127\.0\.0\.1:\d+/)", line):
+            if m := re.search(r"Dashboard on (http://127\.0\.0\.1:\d+/)", line):
                 url = m.group(1)
         assert url, "the dashboard did not start"
         yield first, url
