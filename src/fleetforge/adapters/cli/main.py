@@ -37,7 +37,7 @@ runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=Tr
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
-_AREAS = ("analytics", "forwarder", "observability", "dashboard", "doctor")
+_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor")
 
 
 def _version(value: bool) -> None:

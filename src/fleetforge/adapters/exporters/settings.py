@@ -1,0 +1,275 @@
+"""Which trace exporters run: FLEETFORGE_TRACE_EXPORTERS, plugin manifests and credentials from env.
+
+An exporter is active only when it is named in FLEETFORGE_TRACE_EXPORTERS, a manifest
+`<plugins dir>/exporters/<name>.toml` containing `name = "<name>"` exists (and does not say
+`enabled = false`), and its credentials and endpoint are valid. Every other case is reported once,
+with the reason, and the exporter stays off while everything else runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_PLUGINS_DIR",
+    "KNOWN",
+    "Delivery",
+    "Discovery",
+    "ExporterConfig",
+    "Skipped",
+    "check_url",
+    "discover",
+]
+
+KNOWN: Final = ("langfuse", "langsmith", "phoenix")
+DEFAULT_PLUGINS_DIR: Final = Path("plugins")
+ENV_EXPORTERS: Final = "FLEETFORGE_TRACE_EXPORTERS"
+ENV_PLUGINS_DIR: Final = "FLEETFORGE_PLUGINS_DIR"
+
+DEFAULT_URLS: Final = {
+    "langsmith": "https://api.smith.langchain.com",
+    "langfuse": "https://cloud.langfuse.com",
+    "phoenix": "https://app.phoenix.arize.com",
+}
+URL_VARS: Final = {"langsmith": "LANGSMITH_API_URL", "langfuse": "LANGFUSE_BASE_URL", "phoenix": "PHOENIX_BASE_URL"}
+OPTIONS: Final[dict[str, dict[str, type]]] = {
+    "langsmith": {"project": str, "ingest": str},
+    "langfuse": {"environment": str},
+    "phoenix": {"project": str},
+}
+_DELIVERY_KEYS: Final[dict[str, type]] = {
+    "batch_size": int, "flush_interval_ms": int, "queue_size": int, "timeout_s": float,
+    "max_backoff_s": float, "poll_interval_ms": int, "read_batch": int, "max_open_runs": int,
+}
+_TOP_KEYS: Final = ("name", "enabled", "delivery", "options")
+
+log = logging.getLogger("fleetforge.exporters")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How one exporter batches, retries and reads (the manifest's `[delivery]` table)."""
+
+    batch_size: int = 100  # spans per request
+    flush_interval_ms: int = 2_000  # a partial batch waits at most this long
+    queue_size: int = 1_000  # finished spans (grouped per attempt or run) waiting for the sender
+    timeout_s: float = 10.0  # per HTTP request
+    max_backoff_s: float = 30.0  # retry delay cap (a longer Retry-After is honoured up to 300 s)
+    poll_interval_ms: int = 500  # outbox poll when caught up
+    read_batch: int = 500  # outbox rows per read
+    max_open_runs: int = 10_000  # runs buffered while their spans are incomplete
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    """One active exporter: endpoint, auth headers (secret: never printed), options, delivery."""
+
+    name: str
+    manifest: Path
+    base_url: str
+    options: Mapping[str, str]
+    delivery: Delivery
+    headers: Mapping[str, str] = field(repr=False, default_factory=dict)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def consumer(self) -> str:
+        """The outbox cursor name of this exporter."""
+        return f"exporter-{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A requested (or disabled) exporter that stays off, and why."""
+
+    name: str
+    reason: str
+    warning: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """The outcome of reading FLEETFORGE_TRACE_EXPORTERS, the manifests and the credentials."""
+
+    requested: tuple[str, ...]
+    plugins_dir: Path
+    active: tuple[ExporterConfig, ...]
+    skipped: tuple[Skipped, ...]
+
+    @property
+    def summary(self) -> str:
+        if not self.requested:
+            return (f"{ENV_EXPORTERS} is not set: no trace exporter runs; the OpenTelemetry collector "
+                    "(OTEL_EXPORTER_OTLP_ENDPOINT) stays the default trace destination")
+        on = ", ".join(c.name for c in self.active) or "none"
+        return f"trace exporters requested: {', '.join(self.requested)}; active: {on}"
+
+    def report(self, logger: logging.Logger = log) -> None:
+        """Log why each requested exporter is off: one line each (warning, or info when disabled)."""
+        for s in self.skipped:
+            logger.log(logging.WARNING if s.warning else logging.INFO, "%s", s.reason)
+        if self.active:
+            logger.info("%s", self.summary)
+
+
+def discover(env: Mapping[str, str], plugins_dir: Path | None = None) -> Discovery:
+    """Decide which exporters run, from `env` and the manifests under the plugins dir."""
+    folder = plugins_dir or Path(env.get(ENV_PLUGINS_DIR) or DEFAULT_PLUGINS_DIR)
+    raw = env.get(ENV_EXPORTERS, "")
+    requested = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    active: list[ExporterConfig] = []
+    skipped: list[Skipped] = []
+    for name in requested:
+        if name not in KNOWN:
+            skipped.append(Skipped(name, f"trace exporter {name!r} named in {ENV_EXPORTERS} is unknown "
+                                         f"(known: {', '.join(KNOWN)}); it stays off"))
+            continue
+        result = _configure(name, folder, env)
+        if isinstance(result, Skipped):
+            skipped.append(result)
+        else:
+            active.append(result)
+    return Discovery(requested, folder, tuple(active), tuple(skipped))
+
+
+def _configure(name: str, folder: Path, env: Mapping[str, str]) -> ExporterConfig | Skipped:
+    path = folder / "exporters" / f"{name}.toml"
+    if not path.is_file():
+        return Skipped(name, f"trace exporter {name!r} is requested but has no manifest at {path}: it stays off "
+                             f"and the OpenTelemetry collector remains the default. To enable it, create that "
+                             f"file containing name = \"{name}\" (examples ship in plugins/exporters/)")
+    try:
+        manifest = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return Skipped(name, f"trace exporter manifest {path} is malformed ({exc}); exporter {name!r} stays off")
+    problem = _manifest_problem(name, manifest)
+    if problem is not None:
+        return Skipped(name, f"trace exporter manifest {path} is malformed: {problem}; exporter {name!r} stays off")
+    if manifest.get("enabled", True) is False:
+        return Skipped(name, f"trace exporter {name!r} is disabled by {path} (enabled = false)", warning=False)
+    delivery = Delivery(**{k: _DELIVERY_KEYS[k](v) for k, v in (manifest.get("delivery") or {}).items()})
+    options = {k: str(v) for k, v in (manifest.get("options") or {}).items()}
+    return _credentials(name, path, env, options, delivery)
+
+
+def _manifest_problem(name: str, m: dict[str, Any]) -> str | None:
+    unknown = sorted(set(m) - set(_TOP_KEYS))
+    if unknown:
+        return f"unknown key {unknown[0]!r}, expected keys among {', '.join(_TOP_KEYS)}"
+    if m.get("name") != name:
+        return f"got name = {m.get('name')!r}, expected name = \"{name}\""
+    if not isinstance(m.get("enabled", True), bool):
+        return f"got enabled = {m.get('enabled')!r}, expected true or false"
+    for table, schema in (("delivery", _DELIVERY_KEYS), ("options", OPTIONS[name])):
+        value = m.get(table, {})
+        if not isinstance(value, dict):
+            return f"got {table} = {value!r}, expected a [{table}] table"
+        for key, v in value.items():
+            kind = schema.get(key)
+            if kind is None:
+                accepted = ", ".join(schema) or "none"
+                return f"unknown key {table}.{key}, expected one of {accepted}"
+            ok = isinstance(v, str) if kind is str else (
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0 and (kind is float or v == int(v)))
+            if not ok:
+                expected = "a string" if kind is str else ("a positive whole number" if kind is int
+                                                            else "a positive number")
+                return f"got {table}.{key} = {v!r}, expected {expected}"
+    ingest = m.get("options", {}).get("ingest")
+    if name == "langsmith" and ingest not in (None, "multipart", "batch"):
+        return f"got options.ingest = {ingest!r}, expected \"multipart\" or \"batch\""
+    return None
+
+
+def check_url(var: str, value: str) -> str:
+    """`value` without a trailing slash when it is https:// (or http:// to a loopback host).
+
+    Raises ValueError naming `var`, the value (credentials hidden) and what is accepted.
+    """
+    parts = urlsplit(value.strip())
+    shown = value if not parts.password and not parts.username else _hide_userinfo(value)
+    expected = "an https:// URL (plain http:// only for loopback hosts) without user:password, query or fragment"
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
+            or parts.query or parts.fragment:
+        raise ValueError(f"{var}: got {shown!r}, expected {expected}")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError(f"{var}: got {shown!r}, expected {expected}; {parts.hostname} is not a loopback host")
+    return value.strip().rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hide_userinfo(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def _credentials(name: str, path: Path, env: Mapping[str, str], options: dict[str, str],
+                 delivery: Delivery) -> ExporterConfig | Skipped:
+    url_var = URL_VARS[name]
+    try:
+        base_url = check_url(url_var, env.get(url_var) or DEFAULT_URLS[name])
+    except ValueError as exc:
+        return Skipped(name, f"trace exporter {name!r}: {exc}; it stays off")
+    loopback = _loopback(urlsplit(base_url).hostname or "")
+
+    def missing(*names: str) -> Skipped:
+        return Skipped(name, f"trace exporter {name!r} needs {' and '.join(names)} in the environment "
+                             f"(not set); it stays off")
+
+    headers: dict[str, str] = {}
+    if name == "langsmith":
+        key = env.get("LANGSMITH_API_KEY", "")
+        if not key:
+            return missing("LANGSMITH_API_KEY")
+        headers["x-api-key"] = key
+        if env.get("LANGSMITH_WORKSPACE_ID"):
+            headers["x-tenant-id"] = env["LANGSMITH_WORKSPACE_ID"]
+        dataset = env.get("LANGSMITH_DATASET_ID", "").strip()
+        if dataset:
+            try:
+                options["dataset_id"] = str(uuid.UUID(dataset))
+            except ValueError:
+                return Skipped(name, f"trace exporter 'langsmith': LANGSMITH_DATASET_ID: got {dataset!r}, "
+                                     "expected a dataset UUID; it stays off")
+        options["project"] = env.get("LANGSMITH_PROJECT") or options.get("project") or "default"
+        options.setdefault("ingest", "multipart")
+        secrets: tuple[str, ...] = (key,)
+    elif name == "langfuse":
+        public, secret = env.get("LANGFUSE_PUBLIC_KEY", ""), env.get("LANGFUSE_SECRET_KEY", "")
+        if not public or not secret:
+            return missing(*[v for v, x in (("LANGFUSE_PUBLIC_KEY", public), ("LANGFUSE_SECRET_KEY", secret))
+                             if not x])
+        token = base64.b64encode(f"{public}:{secret}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
+        headers["x-langfuse-ingestion-version"] = "4"
+        headers["x-langfuse-public-key"] = public
+        if env.get("LANGFUSE_TRACING_ENVIRONMENT"):
+            options["environment"] = env["LANGFUSE_TRACING_ENVIRONMENT"]
+        secrets = (secret, token)
+    else:
+        key = env.get("PHOENIX_API_KEY", "")
+        if not key and not loopback:
+            return missing("PHOENIX_API_KEY")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+            headers["api_key"] = key
+        options["project"] = env.get("PHOENIX_WORKSPACE") or options.get("project") or "default"
+        secrets = (key,) if key else ()
+    return ExporterConfig(name, path, base_url, options, delivery, headers, secrets)
