@@ -20,6 +20,7 @@ from fleetforge.adapters.cli.dashboard import HostOpt, PortOpt, serve_until_inte
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
 from fleetforge.adapters.sqlite.store import SqliteStore
 from fleetforge.adapters.dashboard.server import Dashboard
+from fleetforge.adapters.exporters import start_exporters
 from fleetforge.adapters.otel import Telemetry
 from fleetforge.adapters.webhook import WebhookServer
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
@@ -53,6 +54,7 @@ async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, s
     store.migrate()
     analytics.apply()
     analytics.start(store)
+    exporters = start_exporters(store)  # FLEETFORGE_TRACE_EXPORTERS; nothing when unset
     webhook = WebhookServer().start()
     try:
         async with httpx.AsyncClient() as client:
@@ -68,6 +70,7 @@ async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, s
     finally:
         webhook.stop()
         analytics.stop()  # drains every committed event into ClickHouse
+        exporters.stop(30.0)
     summary = summary_from_store(store)
     store.close()
     return summary
