@@ -144,8 +144,9 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
 SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us
 FROM policy_decisions WHERE run_id = %s ORDER BY at_us, id;
 
--- name: insert_event
-INSERT INTO outbox (event_id, kind, run_id, envelope, created_us) VALUES (%s, %s, %s, %s, %s);
+-- name: copy_events
+-- Bulk append (append_events): rows keep their order, so seq follows the order given.
+COPY outbox (event_id, kind, run_id, envelope, created_us) FROM STDIN;
 
 -- name: read_outbox
 -- Gap-safe: only rows of transactions older than every transaction still in progress, so no row
@@ -214,3 +215,19 @@ INSERT INTO schema_migrations (version, name, applied_us) VALUES (%s, %s, %s);
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
+
+-- name: try_lease
+-- Take or renew a lease: free, expired, or already ours. Expiry uses the server's clock; the epoch
+-- grows at each change of holder.
+INSERT INTO outbox_leases AS l (name, holder, epoch, expires_us)
+VALUES (%(name)s, %(holder)s, 1,
+        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + %(ttl_us)s)
+ON CONFLICT (name) DO UPDATE SET
+    epoch = CASE WHEN l.holder = excluded.holder THEN l.epoch ELSE l.epoch + 1 END,
+    holder = excluded.holder,
+    expires_us = excluded.expires_us
+WHERE l.holder = excluded.holder OR l.expires_us < excluded.expires_us - %(ttl_us)s
+RETURNING l.epoch;
+
+-- name: release_lease
+UPDATE outbox_leases SET expires_us = 0 WHERE name = %s AND holder = %s;

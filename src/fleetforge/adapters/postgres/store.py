@@ -222,8 +222,17 @@ class _PostgresTx:
         self._many("insert_decision", [rows.decision_params(d) for d in decisions])
 
     def append_events(self, events: Sequence[Envelope]) -> None:
+        if not events:
+            return
         now = self.clock.now_us()
-        self._many("insert_event", [(e.id, str(e.kind), e.run_id, e.to_json(), now) for e in events])
+        rows_ = [(e.id, str(e.kind), e.run_id, e.to_json(), now) for e in events]
+
+        def go() -> None:  # COPY: a fraction of the client CPU of executemany for a batch of events
+            with self.c.cursor() as cur, cur.copy(Q["copy_events"]) as copy:
+                for row in rows_:
+                    copy.write_row(row)
+
+        self._run("insert_event", go)
 
 
 class PostgresStore:
@@ -379,6 +388,14 @@ class PostgresStore:
                 conn.execute(Q[name], params)
             except psycopg.Error as exc:
                 self._errors.raise_(exc, name)
+
+    def try_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+        """Take or renew lease `name` for `holder`; its epoch while held, else None."""
+        found = self._query("try_lease", {"name": name, "holder": holder, "ttl_us": ttl_ms * 1000})
+        return int(found[0][0]) if found else None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._query_none("release_lease", (name, holder))
 
     def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
         xid, seq = self.get_cursor(consumer)
