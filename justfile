@@ -11,3 +11,11 @@ test *ARGS:
 # Benchmarks (figures beside their baselines)
 bench-scheduler *ARGS:
     python3 bench/scheduler/bench.py {{ARGS}}
+
+# Local observability stack: docker compose with a Docker engine, else the embedded stack (docs/observability.md)
+observability *ARGS:
+    fleetforge observability up --detach {{ARGS}}
+
+# Stop it
+observability-down *ARGS:
+    fleetforge observability down {{ARGS}}
