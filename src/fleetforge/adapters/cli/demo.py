@@ -13,15 +13,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleetforge.adapters.clickhouse.backends import chdb_dir
-from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
 from fleetforge.adapters.cli.common import DataDirOpt, err, guard, out, print_json
 from fleetforge.adapters.cli.dashboard import HostOpt, PortOpt, serve_until_interrupted
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.clickhouse.backends import chdb_dir
+from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
 from fleetforge.adapters.dashboard.server import Dashboard
 from fleetforge.adapters.exporters import start_exporters
 from fleetforge.adapters.otel import Telemetry
+from fleetforge.adapters.sqlite.store import SqliteStore
 from fleetforge.adapters.webhook import WebhookServer
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.summary import summary_from_store

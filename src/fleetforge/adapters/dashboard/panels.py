@@ -22,7 +22,8 @@ def dashboards_dir() -> Path:
     """The folder holding observability.json and panels/; ConfigError when none is found."""
     here = Path(__file__).resolve()
     tried = [Path(p) for p in [os.environ.get(ENV_DIR)] if p]
-    tried += [here.parents[4] / "deploy" / "otel" / "dashboards", Path(sys.prefix) / "share" / "fleetforge" / "dashboards"]
+    tried += [here.parents[4] / "deploy" / "otel" / "dashboards",
+              Path(sys.prefix) / "share" / "fleetforge" / "dashboards"]
     for path in tried:
         if (path / "panels").is_dir():
             return path
