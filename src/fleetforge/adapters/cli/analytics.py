@@ -108,9 +108,14 @@ def _source(kind: str, store_url: str | None, data_dir: Path | None, consumer: s
         if not bootstrap:
             raise ConfigError("--source kafka needs --bootstrap-servers (or FLEETFORGE_KAFKA_BOOTSTRAP_SERVERS), "
                               "e.g. localhost:9092")
-        from fleetforge.adapters.clickhouse.kafka_source import KafkaSource
+        import os
 
-        return KafkaSource.connect(bootstrap, topic, group)
+        from fleetforge.adapters.clickhouse.kafka_source import KafkaSource
+        from fleetforge.adapters.kafka.config import load_bus_config
+
+        # consumer settings ([bus.consumer_props]) from the forwarder's TOML, when one is configured
+        props = load_bus_config(os.environ.get("FLEETFORGE_KAFKA_CONFIG") or None).consumer_props
+        return KafkaSource.connect(bootstrap, topic, group, dict(props) or None)
     raise ConfigError(f"--source: got {kind!r}, expected outbox or kafka")
 
 
