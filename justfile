@@ -19,3 +19,9 @@ observability *ARGS:
 # Stop it
 observability-down *ARGS:
     fleetforge observability down {{ARGS}}
+
+# Smoke-test the Kafka forwarder configuration; exits 0 only when it is transactional.
+# Usage: just check-transactional-forwarder [FILE] [--connect] [--json]
+# FILE defaults to $FLEETFORGE_KAFKA_CONFIG, else deploy/kafka/forwarder.toml.
+check-transactional-forwarder config=env_var_or_default("FLEETFORGE_KAFKA_CONFIG", "deploy/kafka/forwarder.toml") *flags="":
+    fleetforge check-transactional-forwarder --config "{{config}}" {{flags}}

@@ -230,8 +230,6 @@ class Attr(StrEnum):
     TOOL_PROVIDER = "fleetforge.tool.provider"
     BUDGET_TOKENS_RESERVED = "fleetforge.budget.tokens_reserved"
     BUDGET_TOKENS_LEFT = "fleetforge.budget.tokens_left"
-    DELIVERY_MODE = "fleetforge.delivery.mode"
-    MESSAGING_DESTINATION = "messaging.destination.name"
 
 
 class KafkaHeader(StrEnum):

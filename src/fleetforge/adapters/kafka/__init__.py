@@ -1,0 +1,1 @@
+"""Kafka/Redpanda adapter: the outbox forwarder, its configuration, and the consumer helper."""

@@ -1,0 +1,150 @@
+"""The outbox forwarder: relays outbox rows to Kafka, at-least-once or transactionally.
+
+One forwarder at a time publishes for an outbox consumer (a store lease); others wait as standby.
+The forwarder only reads the outbox and writes its own cursor, so nothing it does (or a broker
+outage) can block or slow the runtime: back-pressure stays in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Final
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from opentelemetry.metrics import MeterProvider, NoOpMeter
+
+from fleetforge import __version__
+from fleetforge.adapters.kafka.config import BusConfig
+from fleetforge.adapters.kafka.lease import LeaseKeeper
+from fleetforge.adapters.kafka.logs import QUIET
+from fleetforge.adapters.kafka.publishers import (
+    AtLeastOncePublisher,
+    Context,
+    ForwarderStats,
+    TransactionalPublisher,
+)
+from fleetforge.adapters.otel.delivery import DeliveryMetrics
+from fleetforge.core.forwarding import Backoff, DeliveryMode, ForwarderStore
+from fleetforge.domain.errors import StoreError
+from fleetforge.ports.store import OutboxPosition
+
+__all__ = ["AT_LEAST_ONCE_WARNING", "METER_NAME", "Forwarder", "ForwarderStats", "ensure_topic"]
+
+log = logging.getLogger("fleetforge.kafka.forwarder")
+
+METER_NAME: Final = "fleetforge.forwarder"
+AT_LEAST_ONCE_WARNING: Final = (
+    "no transactional.id configured: the Kafka forwarder runs in AT-LEAST-ONCE mode. Events may be "
+    "published more than once (after a crash or a broker error); consumers must treat events "
+    "idempotently, de-duplicating on the event.id header. Set a transactional.id for "
+    "effectively-exactly-once delivery (see docs/forwarder.md)."
+)
+
+
+def ensure_topic(config: BusConfig, stop: threading.Event, backoff: Backoff | None = None) -> bool:
+    """Wait until the broker answers and the topic exists (created when `config.create_topic`).
+
+    Returns False only when `stop` was set first.
+    """
+    backoff = backoff or Backoff()
+    admin = AdminClient({**config.connection_config(), **QUIET})
+    while not stop.is_set():
+        try:
+            topics = admin.list_topics(timeout=10).topics
+            if config.topic in topics:
+                return True
+            if not config.create_topic:
+                log.warning("topic %s does not exist and create_topic is false; waiting for it", config.topic)
+            else:
+                future = admin.create_topics(
+                    [NewTopic(config.topic, num_partitions=config.topic_partitions, replication_factor=-1)]
+                )[config.topic]
+                try:
+                    future.result(30)
+                except KafkaException as exc:
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc).lower():
+                        raise
+                log.info("created topic %s with %d partitions", config.topic, config.topic_partitions)
+                return True
+        except KafkaException as exc:
+            log.warning("broker at %s not usable yet (%s); retrying", config.bootstrap_servers, exc.args[0])
+        stop.wait(backoff.next_delay())
+    return False
+
+
+class Forwarder:
+    """Relay `store`'s outbox to `config.topic` until stopped.
+
+    Metrics go through `meter_provider` (or an existing `delivery_metrics`); `after_publish` is
+    called with the last position of each acknowledged (at-least-once) or committed
+    (transactional) batch before the cursor moves there.
+    """
+
+    def __init__(
+        self,
+        store: ForwarderStore,
+        config: BusConfig,
+        *,
+        meter_provider: MeterProvider | None = None,
+        delivery_metrics: DeliveryMetrics | None = None,
+        after_publish: Callable[[OutboxPosition], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        if delivery_metrics is None:
+            meter = (meter_provider.get_meter(METER_NAME, __version__) if meter_provider is not None
+                     else NoOpMeter(METER_NAME))
+            delivery_metrics = DeliveryMetrics(meter)
+        self.metrics = delivery_metrics
+        self.after_publish = after_publish
+        self.backoff = backoff or Backoff()
+        self.producer_conf, self.overrides = config.producer_config()
+        self.stats = ForwarderStats()
+
+    @property
+    def mode(self) -> DeliveryMode:
+        return self.config.mode
+
+    def run(self, stop: threading.Event | None = None, *, until_idle: bool = False) -> ForwarderStats:
+        """Forward until `stop` is set or, with `until_idle`, until the outbox is drained."""
+        stop = stop or threading.Event()
+        cfg = self.config
+        for warning in self.overrides:
+            log.warning("%s", warning)
+        if self.mode is DeliveryMode.AT_LEAST_ONCE:
+            log.warning("%s", AT_LEAST_ONCE_WARNING)
+        else:
+            log.info("transactional mode: transactional.id=%s, checkpoint group %s", cfg.transactional_id,
+                     cfg.checkpoint_group_id)
+        lease = LeaseKeeper(self.store, cfg.outbox_consumer, cfg.holder, cfg.lease_ttl_ms)
+        ctx = Context(store=self.store, config=cfg, producer_conf=self.producer_conf, metrics=self.metrics,
+                      lease=lease, stop=stop, after_publish=self.after_publish, stats=self.stats,
+                      backoff=self.backoff, until_idle=until_idle)
+        if not ensure_topic(cfg, stop, self.backoff):
+            return self.stats
+        self.backoff.reset()
+        try:
+            while not stop.is_set() and lease.acquire(stop):
+                publisher: AtLeastOncePublisher | TransactionalPublisher
+                if self.mode is DeliveryMode.TRANSACTIONAL:
+                    publisher = TransactionalPublisher(ctx)
+                else:
+                    publisher = AtLeastOncePublisher(ctx)
+                drained = False
+                try:
+                    drained = publisher.run()
+                except StoreError as exc:
+                    log.warning("state store failed (%s); restarting the publisher", exc)
+                    ctx.pause()
+                finally:
+                    publisher.close()
+                if until_idle and drained:
+                    break
+        finally:
+            ctx.report_backlog(force=True)
+            lease.release()
+        return self.stats

@@ -1,0 +1,102 @@
+"""Keep a named store lease so that one forwarder at a time publishes an outbox consumer's rows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from fleetforge.core.forwarding import ForwarderStore
+from fleetforge.domain.errors import StoreError
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger("fleetforge.kafka.lease")
+
+
+class LeaseKeeper:
+    """Acquire lease `name` for `holder` and renew it every third of `ttl_ms` from a background thread.
+
+    `valid()` is true while the last successful renewal is recent enough that the lease cannot
+    have expired (a margin of a third of the TTL); the forwarder checks it before each batch and
+    before each commit, and stops publishing as soon as it turns false.
+    """
+
+    def __init__(self, store: ForwarderStore, name: str, holder: str, ttl_ms: int,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.name = name
+        self.holder = holder
+        self.ttl_s = ttl_ms / 1000
+        self._ttl_ms = ttl_ms
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._renewed_at: float | None = None
+        self.epoch: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _try(self) -> bool:
+        started = self._clock()
+        try:
+            epoch = self.store.try_lease(self.name, self.holder, self._ttl_ms)
+        except StoreError as exc:
+            log.warning("lease %s: renewal failed (%s); retrying", self.name, exc)
+            return self.valid()
+        with self._lock:
+            if epoch is None:
+                self._renewed_at = None
+            else:
+                if self.epoch is not None and epoch != self.epoch:
+                    log.warning("lease %s: epoch moved from %s to %s", self.name, self.epoch, epoch)
+                self.epoch = epoch
+                self._renewed_at = started
+        return epoch is not None
+
+    def valid(self) -> bool:
+        with self._lock:
+            renewed = self._renewed_at
+        return renewed is not None and self._clock() - renewed < self.ttl_s * 2 / 3
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Block until the lease is held (True) or `stop` is set (False); then keep renewing it."""
+        waited = False
+        while not stop.is_set():
+            if self._try():
+                if waited:
+                    log.info("lease %s acquired by %s (epoch %s)", self.name, self.holder, self.epoch)
+                self._start_renewing()
+                return True
+            if not waited:
+                log.info("lease %s is held by another forwarder; %s waits as standby", self.name, self.holder)
+                waited = True
+            stop.wait(self.ttl_s / 3)
+        return False
+
+    def _start_renewing(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            if not self._try() and not self.valid():
+                log.warning("lease %s lost by %s", self.name, self.holder)
+                return
+
+    def release(self) -> None:
+        """Stop renewing and hand the lease back so a standby takes over at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with self._lock:
+            held, self._renewed_at = self._renewed_at is not None, None
+        if held:
+            try:
+                self.store.release_lease(self.name, self.holder)
+            except StoreError as exc:
+                log.warning("lease %s: release failed (%s); it expires in %.0f s", self.name, exc, self.ttl_s)
