@@ -590,3 +590,73 @@ def test_ensure_budgets_inserts_only_missing_rows(store: Store) -> None:
             "fleet": BudgetRow("fleet", None, None, tokens_reserved=7),
             "app:ws/a": BudgetRow("app:ws/a", 5, None),
         }
+
+
+def test_lock_budgets_if_limited_takes_shared_rows_only_when_they_carry_a_limit(store: Store) -> None:
+    app = BudgetRow("app:ws/app", None, None, tokens_reserved=5)
+    capped = BudgetRow("app:ws/capped", None, 7_000)
+    run = BudgetRow("run:r1", None, None, tokens_used=3)
+    with store.transaction() as tx:
+        tx.upsert_budgets([app, capped, run, BudgetRow("fleet", None, None)])
+        scopes = ["app:ws/app", "app:ws/capped", "fleet", "run:r1", "run:none"]
+        assert tx.lock_budgets(scopes, if_limited=["app:ws/app", "app:ws/capped", "fleet", "run:none"]) == {
+            "app:ws/capped": capped, "run:r1": run}
+        assert tx.lock_budgets(scopes, if_limited=[]) == {
+            "app:ws/app": app, "app:ws/capped": capped, "fleet": BudgetRow("fleet", None, None), "run:r1": run}
+
+
+@pytest.mark.postgres
+def test_lock_budgets_if_limited_does_not_wait_for_a_shared_row_without_limit(pg_store: PostgresStore) -> None:
+    with pg_store.transaction() as tx:
+        tx.upsert_budgets([BudgetRow("fleet", None, None), BudgetRow("run:r1", 10, None)])
+    with pg_store.transaction() as holder:
+        row = holder.lock_budgets(["fleet"])["fleet"]
+        row.tokens_reserved = 9
+        holder.upsert_budgets([row])
+        started = time.monotonic()
+        with pg_store.transaction() as other:  # lock_budgets(["fleet", ...]) would wait for `holder` forever
+            assert other.lock_budgets(["fleet", "run:r1"], if_limited=["fleet"]) == {
+                "run:r1": BudgetRow("run:r1", 10, None)}
+        assert time.monotonic() - started < 5
+    with pg_store.transaction() as tx:
+        assert tx.lock_budgets(["fleet"])["fleet"].tokens_reserved == 9
+
+
+def test_batch_writes_keep_the_order_given_and_the_last_of_a_key(store: Store) -> None:
+    steps = [step_row("r1", f"s{i:03d}") for i in range(120)][::-1]
+    submit(store, run_row("r1"), steps)
+    assert [s.step_id for s in store.get_steps("r1")] == [s.step_id for s in steps]  # insertion order
+    run = run_row("r1")
+    first, last = step_row("r1", "s007"), step_row("r1", "s007")
+    first.attempt, last.attempt, last.output = 1, 2, {"n": 2}
+    with store.transaction() as tx:
+        tx.update_steps([first, last])
+        early, late = run_row("r1"), run_row("r1")
+        early.status, late.status, late.error_kind = RunStatus.RUNNING, RunStatus.FAILED, "crash"
+        tx.update_runs([early, late])
+        tx.append_events([event("r1", n) for n in range(300)])
+    got = next(s for s in store.get_steps("r1") if s.step_id == "s007")
+    assert (got.attempt, got.output) == (2, {"n": 2})
+    stored = store.get_run("r1")
+    assert stored is not None and (stored.status, stored.error_kind) == (RunStatus.FAILED, "crash")
+    assert run.id == stored.id
+    assert [json_n(r.envelope) for r in read_until(store, (0, 0), 300)] == list(range(300))
+
+
+def json_n(envelope: str) -> int:
+    return int(Envelope.from_json(envelope).payload["n"])
+
+
+def test_reread_runs_reads_the_state_again_and_keeps_the_rest(store: Store) -> None:
+    submit(store, run_row("r1"), [])
+    submit(store, run_row("r2", created_us=T0 + 1), [])
+    stale = {r.id: r for r in [run_row("r1"), run_row("r2", created_us=T0 + 1), run_row("gone")]}
+    with store.transaction() as tx:
+        assert tx.reread_runs([]) == {}
+        changed = run_row("r1")
+        changed.status, changed.started_us, changed.finished_us, changed.error_kind = (
+            RunStatus.FAILED, T0 + 5, T0 + 9, "timeout")
+        tx.update_runs([changed])
+        fresh = tx.reread_runs([stale["r1"], stale["gone"], stale["r2"], stale["r1"]])
+        assert fresh == tx.get_runs(["r1", "r2"]) == {"r1": changed, "r2": stale["r2"]}
+        assert fresh["r1"] is not stale["r1"] and stale["r1"].status is RunStatus.QUEUED

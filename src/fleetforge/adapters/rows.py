@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fleetforge.domain.jsontext import compact
 from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
 from fleetforge.ports.store import AttemptRow, DecisionRow
 
@@ -18,6 +19,7 @@ __all__ = [
     "decision_params",
     "run_from_row",
     "run_params",
+    "run_with_state",
     "step_from_row",
     "step_params",
     "step_update_params",
@@ -25,7 +27,7 @@ __all__ = [
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compact(value)  # the text of json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _load(value: Any) -> Any:
@@ -44,6 +46,17 @@ def run_from_row(row: Any) -> RunRow:
                   started_us=started, finished_us=finished, error_kind=err, labels=_load(labels))
 
 
+def run_with_state(r: RunRow, status: Any, started_us: int | None, finished_us: int | None,
+                   error_kind: str) -> RunRow:
+    """A copy of `r` with the fields `update_runs` writes replaced by those read from a row."""
+    return RunRow(r.id, r.workspace, r.app, _RUN_STATUSES.get(status) or RunStatus(status), r.spec, r.seed,
+                  r.slo_tier, r.queue_target_ms, r.trace_id, r.created_us, started_us, finished_us, error_kind,
+                  r.labels)
+
+
+_RUN_STATUSES: dict[Any, RunStatus] = {s.value: s for s in RunStatus}
+
+
 def step_params(s: StepRow) -> tuple[Any, ...]:
     return (s.run_id, s.step_id, str(s.type), str(s.status), _dump(s.spec), s.attempt, s.max_attempts,
             s.deps_remaining, s.due_us, s.ready_us, s.not_before_us, s.queue_target_ms, s.priority_boost,
@@ -57,19 +70,21 @@ def step_update_params(s: StepRow) -> tuple[Any, ...]:
             None if s.output is None else _dump(s.output), s.run_id, s.step_id)
 
 
+_STEP_TYPES: dict[Any, StepType] = {t.value: t for t in StepType}
+_STEP_STATUSES: dict[Any, StepStatus] = {t.value: t for t in StepStatus}
+
+
 def step_from_row(row: Any) -> StepRow:
     """A StepRow from a row addressable by column name."""
     output = row["output"]
+    kind, status = row["type"], row["status"]
     return StepRow(
-        run_id=row["run_id"], step_id=row["step_id"], type=StepType(row["type"]),
-        status=StepStatus(row["status"]), spec=_load(row["spec"]), attempt=row["attempt"],
-        max_attempts=row["max_attempts"], deps_remaining=row["deps_remaining"], due_us=row["due_us"],
-        ready_us=row["ready_us"], not_before_us=row["not_before_us"],
-        queue_target_ms=row["queue_target_ms"], priority_boost=row["priority_boost"],
-        slo_tier=row["slo_tier"], lease_owner=row["lease_owner"], lease_expires_us=row["lease_expires_us"],
-        started_us=row["started_us"], finished_us=row["finished_us"],
-        first_failure_us=row["first_failure_us"], error_kind=row["error_kind"],
-        output=None if output is None else _load(output),
+        row["run_id"], row["step_id"], _STEP_TYPES.get(kind) or StepType(kind),
+        _STEP_STATUSES.get(status) or StepStatus(status), _load(row["spec"]), row["attempt"],
+        row["max_attempts"], row["deps_remaining"], row["due_us"], row["ready_us"], row["not_before_us"],
+        row["queue_target_ms"], row["priority_boost"], row["slo_tier"], row["lease_owner"],
+        row["lease_expires_us"], row["started_us"], row["finished_us"], row["first_failure_us"],
+        row["error_kind"], None if output is None else _load(output),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from fleetforge.core.ids import attempt_span_id, run_span_id
@@ -12,11 +13,22 @@ from fleetforge.domain.names import CATALOG, EventKind
 __all__ = ["run_event", "step_event"]
 
 
+@lru_cache(maxsize=8192)
+def _run_trace(trace_id: str, run_id: str) -> TraceContext:
+    return TraceContext(trace_id, run_span_id(run_id))
+
+
+@lru_cache(maxsize=16384)
+def _attempt_trace(trace_id: str, run_id: str, step_id: str, attempt: int) -> TraceContext:
+    """Shared by the events of one attempt (a frozen value; its span id is a hash worth keeping)."""
+    return TraceContext(trace_id, attempt_span_id(run_id, step_id, attempt))
+
+
 def run_event(kind: EventKind, run: RunRow, now_us: int, **payload: Any) -> Envelope:
     assert CATALOG[kind].scope == "run", kind
     body = {"status": str(run.status), "slo_tier": run.slo_tier, **payload}
     return Envelope(kind=kind, occurred_us=now_us, run_id=run.id, workspace=run.workspace, app=run.app,
-                    trace=TraceContext(run.trace_id, run_span_id(run.id)), payload=body)
+                    trace=_run_trace(run.trace_id, run.id), payload=body)
 
 
 def step_event(kind: EventKind, run: RunRow, step: StepRow, attempt: int, now_us: int,
@@ -25,5 +37,5 @@ def step_event(kind: EventKind, run: RunRow, step: StepRow, attempt: int, now_us
     body = {"step_type": str(step.type), "slo_tier": step.slo_tier, **payload}
     return Envelope(kind=kind, occurred_us=now_us, run_id=run.id, step_id=step.step_id, attempt=attempt,
                     workspace=run.workspace, app=run.app,
-                    trace=TraceContext(run.trace_id, attempt_span_id(run.id, step.step_id, attempt)),
+                    trace=_attempt_trace(run.trace_id, run.id, step.step_id, attempt),
                     payload=body)

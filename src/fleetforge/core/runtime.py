@@ -14,6 +14,7 @@ from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import NotFoundError
 from fleetforge.domain.models import RunSpec, StepType
 from fleetforge.domain.spec import parse_spec, spec_to_dict
+from fleetforge.domain.stored_spec import parse_stored_spec
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.executor import Executor
 from fleetforge.ports.policy import PolicyPack
@@ -40,13 +41,14 @@ class Runtime:
         self.packs = packs
         self.clock = clock or SystemClock()
         self.observer = observer
-        validators = option_validators(packs)
+        self._validators = validators = option_validators(packs)
+        # the scheduler reads specs this runtime stored, validated at submit (see parse_stored_spec)
         self.scheduler = Scheduler(executors=executors, packs=packs, config=config,
-                                   parse=lambda d: parse_spec(d, packs=validators))
+                                   parse=lambda d: parse_stored_spec(d, packs=validators))
 
     def parse(self, data: Mapping[str, Any]) -> RunSpec:
         """Validate a spec mapping; raises SpecError naming every problem."""
-        return self.scheduler.parse(data)
+        return parse_spec(data, packs=self._validators)
 
     def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None) -> str:
         """Validate (when given a mapping) and store a run in one transaction; returns its id."""

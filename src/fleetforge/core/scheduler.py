@@ -118,6 +118,26 @@ def _budget_state(r: BudgetRow) -> tuple[Any, ...]:
             r.cost_used_micros)
 
 
+class _ParsedRun:
+    """A run's spec with its steps by id and the ids some other step depends on."""
+
+    __slots__ = ("depended_on", "spec", "steps")
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.steps: dict[str, StepSpec] = {}
+        for s in spec.steps:
+            self.steps.setdefault(s.id, s)  # the first of a (never stored) duplicate id, as a scan finds it
+        self.depended_on = frozenset(d for s in spec.steps for d in s.depends_on)
+
+
+def _moves_budgets(o: Outcome) -> bool:
+    """Whether settling `o` may change budget rows: it reserved, or reports usage (either one)."""
+    usages = [u.usage for u in (o.result, o.failure) if u is not None]
+    return bool(o.claim.reservation.tokens or o.claim.reservation.micros
+                or any(u.tokens or to_micros(u.cost_usd) for u in usages))
+
+
 def _doomed(run: RunRow, b: _Batch) -> bool:
     """The run ended or failed: nothing more of it may start."""
     return run.status in TERMINAL_RUN or run.id in b.failed_runs or run.error_kind != ""
@@ -138,20 +158,23 @@ class Scheduler:
         self.packs = packs
         self.parse = parse
         self.config = config or RuntimeConfig()
-        self._specs: OrderedDict[str, RunSpec] = OrderedDict()
+        self._specs: OrderedDict[str, _ParsedRun] = OrderedDict()
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def run_spec(self, run: RunRow) -> RunSpec:
-        spec = self._specs.get(run.id)
-        if spec is None:
-            spec = self._specs[run.id] = self.parse(run.spec)
+    def _parsed(self, run: RunRow) -> _ParsedRun:
+        parsed = self._specs.get(run.id)
+        if parsed is None:
+            parsed = self._specs[run.id] = _ParsedRun(self.parse(run.spec))
             if len(self._specs) > 4096:
                 self._specs.popitem(last=False)
-        return spec
+        return parsed
+
+    def run_spec(self, run: RunRow) -> RunSpec:
+        return self._parsed(run).spec
 
     def _step_spec(self, run: RunRow, step_id: str) -> StepSpec:
-        return next(s for s in self.run_spec(run).steps if s.id == step_id)
+        return self._parsed(run).steps[step_id]
 
     def _budgets(self, tx: Tx, b: _Batch, run: RunRow) -> list[BudgetRow]:
         scopes = B.scopes_of(run)
@@ -163,15 +186,24 @@ class Scheduler:
         return [b.budgets[s] for s in scopes]
 
     def _has_dependents(self, run: RunRow, step_id: str) -> bool:
-        return any(step_id in s.depends_on for s in self.run_spec(run).steps)
+        return step_id in self._parsed(run).depended_on
 
-    def _lock_budgets(self, tx: Tx, b: _Batch, runs: Iterable[RunRow]) -> None:
-        """Lock the budget rows of every run of the batch in one statement, in one (sorted) order."""
+    def _lock_budgets(self, tx: Tx, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> None:
+        """Take the budget rows of every run of the batch in one statement, locked in one (sorted)
+        order: each run's own row, every row the batch may change (`moving`), and every shared row
+        (app, fleet) whose values decide something: one with a limit, and the fleet row when in-flight
+        caps are set. Other shared rows are not locked (and stand in as rows without limits): with no
+        limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
+        runs = list(runs)
         scopes = sorted({s for run in runs for s in B.scopes_of(run)} - b.budgets.keys())
-        if scopes:
-            found = tx.lock_budgets(scopes)
-            for s in scopes:
-                b.add_budget(found.get(s) or BudgetRow(s, None, None))
+        if not scopes:
+            return
+        own = {B.run_scope(run.id) for run in runs}
+        caps = self.config.max_inflight_tokens is not None or self.config.max_inflight_cost is not None
+        shared = [s for s in scopes if s not in own and s not in moving and not (s == B.FLEET and caps)]
+        found = tx.lock_budgets(scopes, if_limited=shared)
+        for s in scopes:  # a shared row left out has no limit: its values decide nothing, and it stays as is
+            b.add_budget(found.get(s) or BudgetRow(s, None, None))
 
     def _policy(self, b: _Batch, hook: Hook, run: RunRow, step: StepRow, spec: StepSpec, attempt: int,
                 payload: dict[str, Any], now: int, **ctx: Any) -> tuple[dict[str, Any], str | None]:
@@ -238,34 +270,49 @@ class Scheduler:
         if not ready:
             return [], []
         b = _Batch()
-        self._lock_budgets(tx, b, tx.get_runs([s.run_id for s in ready]).values())
+        first = tx.get_runs([s.run_id for s in ready])
+        # What each step would reserve (executors' estimates are pure), to know the budget rows it moves.
+        # A run ended or failed now stays so: its steps are skipped and reserve nothing.
+        reservations: dict[tuple[str, str], B.Reservation] = {}
+        moving: set[str] = set()
+        for step in ready:
+            run = first.get(step.run_id)
+            if run is None or _doomed(run, b):
+                continue
+            spec = self._step_spec(run, step.step_id)
+            res = reservations[(run.id, step.step_id)] = B.reservation_for(
+                spec, self.executors[step.type].estimate(spec))
+            if res.tokens or res.micros:
+                moving.update(B.scopes_of(run))
+        self._lock_budgets(tx, b, first.values(), moving)
         # Read the runs again now that their budget rows are locked: a concurrent claim of another
         # step of the same run has committed by now, so a run is started (run_started) only once.
-        runs = tx.get_runs([s.run_id for s in ready])
-        b.add_runs(runs)
+        b.add_runs(tx.reread_runs(list(first.values())))
         claims: list[Claim] = []
         for step in ready:
             run = b.runs[step.run_id]
             if _doomed(run, b):  # failed earlier in this batch (a denial): the step is skipped, not started
                 self._mark_failed(b, run, run.error_kind)
                 continue
-            claim = self._claim_one(tx, b, run, step, worker, now)
+            claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
             if claim is not None:
                 claims.append(claim)
         self._finish_failed_runs(tx, b, now)
         b.flush(tx)
         return claims, b.events
 
-    def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str,
-                   now: int) -> Claim | None:
+    def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
+                   res: B.Reservation | None) -> Claim | None:
         spec = self._step_spec(run, step.step_id)
         executor = self.executors[step.type]
-        res = B.reservation_for(spec, executor.estimate(spec))
+        if res is None:
+            res = B.reservation_for(spec, executor.estimate(spec))
         rows = self._budgets(tx, b, run)
         attempt = step.attempt + 1
         limit_breach = next((why for r in rows if r.scope != B.FLEET
                              for why in [B.exceeded(r, res.tokens, res.micros)] if why), None)
-        if limit_breach is None:
+        caps = self.config.max_inflight_tokens is not None or self.config.max_inflight_cost is not None
+        if limit_breach is None and caps:  # without caps nothing is deferred
             fleet = rows[-1]
             cap = B.exceeded(
                 BudgetRow(B.FLEET, self.config.max_inflight_tokens,
@@ -284,12 +331,14 @@ class Scheduler:
         if limit_breach is not None:
             self._deny(b, run, step, attempt, now, ErrorKind.BUDGET_EXCEEDED, limit_breach, "", worker)
             return None
-        run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
-        inputs, denied = self._policy(
-            b, Hook.PRE, run, step, spec, attempt, dict(spec.inputs), now,
-            tokens_reserved=res.tokens, cost_reserved=to_usd(res.micros),
-            tokens_used_before=run_rows[0].tokens_used if run_rows else 0,
-            cost_used_before=to_usd(run_rows[0].cost_used_micros) if run_rows else 0.0)
+        inputs, denied = dict(spec.inputs), None
+        if self.run_spec(run).packs or spec.policy.packs:
+            run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
+            inputs, denied = self._policy(
+                b, Hook.PRE, run, step, spec, attempt, inputs, now,
+                tokens_reserved=res.tokens, cost_reserved=to_usd(res.micros),
+                tokens_used_before=run_rows[0].tokens_used if run_rows else 0,
+                cost_used_before=to_usd(run_rows[0].cost_used_micros) if run_rows else 0.0)
         if denied is not None:
             pack = denied.split(":", 1)[0]
             self._deny(b, run, step, attempt, now, ErrorKind.POLICY_DENIED, denied, pack, worker)
@@ -342,10 +391,15 @@ class Scheduler:
         # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
         # the budgets (in _finish_failed_runs) would deadlock with it.
         keys = {(o.claim.run.id, o.claim.step.step_id) for o in outcomes}
-        live = {(s.run_id, s.step_id): s for s in tx.lock_open_steps(sorted({k[0] for k in keys}))
-                if (s.run_id, s.step_id) in keys}
-        b.add_runs(tx.get_runs(sorted({k[0] for k in keys})))
-        self._lock_budgets(tx, b, b.runs.values())
+        open_rows = tx.lock_open_steps(sorted({k[0] for k in keys}))
+        live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
+        b.add_runs(tx.reread_runs([o.claim.run for o in outcomes]))  # their state now (the rest never changes)
+        moving: set[str] = set()
+        for o in outcomes:
+            if _moves_budgets(o):
+                run = b.runs.get(o.claim.run.id)
+                moving.update(B.scopes_of(run if run is not None else o.claim.run))
+        self._lock_budgets(tx, b, b.runs.values(), moving)
         accepted: list[Outcome] = []
         released: list[tuple[str, str]] = []
         for o in outcomes:
@@ -367,7 +421,9 @@ class Scheduler:
                 b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
                                            queue_target_ms=dep.queue_target_ms,
                                            priority_boost=dep.priority_boost))
-        self._finish_failed_runs(tx, b, now)
+        # Nothing else of these runs changed in the database since their open steps were locked above,
+        # unless dependents were released: then read them again.
+        self._finish_failed_runs(tx, b, now, None if released else open_rows)
         b.flush(tx)
         return accepted, b.events
 
@@ -460,12 +516,20 @@ class Scheduler:
 
     # -- run status ----------------------------------------------------------------------------
 
-    def _finish_failed_runs(self, tx: Tx, b: _Batch, now: int) -> None:
-        """Skip what failed runs will never run, and close every touched run whose steps are done."""
+    def _finish_failed_runs(self, tx: Tx, b: _Batch, now: int, open_rows: list[StepRow] | None = None) -> None:
+        """Skip what failed runs will never run, and close every touched run whose steps are done.
+
+        `open_rows`: the open steps of (at least) the touched runs, locked earlier in this transaction
+        and unchanged in the database since; read (and locked) here when None.
+        """
         if not b.touched_runs:
             return
         open_steps: dict[str, list[StepRow]] = {rid: [] for rid in b.touched_runs}
-        for s in tx.lock_open_steps(sorted(b.touched_runs)):
+        if open_rows is None:
+            open_rows = tx.lock_open_steps(sorted(b.touched_runs))
+        for s in open_rows:
+            if s.run_id not in open_steps:
+                continue
             s = b.steps.get((s.run_id, s.step_id), s)
             if s.status not in TERMINAL_STEP:
                 open_steps[s.run_id].append(s)

@@ -18,6 +18,7 @@ from typing import TypeVar
 from fleetforge.core.scheduler import Claim, Outcome, Scheduler
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError
+from fleetforge.domain.jsontext import fits
 from fleetforge.domain.models import ErrorKind, StepType
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.executor import ExecutionContext, Executor, StepFailure
@@ -175,8 +176,9 @@ class Worker:
         try:
             async with asyncio.timeout(deadline_s):  # no extra task per step, unlike wait_for
                 result = await executor.execute(ctx)
-            size = len(json.dumps(result.output, default=str))
-            if size > self.scheduler.config.max_output_bytes:
+            limit = self.scheduler.config.max_output_bytes
+            size = 0 if fits(result.output, limit) else len(json.dumps(result.output, default=str))
+            if size > limit:
                 raise StepFailure(ErrorKind.VALIDATION, f"output of {size} bytes exceeds the limit of "
                                   f"{self.scheduler.config.max_output_bytes}", usage=result.usage,
                                   tool=result.tool, provider=result.provider)

@@ -14,9 +14,11 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 
 from fleetforge.domain.errors import SpecError
+from fleetforge.domain.jsontext import plain
 from fleetforge.domain.models import (
     BudgetLimit,
     CostHint,
@@ -160,8 +162,16 @@ def _shape_problem(data: object) -> str | None:
     """A problem when `data` encodes to over MAX_SPEC_BYTES of JSON or nests deeper than MAX_DEPTH.
 
     Measures without encoding and stops early, so aliased (YAML) or self-referencing
-    structures cannot blow up memory or time.
+    structures cannot blow up memory or time. Plain JSON data (`jsontext.plain`, at most 32 levels)
+    whose compact encoding is at most half the limit passes at once: the measured text only adds a
+    space after each separator, a byte of the compact one.
     """
+    if plain(data):
+        try:
+            if 2 * len(orjson.dumps(data)) <= MAX_SPEC_BYTES:
+                return None
+        except (TypeError, orjson.JSONEncodeError):
+            pass
     total = 0
     trail: list[str | int] = []
 
@@ -175,7 +185,7 @@ def _shape_problem(data: object) -> str | None:
         if len(trail) > MAX_DEPTH:
             path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in trail).lstrip(".")
             raise _Abort(f"{path}: got nesting deeper than {MAX_DEPTH} levels, expected at most {MAX_DEPTH}")
-        if isinstance(value, Mapping):
+        if type(value) is dict or (type(value) is not list and isinstance(value, Mapping)):
             add(2 + 2 * max(len(value) - 1, 0))
             for key, item in value.items():
                 add(_encoded_len(str(key)) + 2)
@@ -198,9 +208,27 @@ def _shape_problem(data: object) -> str | None:
     return None
 
 
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+
+
 def _encoded_len(value: object) -> int:
-    if isinstance(value, str) and len(value) > MAX_SPEC_BYTES:
-        return len(value)
+    """Bytes of `value` as JSON (UTF-8); the common scalars without encoding them."""
+    if type(value) is str:
+        if len(value) > MAX_SPEC_BYTES:
+            return len(value)
+        if value.isascii() and not _NEEDS_ESCAPE.search(value):
+            return len(value) + 2
+    elif type(value) is bool:
+        return 4 if value else 5
+    elif type(value) is int:
+        try:
+            return len(int.__repr__(value))
+        except ValueError:  # an integer too long to print
+            return MAX_SPEC_BYTES + 1
+    elif type(value) is float and math.isfinite(value):
+        return len(float.__repr__(value))
+    elif value is None:
+        return 4
     try:
         return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", errors="replace"))
     except ValueError:  # an integer too long to print

@@ -87,6 +87,11 @@ class Tx(Protocol):
         """Insert steps and their edges as (run_id, step_id, depends_on)."""
         ...
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]: ...
+    def reread_runs(self, runs: Sequence[RunRow]) -> dict[str, RunRow]:
+        """The given runs as stored now, by id, as `get_runs` would return them: new rows with the fields
+        `update_runs` writes read again, the others (which never change) copied from the given rows.
+        Runs not stored are left out."""
+        ...
     def update_runs(self, runs: Sequence[RunRow]) -> None:
         """Write status, started_us, finished_us and error_kind."""
         ...
@@ -112,8 +117,12 @@ class Tx(Protocol):
         Returns the dependents (locked) whose count reached zero.
         """
         ...
-    def lock_budgets(self, scopes: Sequence[str]) -> dict[str, BudgetRow]:
-        """Lock and return the budget rows that exist among `scopes`."""
+    def lock_budgets(self, scopes: Sequence[str], *, if_limited: Sequence[str] = ()) -> dict[str, BudgetRow]:
+        """Lock and return the budget rows that exist among `scopes`.
+
+        A row whose scope is also in `if_limited` is locked and returned only when it carries a limit
+        (tokens or cost); otherwise it is neither locked nor returned.
+        """
         ...
     def ensure_budgets(self, rows: Sequence[BudgetRow]) -> None:
         """Insert the rows whose scope does not exist yet; existing rows are left untouched."""
@@ -164,5 +173,15 @@ class Store(Protocol):
     def set_cursor(self, consumer: str, position: OutboxPosition) -> None: ...
     def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
         """(rows after the consumer's cursor, created_us of the oldest of them or None)."""
+        ...
+    def try_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+        """Take or renew lease `name` for `holder` when free, expired or already held by `holder`.
+
+        Returns the lease epoch (it grows at each change of holder) while held, None otherwise.
+        One outbox reader at a time holds a reader's lease (e.g. the Kafka forwarder's).
+        """
+        ...
+    def release_lease(self, name: str, holder: str) -> None:
+        """Expire lease `name` now if `holder` holds it."""
         ...
     def close(self) -> None: ...

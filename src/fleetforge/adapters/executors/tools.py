@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
 
+from fleetforge.domain.jsontext import plain
 from fleetforge.domain.models import ErrorKind, StepSpec
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, StepFailure, Usage
 
@@ -47,13 +48,19 @@ class ToolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Tool:
-    """A registered tool: its callable, default timeout (None: the step deadline) and provider label."""
+    """A registered tool: its callable, default timeout (None: the step deadline) and provider label.
+
+    `inline`: a sync tool that returns in microseconds and cannot hang (pure computation) is called on
+    the event loop instead of a worker thread; a result that comes later than the timeout is still
+    a timeout.
+    """
 
     name: str
     fn: ToolFn
     timeout_s: float | None = None
     provider: str = "python"
     wants_context: bool = False
+    inline: bool = False
 
 
 class ToolRegistry:
@@ -71,6 +78,7 @@ class ToolRegistry:
         timeout_s: float | None = ...,
         provider: str = ...,
         wants_context: bool = ...,
+        inline: bool = ...,
     ) -> F: ...
 
     @overload
@@ -82,6 +90,7 @@ class ToolRegistry:
         timeout_s: float | None = ...,
         provider: str = ...,
         wants_context: bool = ...,
+        inline: bool = ...,
     ) -> Callable[[F], F]: ...
 
     def register(
@@ -92,10 +101,13 @@ class ToolRegistry:
         timeout_s: float | None = None,
         provider: str = "python",
         wants_context: bool = False,
+        inline: bool = False,
     ) -> F | Callable[[F], F]:
         """Register `fn` as `name` (replacing any previous one); without `fn`, a decorator.
 
         With ``wants_context=True`` the executor adds `_seed`, `_attempt` and `_step` to the args.
+        ``inline=True`` (sync tools only) calls it on the event loop, without a thread: only for
+        pure computations that return in microseconds, since a timeout cannot interrupt it there.
         """
         if not name:
             raise ValueError("tool name must not be empty")
@@ -103,7 +115,9 @@ class ToolRegistry:
             raise ValueError(f"timeout_s: got {timeout_s}, expected > 0 or None")
 
         def add(func: F) -> F:
-            self._tools[name] = Tool(name, func, timeout_s, provider, wants_context)
+            if inline and inspect.iscoroutinefunction(func):
+                raise ValueError(f"tool {name}: inline=True is for sync functions, got a coroutine function")
+            self._tools[name] = Tool(name, func, timeout_s, provider, wants_context, inline)
             return func
 
         return add if fn is None else add(fn)
@@ -123,10 +137,10 @@ class ToolRegistry:
 class ToolExecutor:
     """Runs `tool` steps: inputs `tool` (a registered name) and `args` (a dict).
 
-    Sync tools run in a worker thread (which a timeout abandons, it cannot stop it). The timeout
-    is the smaller of the tool's and ``ctx.deadline_s``. Failures: ToolError → its kind,
-    ValueError/TypeError or an unknown tool or a non-JSON result → validation, timeout → timeout,
-    anything else → crash.
+    Sync tools run in a worker thread (which a timeout abandons, it cannot stop it), `inline` ones on
+    the event loop (a result later than the timeout is a timeout). The timeout is the smaller of the
+    tool's and ``ctx.deadline_s``. Failures: ToolError → its kind, ValueError/TypeError or an unknown
+    tool or a non-JSON result → validation, timeout → timeout, anything else → crash.
     """
 
     def __init__(self, registry: ToolRegistry) -> None:
@@ -168,8 +182,11 @@ class ToolExecutor:
             raise fail(ErrorKind.TIMEOUT, f"tool {name}: deadline already passed")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(timeout):
-                output = await _call(tool.fn, args)
+            if tool.inline:
+                output = await _call_inline(tool.fn, args, started, timeout)
+            else:
+                async with asyncio.timeout(timeout):
+                    output = await _call(tool.fn, args)
         except ToolError as exc:
             raise fail(exc.kind, f"tool {name}: {exc.message}", exc.retry_after_s) from None
         except TimeoutError:
@@ -183,13 +200,26 @@ class ToolExecutor:
             raise fail(
                 ErrorKind.VALIDATION, f"tool {name}: returned {type(output).__name__}, expected a dict"
             )
-        try:
-            json.dumps(output, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise fail(ErrorKind.VALIDATION, f"tool {name}: result is not JSON: {exc}") from None
+        if not plain(output):  # plain JSON data always encodes; anything else is checked by encoding it
+            try:
+                json.dumps(output, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise fail(ErrorKind.VALIDATION, f"tool {name}: result is not JSON: {exc}") from None
         return ExecutionResult(
             output=output, usage=Usage(), tool=name, provider=provider, latency_ms=latency_ms
         )
+
+
+async def _call_inline(fn: ToolFn, args: dict[str, Any], started: float, timeout: float) -> Any:
+    """Call a sync tool here; a result that came after `timeout` raises TimeoutError, as the thread's
+    would have been abandoned."""
+    result: Any = fn(args)
+    if inspect.isawaitable(result):
+        async with asyncio.timeout(timeout - (time.perf_counter() - started)):
+            return await result
+    if time.perf_counter() - started > timeout:
+        raise TimeoutError
+    return result
 
 
 async def _call(fn: ToolFn, args: dict[str, Any]) -> Any:
@@ -355,9 +385,9 @@ def register_demo_tools(registry: ToolRegistry) -> ToolRegistry:
     `weather` and `crm_lookup` fail with probability ``args["fail_rate"]`` (rate_limited,
     http_5xx or timeout), decided by the run seed, step id and attempt.
     """
-    registry.register("noop", _noop, timeout_s=5.0)
-    registry.register("search", _search, timeout_s=10.0)
-    registry.register("calculator", _calculator, timeout_s=5.0)
-    registry.register("weather", _weather, timeout_s=10.0, wants_context=True)
-    registry.register("crm_lookup", _crm_lookup, timeout_s=10.0, wants_context=True)
+    registry.register("noop", _noop, timeout_s=5.0, inline=True)
+    registry.register("search", _search, timeout_s=10.0, inline=True)
+    registry.register("calculator", _calculator, timeout_s=5.0, inline=True)
+    registry.register("weather", _weather, timeout_s=10.0, wants_context=True, inline=True)
+    registry.register("crm_lookup", _crm_lookup, timeout_s=10.0, wants_context=True, inline=True)
     return registry

@@ -20,6 +20,9 @@ SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_
        created_us, started_us, finished_us, error_kind, labels
 FROM runs WHERE id = ANY(%s::text[]);
 
+-- name: select_run_states
+SELECT id, status, started_us, finished_us, error_kind FROM runs WHERE id = ANY(%s::text[]);
+
 -- name: list_runs
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
        created_us, started_us, finished_us, error_kind, labels
@@ -103,6 +106,16 @@ FROM budgets WHERE scope = ANY(%s::text[])
 ORDER BY scope
 FOR UPDATE;
 
+-- name: lock_budgets_if_limited
+-- Rows of scopes in if_limited only when they carry a limit (checked again on a row updated concurrently).
+SELECT scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+       cost_reserved_micros, cost_used_micros
+FROM budgets
+WHERE scope = ANY(%(scopes)s::text[])
+  AND (scope <> ALL(%(if_limited)s::text[]) OR tokens_limit IS NOT NULL OR cost_limit_micros IS NOT NULL)
+ORDER BY scope
+FOR UPDATE;
+
 -- name: ensure_budget
 INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
                      cost_reserved_micros, cost_used_micros)
@@ -143,10 +156,6 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
 -- name: select_decisions
 SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us
 FROM policy_decisions WHERE run_id = %s ORDER BY at_us, id;
-
--- name: copy_events
--- Bulk append (append_events): rows keep their order, so seq follows the order given.
-COPY outbox (event_id, kind, run_id, envelope, created_us) FROM STDIN;
 
 -- name: read_outbox
 -- Gap-safe: only rows of transactions older than every transaction still in progress, so no row
@@ -215,6 +224,109 @@ INSERT INTO schema_migrations (version, name, applied_us) VALUES (%s, %s, %s);
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
+
+-- Batch writes: one statement per batch, the rows as one JSON array of arrays (one array per row,
+-- values in the order of the aliases; JSON text values in their text form). The client encodes it
+-- in C and the server unpacks it cheaply, where a per-row statement or one array parameter per
+-- column costs both sides more per row. Rows of `steps` are locked by the scheduler before it writes
+-- them; rows of `runs` are not, so update_runs_json locks them in key order first. Updates read the
+-- rows through unnest(ARRAY(...)): the planner then expects a few rows (not the 100 it assumes for
+-- jsonb_array_elements) and probes the primary key per row instead of hashing the whole table.
+
+-- name: update_runs_json
+WITH u AS MATERIALIZED (
+    SELECT e->>0 AS status, (e->>1)::bigint AS started_us, (e->>2)::bigint AS finished_us,
+           e->>3 AS error_kind, e->>4 AS id
+    FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) AS e
+), locked AS MATERIALIZED (
+    SELECT r.id FROM runs r JOIN u ON r.id = u.id ORDER BY r.id FOR UPDATE OF r
+)
+UPDATE runs r SET status = u.status, started_us = u.started_us, finished_us = u.finished_us,
+                  error_kind = u.error_kind
+FROM u JOIN locked l ON l.id = u.id
+WHERE r.id = u.id;
+
+-- name: insert_steps_json
+-- Rows are inserted in the order given, so `ord` (the listing order) follows it.
+INSERT INTO steps (run_id, step_id, type, status, spec, attempt, max_attempts, deps_remaining, due_us,
+                   ready_us, not_before_us, queue_target_ms, priority_boost, slo_tier, lease_owner,
+                   lease_expires_us, started_us, finished_us, first_failure_us, error_kind, output)
+SELECT e->>0, e->>1, e->>2, e->>3, (e->>4)::jsonb, (e->>5)::int, (e->>6)::int, (e->>7)::int,
+       (e->>8)::bigint, (e->>9)::bigint, (e->>10)::bigint, (e->>11)::bigint, (e->>12)::bigint, e->>13,
+       e->>14, (e->>15)::bigint, (e->>16)::bigint, (e->>17)::bigint, (e->>18)::bigint, e->>19,
+       (e->>20)::jsonb
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, n)
+ORDER BY n;
+
+-- name: update_steps_json
+UPDATE steps s SET status = u.status, attempt = u.attempt, deps_remaining = u.deps_remaining,
+                   due_us = u.due_us, ready_us = u.ready_us, not_before_us = u.not_before_us,
+                   lease_owner = u.lease_owner, lease_expires_us = u.lease_expires_us,
+                   started_us = u.started_us, finished_us = u.finished_us,
+                   first_failure_us = u.first_failure_us, error_kind = u.error_kind, output = u.output
+FROM (
+    SELECT e->>0 AS status, (e->>1)::int AS attempt, (e->>2)::int AS deps_remaining,
+           (e->>3)::bigint AS due_us, (e->>4)::bigint AS ready_us, (e->>5)::bigint AS not_before_us,
+           e->>6 AS lease_owner, (e->>7)::bigint AS lease_expires_us, (e->>8)::bigint AS started_us,
+           (e->>9)::bigint AS finished_us, (e->>10)::bigint AS first_failure_us, e->>11 AS error_kind,
+           (e->>12)::jsonb AS output, e->>13 AS run_id, e->>14 AS step_id
+    FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) AS e
+) u
+WHERE s.run_id = u.run_id AND s.step_id = u.step_id;
+
+-- name: ensure_budgets_json
+INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+                     cost_reserved_micros, cost_used_micros)
+SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::bigint,
+       (e->>6)::bigint
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, n)
+ORDER BY n
+ON CONFLICT (scope) DO NOTHING;
+
+-- name: upsert_budgets_json
+INSERT INTO budgets (scope, tokens_limit, cost_limit_micros, tokens_reserved, tokens_used,
+                     cost_reserved_micros, cost_used_micros)
+SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::bigint,
+       (e->>6)::bigint
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, n)
+ORDER BY n
+ON CONFLICT (scope) DO UPDATE SET
+    tokens_limit = excluded.tokens_limit, cost_limit_micros = excluded.cost_limit_micros,
+    tokens_reserved = excluded.tokens_reserved, tokens_used = excluded.tokens_used,
+    cost_reserved_micros = excluded.cost_reserved_micros, cost_used_micros = excluded.cost_used_micros;
+
+-- name: insert_attempts_json
+INSERT INTO attempts (run_id, step_id, attempt, status, worker, started_us, finished_us, error_kind,
+                      tokens_reserved, tokens_used, cost_reserved_micros, cost_used_micros,
+                      input_tokens, output_tokens, cached_tokens, tool, provider, model)
+SELECT e->>0, e->>1, (e->>2)::int, e->>3, e->>4, (e->>5)::bigint, (e->>6)::bigint, e->>7,
+       (e->>8)::bigint, (e->>9)::bigint, (e->>10)::bigint, (e->>11)::bigint, (e->>12)::bigint,
+       (e->>13)::bigint, (e->>14)::bigint, e->>15, e->>16, e->>17
+FROM jsonb_array_elements(%s::jsonb) AS e;
+
+-- name: finish_attempts_json
+UPDATE attempts a SET status = u.status, finished_us = u.finished_us, error_kind = u.error_kind,
+                      tokens_used = u.tokens_used, cost_used_micros = u.cost_used_micros,
+                      input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+                      cached_tokens = u.cached_tokens, tool = u.tool, provider = u.provider, model = u.model
+FROM (
+    SELECT e->>0 AS status, (e->>1)::bigint AS finished_us, e->>2 AS error_kind,
+           (e->>3)::bigint AS tokens_used, (e->>4)::bigint AS cost_used_micros,
+           (e->>5)::bigint AS input_tokens, (e->>6)::bigint AS output_tokens,
+           (e->>7)::bigint AS cached_tokens, e->>8 AS tool, e->>9 AS provider, e->>10 AS model,
+           e->>11 AS run_id, e->>12 AS step_id, (e->>13)::int AS attempt
+    FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) AS e
+) u
+WHERE a.run_id = u.run_id AND a.step_id = u.step_id AND a.attempt = u.attempt;
+
+-- name: insert_events_set
+-- Events as one binary array per column (large text values travel best that way); rows are
+-- numbered in the order given, so seq follows it (as with COPY).
+INSERT INTO outbox (event_id, kind, run_id, envelope, created_us)
+SELECT e.event_id, e.kind, e.run_id, e.envelope, %b::bigint
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY
+    AS e(event_id, kind, run_id, envelope, n)
+ORDER BY e.n;
 
 -- name: try_lease
 -- Take or renew a lease: free, expired, or already ours. Expiry uses the server's clock; the epoch

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
+import orjson
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -144,6 +145,18 @@ class _PostgresTx:
         if params:
             self._run(name, go)
 
+    def _rows(self, name: str, params: Sequence[Sequence[Any]], fallback: str) -> None:
+        """Write a batch with one statement taking the rows as a JSON array of arrays (see queries.sql);
+        rows JSON cannot carry exactly (an integer over 64 bits...) go through `fallback`, per row."""
+        if not params:
+            return
+        try:
+            doc = orjson.dumps(params).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            self._many(fallback, params)
+            return
+        self._run(name, lambda: self.c.execute(Q[name], (doc,)))
+
     def _tuples(self, name: str, params: Any) -> list[tuple[Any, ...]]:
         return self._run(name, lambda: self.c.execute(Q[name], params).fetchall())
 
@@ -155,19 +168,26 @@ class _PostgresTx:
         return [rows.step_from_row(r) for r in self._run(name, go)]
 
     def insert_run(self, run: RunRow) -> None:
-        self._many("insert_run", [rows.run_params(run)])
+        params = rows.run_params(run)
+        self._run("insert_run", lambda: self.c.execute(Q["insert_run"], params))
 
     def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
-        self._many("insert_step", [rows.step_params(s) for s in steps])
+        self._rows("insert_steps_json", [rows.step_params(s) for s in steps], "insert_step")
         self._many("insert_dep", deps)
 
     def get_runs(self, run_ids: Sequence[str]) -> dict[str, RunRow]:
         found = self._tuples("select_runs", (list(dict.fromkeys(run_ids)),)) if run_ids else []
         return {r.id: r for r in map(rows.run_from_row, found)}
 
+    def reread_runs(self, runs: Sequence[RunRow]) -> dict[str, RunRow]:
+        given = {r.id: r for r in runs}
+        found = self._tuples("select_run_states", (list(given),)) if given else []
+        return {rid: rows.run_with_state(given[rid], *state) for rid, *state in found}
+
     def update_runs(self, runs: Sequence[RunRow]) -> None:
-        self._many("update_run", [(str(r.status), r.started_us, r.finished_us, r.error_kind, r.id)
-                                  for r in sorted(runs, key=lambda r: r.id)])
+        last = {r.id: r for r in runs}  # of a run given twice, the last one is written
+        self._rows("update_runs_json", [(str(r.status), r.started_us, r.finished_us, r.error_kind, r.id)
+                                        for _, r in sorted(last.items())], "update_run")
 
     def get_steps(self, run_id: str) -> list[StepRow]:
         return self._steps("select_steps_of_run", (run_id,))
@@ -190,8 +210,9 @@ class _PostgresTx:
         return self._steps("open_steps_of_runs", (list(dict.fromkeys(run_ids)),)) if run_ids else []
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
-        ordered = sorted(steps, key=lambda s: (s.run_id, s.step_id))
-        self._many("update_step", [rows.step_update_params(s) for s in ordered])
+        last = {(s.run_id, s.step_id): s for s in steps}  # of a step given twice, the last one is written
+        self._rows("update_steps_json", [rows.step_update_params(s) for _, s in sorted(last.items())],
+                   "update_step")
 
     def release_dependents(self, done: Sequence[tuple[str, str]]) -> list[StepRow]:
         if not done:
@@ -200,23 +221,35 @@ class _PostgresTx:
             "release_dependents", {"run_ids": [k[0] for k in done], "step_ids": [k[1] for k in done]})
         return sorted((s for s in changed if s.deps_remaining == 0), key=lambda s: (s.run_id, s.step_id))
 
-    def lock_budgets(self, scopes: Sequence[str]) -> dict[str, BudgetRow]:
+    def lock_budgets(self, scopes: Sequence[str], *, if_limited: Sequence[str] = ()) -> dict[str, BudgetRow]:
         if not scopes:
             return {}
-        found = self._tuples("lock_budgets", (list(dict.fromkeys(scopes)),))
+        wanted = list(dict.fromkeys(scopes))
+        if if_limited:
+            found = self._tuples("lock_budgets_if_limited", {"scopes": wanted, "if_limited": list(if_limited)})
+        else:
+            found = self._tuples("lock_budgets", (wanted,))
         return {b.scope: b for b in map(rows.budget_from_row, found)}
 
     def ensure_budgets(self, budgets: Sequence[BudgetRow]) -> None:
-        self._many("ensure_budget", [rows.budget_params(b) for b in sorted(budgets, key=lambda b: b.scope)])
+        first: dict[str, BudgetRow] = {}
+        for b in budgets:
+            first.setdefault(b.scope, b)
+        self._rows("ensure_budgets_json", [rows.budget_params(b) for _, b in sorted(first.items())],
+                   "ensure_budget")
 
     def upsert_budgets(self, budgets: Sequence[BudgetRow]) -> None:
-        self._many("upsert_budget", [rows.budget_params(b) for b in sorted(budgets, key=lambda b: b.scope)])
+        last = {b.scope: b for b in budgets}  # of a scope given twice, the last row is written
+        self._rows("upsert_budgets_json", [rows.budget_params(b) for _, b in sorted(last.items())],
+                   "upsert_budget")
 
     def insert_attempts(self, attempts: Sequence[AttemptRow]) -> None:
-        self._many("insert_attempt", [rows.attempt_params(a) for a in attempts])
+        self._rows("insert_attempts_json", [rows.attempt_params(a) for a in attempts], "insert_attempt")
 
     def finish_attempts(self, attempts: Sequence[AttemptRow]) -> None:
-        self._many("finish_attempt", [rows.attempt_finish_params(a) for a in attempts])
+        last = {(a.run_id, a.step_id, a.attempt): a for a in attempts}
+        self._rows("finish_attempts_json", [rows.attempt_finish_params(a) for a in last.values()],
+                   "finish_attempt")
 
     def insert_decisions(self, decisions: Sequence[DecisionRow]) -> None:
         self._many("insert_decision", [rows.decision_params(d) for d in decisions])
@@ -224,15 +257,25 @@ class _PostgresTx:
     def append_events(self, events: Sequence[Envelope]) -> None:
         if not events:
             return
-        now = self.clock.now_us()
-        rows_ = [(e.id, str(e.kind), e.run_id, e.to_json(), now) for e in events]
+        columns = [self.clock.now_us(), *map(list, zip(*[(e.id, str(e.kind), e.run_id, e.to_json())
+                                                          for e in events], strict=True))]
+        self._run("insert_event", lambda: self.c.execute(Q["insert_events_set"], columns))
 
-        def go() -> None:  # COPY: a fraction of the client CPU of executemany for a batch of events
-            with self.c.cursor() as cur, cur.copy(Q["copy_events"]) as copy:
-                for row in rows_:
-                    copy.write_row(row)
 
-        self._run("insert_event", go)
+# Transactions start with the planner told to prefer indexes: scheduler statements look rows up by
+# key, and a plan prepared while a table was still small (a sequential scan was cheapest then) would
+# otherwise keep scanning it whole as it grows, until autovacuum analyzes it. One round trip.
+_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off"
+
+
+def _rollback(conn: Conn) -> None:
+    """End the open transaction (psycopg then forgets its prepared statements, as on any ROLLBACK)."""
+    if conn.closed or conn.broken or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()  # the pool drops it
 
 
 class PostgresStore:
@@ -282,9 +325,18 @@ class PostgresStore:
     def transaction(self) -> Iterator[_PostgresTx]:
         with self._pool.connection() as conn:
             try:
-                with conn.transaction():
-                    yield _PostgresTx(conn, self.clock, self._errors)
+                conn.execute(_BEGIN)
             except psycopg.Error as exc:
+                self._errors.raise_(exc, "transaction")
+            try:
+                yield _PostgresTx(conn, self.clock, self._errors)
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")  # as psycopg's transaction(): on a transaction in error, a ROLLBACK
+            except psycopg.Error as exc:
+                _rollback(conn)
                 self._errors.raise_(exc, "transaction")
 
     def _query(self, name: str, params: Any = None) -> list[tuple[Any, ...]]:

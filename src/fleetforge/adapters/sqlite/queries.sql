@@ -13,6 +13,9 @@ SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_
        created_us, started_us, finished_us, error_kind, labels
 FROM runs WHERE id = ?;
 
+-- name: select_run_state
+SELECT status, started_us, finished_us, error_kind FROM runs WHERE id = ?;
+
 -- name: list_runs
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
        created_us, started_us, finished_us, error_kind, labels
@@ -154,3 +157,17 @@ SELECT a.tool, a.provider, a.error_kind, count(*)
 FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id
 WHERE s.type IN ('tool', 'http') AND a.status IN ('succeeded', 'failed')
 GROUP BY a.tool, a.provider, a.error_kind;
+
+-- name: try_lease
+-- Take or renew a lease: free, expired, or already ours. The epoch grows at each change of holder.
+INSERT INTO outbox_leases (name, holder, epoch, expires_us) VALUES (?1, ?2, 1, ?3 + ?4)
+ON CONFLICT (name) DO UPDATE SET
+    epoch = CASE WHEN outbox_leases.holder = excluded.holder THEN outbox_leases.epoch
+                 ELSE outbox_leases.epoch + 1 END,
+    holder = excluded.holder,
+    expires_us = excluded.expires_us
+WHERE outbox_leases.holder = excluded.holder OR outbox_leases.expires_us < ?3
+RETURNING epoch;
+
+-- name: release_lease
+UPDATE outbox_leases SET expires_us = 0 WHERE name = ? AND holder = ?;

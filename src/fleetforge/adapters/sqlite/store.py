@@ -45,6 +45,14 @@ class _SqliteTx:
                 out[rid] = rows.run_from_row(tuple(row))
         return out
 
+    def reread_runs(self, runs: Sequence[RunRow]) -> dict[str, RunRow]:
+        out: dict[str, RunRow] = {}
+        for r in {r.id: r for r in runs}.values():
+            state = self.c.execute(Q["select_run_state"], (r.id,)).fetchone()
+            if state is not None:
+                out[r.id] = rows.run_with_state(r, *state)
+        return out
+
     def update_runs(self, runs: Sequence[RunRow]) -> None:
         self.c.executemany(
             Q["update_run"], [(str(r.status), r.started_us, r.finished_us, r.error_kind, r.id) for r in runs]
@@ -82,12 +90,15 @@ class _SqliteTx:
                     ready.append(step)
         return ready
 
-    def lock_budgets(self, scopes: Sequence[str]) -> dict[str, BudgetRow]:
+    def lock_budgets(self, scopes: Sequence[str], *, if_limited: Sequence[str] = ()) -> dict[str, BudgetRow]:
+        optional = set(if_limited)  # SQLite has no row locks: the write transaction holds the file
         out: dict[str, BudgetRow] = {}
         for scope in dict.fromkeys(scopes):
             row = self.c.execute(Q["select_budget"], (scope,)).fetchone()
             if row is not None:
-                out[scope] = rows.budget_from_row(tuple(row))
+                budget = rows.budget_from_row(tuple(row))
+                if scope not in optional or budget.tokens_limit is not None or budget.cost_limit_micros is not None:
+                    out[scope] = budget
         return out
 
     def ensure_budgets(self, budgets: Sequence[BudgetRow]) -> None:
@@ -243,6 +254,16 @@ class SqliteStore:
     def set_cursor(self, consumer: str, position: OutboxPosition) -> None:
         with self.transaction() as tx:
             tx.c.execute(Q["set_cursor"], (consumer, position[0], position[1], self.clock.now_us()))
+
+    def try_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
+        """Take or renew lease `name` for `holder`; its epoch while held, else None."""
+        with self.transaction() as tx:
+            row = tx.c.execute(Q["try_lease"], (name, holder, self.clock.now_us(), ttl_ms * 1000)).fetchone()
+        return None if row is None else int(row[0])
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.transaction() as tx:
+            tx.c.execute(Q["release_lease"], (name, holder))
 
     def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
         count, oldest = self._query(Q["outbox_backlog"], (self.get_cursor(consumer)[1],))[0]
