@@ -6,10 +6,13 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+
+from fleetforge.adapters.http.server import BackgroundServer, BodyTooLarge, Receive, Scope, Send, read_body
 
 __all__ = ["WebhookServer"]
+
+MAX_BODY = 1024 * 1024
 
 
 class WebhookServer:
@@ -19,44 +22,41 @@ class WebhookServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        seen: Counter[bytes] = Counter()
-        lock = threading.Lock()
+        self._seen: Counter[bytes] = Counter()
+        self._lock = threading.Lock()
+        self._server = BackgroundServer(self._app, host=host, port=port, name="webhook")
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                url = urlsplit(self.path)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                key = url.path.encode() + b"\0" + body
-                with lock:
-                    seen[key] += 1
-                    n = seen[key]
-                rate = float(parse_qs(url.query).get("fail_rate", ["0"])[0])
-                draw = int.from_bytes(hashlib.sha256(key + str(n).encode()).digest()[:4], "big") / 2**32
-                status = 503 if draw < rate else 200
-                payload = json.dumps({"received": len(body), "attempt": n, "status": status}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            body = await read_body(receive, "", limit=MAX_BODY)
+            status, payload = self._answer(scope["path"], scope["query_string"].decode("latin-1"), body)
+        except BodyTooLarge as exc:
+            status, payload = 413, json.dumps({"error": str(exc)}).encode()
+        except ValueError:
+            status, payload = 400, b'{"error": "fail_rate: expected a number"}'
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
-            do_GET = do_POST = do_PUT = _answer
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="webhook")
+    def _answer(self, path: str, query: str, body: bytes) -> tuple[int, bytes]:
+        key = path.encode() + b"\0" + body
+        with self._lock:
+            self._seen[key] += 1
+            n = self._seen[key]
+        rate = float(parse_qs(query).get("fail_rate", ["0"])[0])
+        draw = int.from_bytes(hashlib.sha256(key + str(n).encode()).digest()[:4], "big") / 2**32
+        status = 503 if draw < rate else 200
+        return status, json.dumps({"received": len(body), "attempt": n, "status": status}).encode()
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url.rstrip("/")
 
     def start(self) -> WebhookServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

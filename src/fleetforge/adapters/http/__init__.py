@@ -1,0 +1,1 @@
+"""The one HTTP server every FleetForge listener runs on."""
