@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import zlib
@@ -26,6 +27,7 @@ import uvicorn
 from fleetforge.domain.errors import ConfigError
 
 __all__ = [
+    "ALLOWED_HOSTS_ENV",
     "ASGIApp",
     "BackgroundServer",
     "BodyTooLarge",
@@ -42,6 +44,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+ALLOWED_HOSTS_ENV: Final = "FLEETFORGE_ALLOWED_HOSTS"
 _LOCAL_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -77,13 +80,15 @@ def _is_ip(name: str) -> bool:
 class HostCheck:
     """ASGI middleware answering 421 to a request whose Host is a name the operator did not allow.
 
-    IP literals cannot be rebound by DNS, so they always pass; names pass when they are `localhost` or in
-    `allowed` (`*` allows every name, for operators behind their own proxy).
+    IP literals cannot be rebound by DNS, so they always pass; names pass when they are `localhost`, this
+    machine's host name, in `allowed` or in FLEETFORGE_ALLOWED_HOSTS (comma-separated; `*` allows every
+    name, for operators behind their own proxy).
     """
 
     def __init__(self, app: ASGIApp, allowed: Iterable[str] = ()) -> None:
         self.app = app
-        self.allowed = frozenset(_host_name(a) for a in allowed) | _LOCAL_NAMES
+        names = [*allowed, *os.environ.get(ALLOWED_HOSTS_ENV, "").split(","), socket.gethostname()]
+        self.allowed = frozenset(_host_name(a) for a in names if a.strip()) | _LOCAL_NAMES
 
     def permits(self, header: str | None) -> bool:
         """Whether a request with this Host header may reach the app."""
@@ -97,8 +102,8 @@ class HostCheck:
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
             if not self.permits(host):
                 body = (
-                    f"Host {host!r} is not allowed: use an IP address or localhost, or start the "
-                    "server with --allowed-host NAME\n"
+                    f"Host {host!r} is not allowed: use an IP address or localhost, or add the "
+                    "name to FLEETFORGE_ALLOWED_HOSTS\n"
                 ).encode()
                 await send(
                     {
@@ -172,7 +177,7 @@ class BackgroundServer:
         max_connections: int | None = 256,
     ) -> None:
         self.name = name
-        self._sock = self._bind(host, port, port_flag)
+        self._sock = self._bind(host, port, name, port_flag)
         config = uvicorn.Config(
             HostCheck(app, allowed_hosts),
             log_config=None,
@@ -189,7 +194,7 @@ class BackgroundServer:
         self._failed: BaseException | None = None
 
     @staticmethod
-    def _bind(host: str, port: int, flag: str) -> socket.socket:
+    def _bind(host: str, port: int, name: str, flag: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -197,7 +202,9 @@ class BackgroundServer:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another {flag}") from None
+            raise ConfigError(
+                f"cannot serve {name} on {host}:{port}: {exc.strerror or exc}; pass another {flag}"
+            ) from None
         sock.listen(128)
         sock.set_inheritable(True)
         return sock

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
-
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import SpanExporter
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_asgi_app
 
+from fleetforge.adapters.http.server import BackgroundServer
 from fleetforge.adapters.otel.settings import OtlpTarget
-from fleetforge.domain.errors import ConfigError
 
 __all__ = ["PrometheusServer", "otlp_metric_exporter", "otlp_span_exporter"]
 
@@ -38,32 +34,23 @@ def otlp_metric_exporter(target: OtlpTarget) -> MetricExporter:
     return HttpMetrics(endpoint=target.endpoint)
 
 
-@dataclass(slots=True)
 class PrometheusServer:
-    """The prometheus_client HTTP server exposing one registry at /metrics."""
+    """The scrape endpoint: prometheus_client's ASGI app for one registry on the shared HTTP server."""
 
-    server: WSGIServer
-    thread: threading.Thread
+    def __init__(self, server: BackgroundServer) -> None:
+        self.server = server
 
     @classmethod
     def start(cls, registry: CollectorRegistry, host: str, port: int) -> PrometheusServer:
         """Listen on host:port (port 0 picks a free one); ConfigError when the address is unusable."""
-        try:
-            server, thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve Prometheus metrics on {host}:{port}: {exc.strerror or exc}; set "
-                "OTEL_EXPORTER_PROMETHEUS_PORT to a free port (0 picks one) or OTEL_EXPORTER_PROMETHEUS_HOST "
-                "to an address of this machine"
-            ) from None
-        return cls(server, thread)
+        flag = "OTEL_EXPORTER_PROMETHEUS_PORT (0 picks a free one) or OTEL_EXPORTER_PROMETHEUS_HOST"
+        server = BackgroundServer(make_asgi_app(registry), host=host, port=port, name="Prometheus metrics",
+                                  port_flag=flag)
+        return cls(server.start())
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
-        return str(host), int(port)
+        return self.server.address
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout_s)
+        self.server.stop(timeout_s)
