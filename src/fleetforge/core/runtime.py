@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetforge.core.config import RuntimeConfig
+from fleetforge.core.policies.pii import redact_spec
 from fleetforge.core.policies.registry import option_validators
 from fleetforge.core.scheduler import Scheduler
 from fleetforge.core.submit import build_run
@@ -51,8 +52,12 @@ class Runtime:
         return parse_spec(data, packs=self._validators)
 
     def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None) -> str:
-        """Validate (when given a mapping) and store a run in one transaction; returns its id."""
-        parsed = spec if isinstance(spec, RunSpec) else self.parse(spec)
+        """Validate (when given a mapping) and store a run in one transaction; returns its id.
+
+        When the run's packs redact PII, its labels and step inputs are redacted first: the clear
+        text is never stored, nor is it in any event.
+        """
+        parsed = redact_spec(spec if isinstance(spec, RunSpec) else self.parse(spec))
         now = self.clock.now_us()
         run, steps, deps = build_run(parsed, spec_to_dict(parsed), now, run_id)
         with self.store.transaction() as tx:

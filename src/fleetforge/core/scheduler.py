@@ -12,6 +12,7 @@ from typing import Any
 from fleetforge.core import budgets as B
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.events import run_event, step_event
+from fleetforge.core.policies.pii import redact_json, redact_pii, step_redaction_kinds
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import (
     TERMINAL_RUN,
@@ -33,7 +34,11 @@ from fleetforge.ports.executor import ExecutionResult, Executor, StepFailure
 from fleetforge.ports.policy import Effect, Hook, PolicyContext, PolicyPack
 from fleetforge.ports.store import AttemptRow, DecisionRow, Tx
 
-__all__ = ["Claim", "Outcome", "Scheduler"]
+__all__ = ["ERROR_CHARS", "Claim", "Outcome", "Scheduler"]
+
+ERROR_CHARS = 500
+"""Length of the error message a `step_failed` event keeps (after redaction)."""
+_SCAN_CHARS = 4 * ERROR_CHARS  # of a failure message, redacted before it is cut to ERROR_CHARS
 
 
 @dataclass(slots=True)
@@ -119,9 +124,10 @@ def _budget_state(r: BudgetRow) -> tuple[Any, ...]:
 
 
 class _ParsedRun:
-    """A run's spec with its steps by id and the ids some other step depends on."""
+    """A run's spec with its steps by id, the ids some other step depends on, and the PII kinds
+    each step keeps redacted (absent when none)."""
 
-    __slots__ = ("depended_on", "spec", "steps")
+    __slots__ = ("depended_on", "redacts", "spec", "steps")
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -129,6 +135,8 @@ class _ParsedRun:
         for s in spec.steps:
             self.steps.setdefault(s.id, s)  # the first of a (never stored) duplicate id, as a scan finds it
         self.depended_on = frozenset(d for s in spec.steps for d in s.depends_on)
+        self.redacts = {sid: kinds for sid, s in self.steps.items()
+                        for kinds in [step_redaction_kinds(spec, s)] if kinds}
 
 
 def _moves_budgets(o: Outcome) -> bool:
@@ -185,6 +193,10 @@ class Scheduler:
                 b.add_budget(found.get(s) or BudgetRow(s, None, None))
         return [b.budgets[s] for s in scopes]
 
+    def _redacts(self, run: RunRow, step_id: str) -> frozenset[str]:
+        """The PII kinds what `step_id` of `run` records must not hold in clear (empty: none)."""
+        return self._parsed(run).redacts.get(step_id, frozenset())
+
     def _has_dependents(self, run: RunRow, step_id: str) -> bool:
         return step_id in self._parsed(run).depended_on
 
@@ -207,20 +219,25 @@ class Scheduler:
 
     def _policy(self, b: _Batch, hook: Hook, run: RunRow, step: StepRow, spec: StepSpec, attempt: int,
                 payload: dict[str, Any], now: int, **ctx: Any) -> tuple[dict[str, Any], str | None]:
-        """Evaluate the run's and step's packs for `hook`. Returns (payload, deny reason or None)."""
+        """Evaluate the run's and step's packs for `hook`. Returns (payload, deny reason or None).
+
+        When the step redacts PII, each decision's reason and raw details are recorded redacted."""
+        kinds = self._redacts(run, step.step_id)
         for pack_spec in (*self.run_spec(run).packs, *spec.policy.packs):
             pack = self.packs[pack_spec.name]
             if hook not in pack.hooks:
                 continue
             verdict = pack.evaluate(PolicyContext(run_id=run.id, step=spec, hook=hook, payload=payload,
                                                   options=pack_spec.options, **ctx))
+            reason, raw = verdict.reason, verdict.raw
+            if kinds:
+                reason, raw = redact_pii(reason, kinds)[0], redact_json(raw, kinds)[0]
             b.decisions.append(DecisionRow(str(uuid.uuid4()), run.id, step.step_id, attempt, pack.name,
-                                           str(hook), str(verdict.effect), verdict.reason, now))
+                                           str(hook), str(verdict.effect), reason, now))
             b.events.append(step_event(K.POLICY_DECISION, run, step, attempt, now, pack=pack.name,
-                                       hook=str(hook), effect=str(verdict.effect), reason=verdict.reason,
-                                       raw=verdict.raw))
+                                       hook=str(hook), effect=str(verdict.effect), reason=reason, raw=raw))
             if verdict.effect is Effect.DENY:
-                return payload, f"{pack.name}: {verdict.reason}"
+                return payload, f"{pack.name}: {reason}"
             if verdict.effect is Effect.MODIFY and verdict.payload is not None:
                 payload = verdict.payload
         return payload, None
@@ -496,9 +513,13 @@ class Scheduler:
         retry = failure.kind.retriable and attempt < step.max_attempts and not _doomed(run, b)
         step.first_failure_us = step.first_failure_us or finished_us
         step.error_kind = str(failure.kind)
+        error = failure.message[:_SCAN_CHARS]
+        kinds = self._redacts(run, step.step_id)
+        if kinds:  # a failure message may echo the inputs or the output
+            error = redact_pii(error, kinds)[0]
         b.events.append(step_event(
             K.STEP_FAILED, run, step, attempt, now, tokens=tokens, cost_usd=to_usd(micros),
-            duration_ms=duration_ms, error_kind=str(failure.kind), error=failure.message[:500],
+            duration_ms=duration_ms, error_kind=str(failure.kind), error=error[:ERROR_CHARS],
             tool=failure.tool, provider=failure.provider, final=not retry))
         if retry:
             ex = spec.execution

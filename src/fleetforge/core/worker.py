@@ -190,7 +190,8 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an executor bug is a crash of this attempt, not of the worker
-            outcome.failure = StepFailure(ErrorKind.CRASH, f"{type(exc).__name__}: {exc}"[:500])
+            # cut long, not short: the scheduler redacts the message before it keeps 500 characters
+            outcome.failure = StepFailure(ErrorKind.CRASH, f"{type(exc).__name__}: {exc}"[:4000])
         outcome.finished_us = self.clock.now_us()
         self._inflight.pop((claim.run.id, claim.step.step_id), None)
         self._done.append(outcome)

@@ -1,15 +1,34 @@
-"""PII guardrail: finds emails, phones, card numbers, SSNs, IPv4 addresses and IBANs in a payload."""
+"""PII guardrail: finds emails, phones, card numbers, SSNs, IPv4 addresses and IBANs in a payload.
+
+The one PII redactor of the house. Besides the pack, it says what a run must keep redacted
+(`redaction_kinds`) and redacts a run spec before it is stored (`redact_spec`).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from fleetforge.domain.models import PackSpec, RunSpec, StepSpec
 from fleetforge.ports.policy import Effect, Hook, PolicyContext, Verdict
 
-__all__ = ["KINDS", "PiiRedactionPack", "find_pii", "iban_ok", "luhn_ok", "redact_pii"]
+__all__ = [
+    "KINDS",
+    "PACK_NAME",
+    "PiiRedactionPack",
+    "find_pii",
+    "iban_ok",
+    "luhn_ok",
+    "redact_json",
+    "redact_pii",
+    "redact_spec",
+    "redaction_kinds",
+    "step_redaction_kinds",
+]
+
+PACK_NAME: Final = "pii_redaction"
 
 KINDS: Final = ("email", "phone", "credit_card", "ssn", "ipv4", "iban")
 _MODES: Final = ("redact", "deny", "allow")
@@ -111,6 +130,19 @@ def redact_pii(text: str, kinds: frozenset[str] = frozenset(KINDS)) -> tuple[str
     return text, found
 
 
+def redact_json(value: Any, kinds: frozenset[str] = frozenset(KINDS)) -> tuple[Any, list[str]]:
+    """A copy of the JSON value `value` with every string redacted (`redact_pii`), recursively, and
+    the kind of each match. Dict keys are kept as they are."""
+    found: list[str] = []
+
+    def scan(text: str) -> str:
+        redacted, kinds_found = redact_pii(text, kinds)
+        found.extend(kinds_found)
+        return redacted
+
+    return _map(value, scan), found
+
+
 def _map(value: Any, fn: Callable[[str], str]) -> Any:
     """A copy of `value` with every string replaced by fn(string); dict keys and other leaves kept."""
     if isinstance(value, str):
@@ -146,14 +178,77 @@ def _parse(options: dict[str, Any]) -> tuple[_Settings, list[str]]:
     return _Settings(str(mode), frozenset(kinds)), []
 
 
+def redaction_kinds(packs: Iterable[PackSpec]) -> frozenset[str]:
+    """The kinds the pii_redaction packs among `packs` redact (mode `redact`); empty when none does.
+
+    Data a step keeps (its inputs, output, error and policy decisions) is redacted with the kinds of
+    the run's packs and the step's own; the run's labels with those of every pack of the run.
+    """
+    kinds: frozenset[str] = frozenset()
+    for pack in packs:
+        if pack.name == PACK_NAME:
+            settings, problems = _parse(pack.options)
+            if not problems and settings.mode == "redact":
+                kinds |= settings.kinds
+    return kinds
+
+
+def step_redaction_kinds(spec: RunSpec, step: StepSpec) -> frozenset[str]:
+    """What `step` of `spec` keeps redacted: the kinds of the run's packs and of the step's own."""
+    return redaction_kinds((*spec.packs, *step.policy.packs))
+
+
+def redact_spec(spec: RunSpec) -> RunSpec:
+    """`spec` as it may be stored: the inputs of each step whose packs redact, redacted with their
+    kinds, and the labels (names and values) with the kinds of every pack of the run.
+
+    A spec whose packs do not redact is returned as it is.
+    """
+    steps = tuple(_redact_step(spec, step) for step in spec.steps)
+    every = redaction_kinds((*spec.packs, *(p for s in spec.steps for p in s.policy.packs)))
+    labels = spec.labels
+    if every:
+        labels = {redact_pii(k, every)[0]: redact_pii(v, every)[0] for k, v in spec.labels.items()}
+    if labels == spec.labels and all(a is b for a, b in zip(steps, spec.steps, strict=True)):
+        return spec
+    return replace(spec, steps=steps, labels=labels)
+
+
+def _redact_step(spec: RunSpec, step: StepSpec) -> StepSpec:
+    kinds = step_redaction_kinds(spec, step)
+    if not kinds:
+        return step
+    inputs, found = redact_json(step.inputs, kinds)
+    return replace(step, inputs=inputs) if found else step
+
+
+_MARKER: Final = re.compile(r"\[REDACTED:(" + "|".join(KINDS) + r")\]")
+
+
+def _markers(value: Any, kinds: frozenset[str], counts: dict[str, int]) -> None:
+    """Count the redaction markers of `kinds` in every string of `value`."""
+
+    def count(text: str) -> str:
+        for m in _MARKER.finditer(text):
+            if m.group(1) in kinds:
+                counts[m.group(1)] += 1
+        return text
+
+    _map(value, count)
+
+
 class PiiRedactionPack:
     """Redacts, denies or only reports PII in step inputs (pre) and outputs (post).
 
     Every string value is scanned, recursively; dict keys are not. Card numbers must pass Luhn
     and IBANs mod-97, so random digit runs are not flagged.
+
+    In redact mode the inputs were redacted when the run was submitted (`redact_spec`), so before
+    a step the pack also counts the markers it left: the decision reports what was redacted from
+    the inputs the executor receives, whenever that happened.
     """
 
-    name: str = "pii_redaction"
+    name: str = PACK_NAME
     hooks: frozenset[Hook] = frozenset({Hook.PRE, Hook.POST})
 
     def validate_options(self, options: dict[str, Any]) -> list[str]:
@@ -174,6 +269,8 @@ class PiiRedactionPack:
             return redacted
 
         rewritten = _map(ctx.payload, scan)
+        if ctx.hook is Hook.PRE and settings.mode == "redact":
+            _markers(ctx.payload, settings.kinds, counts)
         found = {kind: n for kind, n in counts.items() if n}
         raw: dict[str, Any] = {"found": found}
         if not found:
