@@ -46,8 +46,9 @@ class RetentionStore(Protocol):
         """Delete these outbox rows (one short transaction); how many were deleted."""
         ...
     def prunable_runs(self, finished_before_us: int, after: tuple[int, str], limit: int) -> list[tuple[int, str]]:
-        """(finished_us, run id) of up to `limit` terminal runs finished before `finished_before_us`, ordered
-        by (finished_us, id) and strictly after `after` (keyset paging; start with (0, ''))."""
+        """(finished_us, run id) of up to `limit` terminal runs with no open step, finished before
+        `finished_before_us`, ordered by (finished_us, id) and strictly after `after` (keyset paging;
+        start with (0, ''))."""
         ...
     def delete_runs(self, run_ids: Sequence[str], budget_prefix: str) -> int:
         """Delete those of `run_ids` that are terminal with no open step, and not locked by another

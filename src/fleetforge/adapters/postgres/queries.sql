@@ -376,6 +376,7 @@ DELETE FROM outbox WHERE seq = ANY(%s::bigint[]);
 SELECT id, finished_us FROM runs
 WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < %(before)s
   AND (finished_us, id) > (%(after_us)s::bigint, %(after_id)s::text)
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running'))
 ORDER BY finished_us, id
 LIMIT %(limit)s;
 

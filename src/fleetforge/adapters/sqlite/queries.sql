@@ -193,6 +193,7 @@ DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?));
 -- name: prunable_runs
 SELECT id, finished_us FROM runs
 WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < ?1 AND (finished_us, id) > (?2, ?3)
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running'))
 ORDER BY finished_us, id LIMIT ?4;
 
 -- name: deletable_runs
