@@ -100,9 +100,11 @@ class RetentionSettings:
     interval_s: float = 60.0
     batch: int = 500
     max_pass_s: float = 5.0  # a pass stops after this long; the next one starts soon after
+    duty: float = 0.5  # share of a pass spent deleting: after each batch it waits (1/duty - 1) x its time
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.interval_s <= 0 or self.max_pass_s <= 0 or self.reader_lag_limit_s <= 0:
+        if (self.batch < 1 or self.interval_s <= 0 or self.max_pass_s <= 0 or self.reader_lag_limit_s <= 0
+                or not 0 < self.duty <= 1):
             raise ConfigError(f"retention settings: batch >= 1 and positive interval, pass time and lag limit "
                               f"expected, got {self}")
 
@@ -199,8 +201,13 @@ class Retention:
         report.elapsed_s = time.monotonic() - started
         return report
 
-    def _keep_going(self, report: RetentionReport, deadline: float, dry_run: bool) -> bool:
-        """Whether another batch may run now: within the time budget and (pruning) still holding the lease."""
+    def _keep_going(self, report: RetentionReport, deadline: float, dry_run: bool, batch_started: float) -> bool:
+        """Whether another batch may run now: within the time budget and (pruning) still holding the lease.
+
+        Pruning leaves the store to the scheduler between batches for (1/duty - 1) times as long as the batch took.
+        """
+        if not dry_run and self.settings.duty < 1:
+            time.sleep(min(1.0, (time.monotonic() - batch_started) * (1 / self.settings.duty - 1)))
         if time.monotonic() > deadline:
             report.complete = False
             return False
@@ -216,6 +223,7 @@ class Retention:
         after = (0, 0) if dry_run or self._after > bound else self._after
         batch = self.settings.batch
         while True:
+            batch_started = time.monotonic()
             head = self.store.outbox_head(after, bound, batch)
             old = [p for p, _ in _prefix(head, cutoff_us)]
             if old:
@@ -223,7 +231,7 @@ class Retention:
                 after = old[-1]
                 if not dry_run:
                     self._after = after
-            if len(old) < batch or not self._keep_going(report, deadline, dry_run):
+            if len(old) < batch or not self._keep_going(report, deadline, dry_run, batch_started):
                 return
 
     def _prune_runs(self, report: RetentionReport, cutoff_us: int, deadline: float, dry_run: bool) -> None:
@@ -231,12 +239,13 @@ class Retention:
         batch = self.settings.batch
         prefix = run_scope("")
         while report.held_lease or dry_run:
+            batch_started = time.monotonic()
             found = self.store.prunable_runs(cutoff_us, after, batch)
             if found:
                 ids = [rid for _, rid in found]
                 report.runs_pruned += len(ids) if dry_run else self.store.delete_runs(ids, prefix)
                 after = found[-1]
-            if len(found) < batch or not self._keep_going(report, deadline, dry_run):
+            if len(found) < batch or not self._keep_going(report, deadline, dry_run, batch_started):
                 return
 
     def release(self) -> None:
