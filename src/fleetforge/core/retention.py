@@ -98,7 +98,7 @@ class RetentionSettings:
     run_window_s: float | None = 7 * 86400.0  # None: keep finished runs forever
     reader_lag_limit_s: float = 3600.0
     interval_s: float = 60.0
-    batch: int = 500
+    batch: int = 1000
     max_pass_s: float = 5.0  # a pass stops after this long; the next one starts soon after
     duty: float = 0.5  # share of a pass spent deleting: after each batch it waits (1/duty - 1) x its time
 
@@ -163,6 +163,7 @@ class Retention:
         self.holder = holder
         self.clock = clock or SystemClock()
         self._after: OutboxPosition = (0, 0)  # everything at or before it is gone (while we hold the lease)
+        self._renewed = 0.0  # time.monotonic() of the last lease renewal
 
     def readers(self, now_us: int | None = None) -> list[ReaderStatus]:
         """Every registered reader with its lag (companion cursors folded into their reader)."""
@@ -180,9 +181,11 @@ class Retention:
         """One pass: take the lease (unless dry_run), then prune the outbox and finished runs in batches."""
         started = time.monotonic()
         s = self.settings
-        if not dry_run and self.store.try_lease(LEASE_NAME, self.holder, s.lease_ttl_ms) is None:
-            self._after = (0, 0)  # another process prunes meanwhile
-            return RetentionReport(dry_run=False, held_lease=False)
+        if not dry_run:
+            if self.store.try_lease(LEASE_NAME, self.holder, s.lease_ttl_ms) is None:
+                self._after = (0, 0)  # another process prunes meanwhile
+                return RetentionReport(dry_run=False, held_lease=False)
+            self._renewed = started
         now = self.clock.now_us()
         report = RetentionReport(dry_run=dry_run, held_lease=not dry_run)
         cursors = self.store.list_cursors()
@@ -205,13 +208,17 @@ class Retention:
         """Whether another batch may run now: within the time budget and (pruning) still holding the lease.
 
         Pruning leaves the store to the scheduler between batches for (1/duty - 1) times as long as the batch took.
+        The lease (a write) is renewed only once a quarter of its time has passed.
         """
         if not dry_run and self.settings.duty < 1:
             time.sleep(min(1.0, (time.monotonic() - batch_started) * (1 / self.settings.duty - 1)))
         if time.monotonic() > deadline:
             report.complete = False
             return False
-        if not dry_run and self.store.try_lease(LEASE_NAME, self.holder, self.settings.lease_ttl_ms) is None:
+        if dry_run or time.monotonic() - self._renewed < self.settings.lease_ttl_ms / 4000:
+            return True
+        self._renewed = time.monotonic()
+        if self.store.try_lease(LEASE_NAME, self.holder, self.settings.lease_ttl_ms) is None:
             report.complete = False
             report.held_lease = False
             self._after = (0, 0)
