@@ -199,6 +199,9 @@ class Metric(StrEnum):
     OUTBOX_LAG = "fleetforge.outbox.lag_seconds"
     BUDGET_TOKENS_LIMIT = "fleetforge.budget.tokens_limit"
     BUDGET_COST_LIMIT = "fleetforge.budget.cost_limit"
+    RETENTION_READER_LAG = "fleetforge.retention.reader_lag_seconds"
+    RETENTION_BLOCKED = "fleetforge.retention.blocked"
+    RETENTION_PRUNED = "fleetforge.retention.pruned"
 
 
 class Attr(StrEnum):
@@ -216,6 +219,7 @@ class Attr(StrEnum):
     HOOK = "hook"
     ERROR_KIND = "error.type"
     CONSUMER = "consumer"
+    TABLE = "table"
     GENAI_OPERATION = "gen_ai.operation.name"
     GENAI_PROVIDER = "gen_ai.provider.name"
     GENAI_MODEL = "gen_ai.request.model"

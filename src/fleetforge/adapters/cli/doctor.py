@@ -24,7 +24,7 @@ from fleetforge.core.doctor import BACKLOG_FAIL_S, BACKLOG_WARN_S, Check, Verdic
 from fleetforge.domain.errors import ConfigError, FleetForgeError
 from fleetforge.ports.store import Store
 
-__all__ = ["register", "run_checks"]
+__all__ = ["register", "retention_checks", "run_checks"]
 
 OK, WARN, FAIL, SKIP = Verdict.OK, Verdict.WARN, Verdict.FAIL, Verdict.SKIP
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
@@ -116,6 +116,40 @@ def _backlog_checks(store: Store, consumers: list[str], warn_s: float, fail_s: f
             f"the {consumer} consumer lags or is stopped: start it (or more of it), check its logs, then "
             "watch the backlog fall with `fleetforge doctor`")
         checks.append(Check(f"outbox backlog: {consumer}", verdict, detail, fix))
+    return checks
+
+
+def retention_checks(store: Store, *, lag_limit_s: float | None = None, now_us: int | None = None) -> list[Check]:
+    """One check per registered outbox reader: WARN when it lags beyond the retention lag limit
+    (FLEETFORGE_READER_LAG_LIMIT), since it then holds back outbox pruning."""
+    from dataclasses import replace
+
+    from fleetforge.adapters.cli.retention import settings_from_env
+    from fleetforge.core.retention import Retention, format_duration
+
+    try:
+        settings = settings_from_env()
+    except ConfigError as exc:
+        return [Check("retention", FAIL, _first_line(exc), "fix the variable it names (see docs/retention.md)")]
+    if lag_limit_s is not None:
+        settings = replace(settings, reader_lag_limit_s=lag_limit_s)
+    limit = format_duration(settings.reader_lag_limit_s)
+    try:
+        readers = Retention(store, settings, holder="doctor").readers(now_us)  # type: ignore[arg-type]
+    except FleetForgeError as exc:
+        return [Check("retention", FAIL, _first_line(exc), "check the state store")]
+    if not readers:
+        return [Check("retention", OK, f"no outbox reader registered: rows go after "
+                      f"{format_duration(settings.outbox_window_s)} by age alone")]
+    checks = []
+    for r in readers:
+        if r.lagging:
+            checks.append(Check(f"retention reader: {r.name}", WARN,
+                                f"{r.lag_s:.0f}s behind (lag limit {limit}): it holds back outbox pruning, "
+                                "so the outbox grows", f"start the {r.name} reader (or more of it) so it catches "
+                                f"up; if it is gone for good, `fleetforge retention --forget-reader {r.name}`"))
+        else:
+            checks.append(Check(f"retention reader: {r.name}", OK, f"{r.lag_s:.0f}s behind (lag limit {limit})"))
     return checks
 
 
@@ -346,6 +380,7 @@ def run_checks(*, store_url: str | None, data_dir: Path | None, clickhouse_url: 
     try:
         if usable and store is not None:
             checks += _backlog_checks(store, _consumers(bus, active), warn_s, fail_s)
+            checks += retention_checks(store)
         checks += broker
         checks += _clickhouse_checks(clickhouse_url, data_dir, store if usable else None,
                                      _consumers(bus, [])[0], warn_s, fail_s)

@@ -37,7 +37,7 @@ runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=Tr
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
-_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor")
+_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor", "retention")
 
 
 def _version(value: bool) -> None:
@@ -111,12 +111,20 @@ def worker(
         "--tools", envvar="FLEETFORGE_TOOLS", show_default=False,
         help="Register your own tools: 'module:function', called with the ToolRegistry. "
              "Repeatable; the env var takes comma-separated values.")] = None,
+    retention: Annotated[bool, typer.Option(
+        "--retention/--no-retention", envvar="FLEETFORGE_RETENTION",
+        help="Prune the outbox and finished runs in the background (one worker of the fleet at a time; "
+             "settings from FLEETFORGE_OUTBOX_RETENTION, FLEETFORGE_RUN_RETENTION, ... see "
+             "docs/retention.md).")] = True,
 ) -> None:
     """Claim and execute ready steps until interrupted (SIGINT/SIGTERM finish what is in flight)."""
+    from fleetforge.adapters.cli.retention import service_from_env
+
     with guard():
         registry = tools_registry(tools or ())
         st = store_for(store, data_dir)
         wid = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        pruning = service_from_env(st, wid) if retention else None
 
         async def go() -> None:
             stop = asyncio.Event()
@@ -128,7 +136,13 @@ def worker(
                     wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
                 await w.run(stop=stop, until_idle=until_idle)
 
-        asyncio.run(go())
+        if pruning is not None:
+            pruning.start()
+        try:
+            asyncio.run(go())
+        finally:
+            if pruning is not None:
+                pruning.stop()
 
 
 @app.command()

@@ -343,3 +343,64 @@ RETURNING l.epoch;
 
 -- name: release_lease
 UPDATE outbox_leases SET expires_us = 0 WHERE name = %s AND holder = %s;
+
+-- Retention (core/retention.py, docs/retention.md): readers' cursors, the head of the outbox, and
+-- finished runs deleted in small batches, each in its own short transaction. No table lock is
+-- taken; runs another transaction holds are skipped (SKIP LOCKED) and left for the next pass.
+
+-- name: list_cursors
+SELECT consumer, pos_xid, pos_seq, updated_us FROM outbox_cursors ORDER BY consumer;
+
+-- name: forget_cursor
+DELETE FROM outbox_cursors WHERE consumer = %s RETURNING consumer;
+
+-- name: first_unread
+SELECT created_us FROM outbox
+WHERE (xid, seq) > (%(xid)s::text::xid8, %(seq)s::bigint)
+ORDER BY xid, seq LIMIT 1;
+
+-- name: outbox_head
+-- Gap-safe like read_outbox: a transaction still in progress may yet commit rows below any
+-- position past its xid, so the head never reaches beyond the oldest one.
+SELECT xid::text::bigint, seq, created_us FROM outbox
+WHERE (xid, seq) > (%(after_xid)s::text::xid8, %(after_seq)s::bigint)
+  AND (xid, seq) <= (%(upto_xid)s::text::xid8, %(upto_seq)s::bigint)
+  AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, seq
+LIMIT %(limit)s;
+
+-- name: delete_outbox
+DELETE FROM outbox WHERE seq = ANY(%s::bigint[]);
+
+-- name: prunable_runs
+SELECT id, finished_us FROM runs
+WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < %(before)s
+  AND (finished_us, id) > (%(after_us)s::bigint, %(after_id)s::text)
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running'))
+ORDER BY finished_us, id
+LIMIT %(limit)s;
+
+-- name: delete_runs
+-- Of the given runs, those still terminal with no step left open (a canceled run's running attempt)
+-- and not held by another transaction, with every row that belongs to them.
+WITH doomed AS MATERIALIZED (
+    SELECT r.id FROM runs r
+    WHERE r.id = ANY(%(ids)s::text[])
+      AND r.status IN ('succeeded', 'failed', 'canceled')
+      AND NOT EXISTS (SELECT 1 FROM steps s
+                      WHERE s.run_id = r.id AND s.status IN ('pending', 'queued', 'running'))
+    ORDER BY r.id
+    FOR UPDATE OF r SKIP LOCKED
+), d AS (
+    DELETE FROM step_deps WHERE run_id IN (SELECT id FROM doomed)
+), s AS (
+    DELETE FROM steps WHERE run_id IN (SELECT id FROM doomed)
+), a AS (
+    DELETE FROM attempts WHERE run_id IN (SELECT id FROM doomed)
+), p AS (
+    DELETE FROM policy_decisions WHERE run_id IN (SELECT id FROM doomed)
+), b AS (
+    DELETE FROM budgets WHERE scope IN (SELECT %(budget_prefix)s || id FROM doomed)
+)
+DELETE FROM runs WHERE id IN (SELECT id FROM doomed)
+RETURNING id;

@@ -26,6 +26,7 @@ from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.ports.clock import Clock, SystemClock
+from fleetforge.ports.retention import ReaderCursor
 from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
 
 __all__ = ["PostgresStore"]
@@ -453,6 +454,46 @@ class PostgresStore:
         xid, seq = self.get_cursor(consumer)
         count, oldest = self._query("outbox_backlog", {"xid": xid, "seq": seq})[0]
         return int(count), oldest
+
+    # -- retention (ports.retention.RetentionStore) --------------------------------------------------
+
+    def list_cursors(self) -> list[ReaderCursor]:
+        return [ReaderCursor(name, (int(xid), int(seq)), int(updated))
+                for name, xid, seq, updated in self._query("list_cursors")]
+
+    def forget_cursor(self, name: str) -> bool:
+        with self.transaction() as tx:
+            return bool(tx.execute("forget_cursor", Q["forget_cursor"], (name,)))
+
+    def first_unread(self, after: OutboxPosition) -> int | None:
+        found = self._query("first_unread", {"xid": after[0], "seq": after[1]})
+        return int(found[0][0]) if found else None
+
+    def outbox_head(self, after: OutboxPosition, upto: OutboxPosition, limit: int) -> list[tuple[OutboxPosition, int]]:
+        found = self._query("outbox_head", {"after_xid": after[0], "after_seq": after[1], "upto_xid": upto[0],
+                                            "upto_seq": upto[1], "limit": limit})
+        return [((int(xid), int(seq)), int(created)) for xid, seq, created in found]
+
+    def delete_outbox(self, positions: Sequence[OutboxPosition]) -> int:
+        if not positions:
+            return 0
+        with self._pool.connection() as conn:  # autocommit: one statement, one short transaction
+            try:
+                return int(conn.execute(Q["delete_outbox"], ([p[1] for p in positions],)).rowcount)
+            except psycopg.Error as exc:
+                self._errors.raise_(exc, "delete_outbox")
+
+    def prunable_runs(self, finished_before_us: int, after: tuple[int, str], limit: int) -> list[tuple[int, str]]:
+        found = self._query("prunable_runs", {"before": finished_before_us, "after_us": after[0],
+                                              "after_id": after[1], "limit": limit})
+        return [(int(finished), str(rid)) for rid, finished in found]
+
+    def delete_runs(self, run_ids: Sequence[str], budget_prefix: str) -> int:
+        if not run_ids:
+            return 0
+        with self.transaction() as tx:
+            return len(tx.execute("delete_runs", Q["delete_runs"],
+                                  {"ids": list(run_ids), "budget_prefix": budget_prefix}))
 
     def close(self) -> None:
         self._pool.close()

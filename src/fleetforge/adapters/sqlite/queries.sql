@@ -171,3 +171,51 @@ RETURNING epoch;
 
 -- name: release_lease
 UPDATE outbox_leases SET expires_us = 0 WHERE name = ? AND holder = ?;
+
+-- Retention (core/retention.py, docs/retention.md): readers' cursors, the head of the outbox, and
+-- finished runs deleted in small batches, each in a short write transaction.
+
+-- name: list_cursors
+SELECT consumer, pos_xid, pos_seq, updated_us FROM outbox_cursors ORDER BY consumer;
+
+-- name: forget_cursor
+DELETE FROM outbox_cursors WHERE consumer = ?;
+
+-- name: first_unread
+SELECT created_us FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1;
+
+-- name: outbox_head
+SELECT 0, seq, created_us FROM outbox WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3;
+
+-- name: delete_outbox
+DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?));
+
+-- name: prunable_runs
+SELECT id, finished_us FROM runs
+WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < ?1 AND (finished_us, id) > (?2, ?3)
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running'))
+ORDER BY finished_us, id LIMIT ?4;
+
+-- name: deletable_runs
+-- Of the given runs, those still terminal with no step left open (a canceled run's running attempt).
+SELECT r.id FROM runs r JOIN json_each(?1) j ON r.id = j.value
+WHERE r.status IN ('succeeded', 'failed', 'canceled')
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status IN ('pending', 'queued', 'running'));
+
+-- name: delete_run_deps
+DELETE FROM step_deps WHERE run_id IN (SELECT value FROM json_each(?));
+
+-- name: delete_run_steps
+DELETE FROM steps WHERE run_id IN (SELECT value FROM json_each(?));
+
+-- name: delete_run_attempts
+DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(?));
+
+-- name: delete_run_decisions
+DELETE FROM policy_decisions WHERE run_id IN (SELECT value FROM json_each(?));
+
+-- name: delete_run_budgets
+DELETE FROM budgets WHERE scope IN (SELECT ?1 || value FROM json_each(?2));
+
+-- name: delete_runs
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?));

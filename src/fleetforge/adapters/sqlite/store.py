@@ -5,6 +5,7 @@ SQLite serializes writers, so outbox sequence order is commit order and readers 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.ports.clock import Clock, SystemClock
+from fleetforge.ports.retention import ReaderCursor
 from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
 
 __all__ = ["SqliteStore"]
@@ -268,6 +270,47 @@ class SqliteStore:
     def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
         count, oldest = self._query(Q["outbox_backlog"], (self.get_cursor(consumer)[1],))[0]
         return int(count), oldest
+
+    # -- retention (ports.retention.RetentionStore) --------------------------------------------------
+
+    def list_cursors(self) -> list[ReaderCursor]:
+        return [ReaderCursor(name, (int(xid), int(seq)), int(updated))
+                for name, xid, seq, updated in self._query(Q["list_cursors"])]
+
+    def forget_cursor(self, name: str) -> bool:
+        with self.transaction() as tx:
+            return tx.c.execute(Q["forget_cursor"], (name,)).rowcount > 0
+
+    def first_unread(self, after: OutboxPosition) -> int | None:
+        found = self._query(Q["first_unread"], (after[1],))
+        return int(found[0][0]) if found else None
+
+    def outbox_head(self, after: OutboxPosition, upto: OutboxPosition, limit: int) -> list[tuple[OutboxPosition, int]]:
+        return [((int(xid), int(seq)), int(created))
+                for xid, seq, created in self._query(Q["outbox_head"], (after[1], upto[1], limit))]
+
+    def delete_outbox(self, positions: Sequence[OutboxPosition]) -> int:
+        if not positions:
+            return 0
+        with self.transaction() as tx:
+            return int(tx.c.execute(Q["delete_outbox"], (json.dumps([p[1] for p in positions]),)).rowcount)
+
+    def prunable_runs(self, finished_before_us: int, after: tuple[int, str], limit: int) -> list[tuple[int, str]]:
+        found = self._query(Q["prunable_runs"], (finished_before_us, after[0], after[1], limit))
+        return [(int(finished), str(rid)) for rid, finished in found]
+
+    def delete_runs(self, run_ids: Sequence[str], budget_prefix: str) -> int:
+        if not run_ids:
+            return 0
+        with self.transaction() as tx:
+            ids = [r[0] for r in tx.c.execute(Q["deletable_runs"], (json.dumps(list(run_ids)),)).fetchall()]
+            if not ids:
+                return 0
+            doc = json.dumps(ids)
+            for name in ("delete_run_deps", "delete_run_steps", "delete_run_attempts", "delete_run_decisions"):
+                tx.c.execute(Q[name], (doc,))
+            tx.c.execute(Q["delete_run_budgets"], (budget_prefix, doc))
+            return int(tx.c.execute(Q["delete_runs"], (doc,)).rowcount)
 
     def close(self) -> None:
         with self._lock:
