@@ -247,6 +247,9 @@ class _OtlpHttpApp:
             return 404, _TEXT, b"unknown path: POST /v1/traces, /v1/metrics or /v1/logs\n"
         if scope["method"] != "POST":
             return 405, _TEXT, b"OTLP/HTTP takes POST only\n"
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_MESSAGE:  # before `Expect: 100-continue` is answered
+            return 413, _TEXT, f"{BodyTooLarge(MAX_MESSAGE, decoded=False)}\n".encode()
         try:
             raw = await read_body(receive, headers.get("content-encoding", ""), limit=MAX_MESSAGE)
         except BodyTooLarge as exc:
