@@ -139,7 +139,10 @@ def _parse(dump: str) -> _Node:
             raise Refused("the query's syntax tree is malformed", 62, "SYNTAX_ERROR", 400)
         stack.append(node)
     if len(roots) != 1:
-        raise Refused("Multi-statements are not allowed", 62, "SYNTAX_ERROR", 400)
+        raise Refused(
+            "the query's syntax tree has several roots (multi-statements, or a name holding a line break) and is "
+            "not allowed", 62, "SYNTAX_ERROR", 400,
+        )
     _check_counts(roots[0])
     return roots[0]
 
@@ -270,10 +273,11 @@ FREE: Final = frozenset(
      "use_query_cache", "enable_positional_arguments", "joined_subquery_requires_alias", "max_query_size"}
 )
 _OVERFLOW_MODES: Final = frozenset({"throw", "break"})
-# format settings naming a file (read or written), a schema source, or revealing secrets
+# format settings naming a file (read or written), a schema source, a URL to reach, or revealing secrets
 FILE_SETTINGS: Final = frozenset(
     {"format_schema", "format_schema_source", "format_schema_message_name", "format_template_row",
-     "format_template_resultset", "output_format_schema", "format_display_secrets_in_show_and_select"}
+     "format_template_resultset", "output_format_schema", "format_display_secrets_in_show_and_select",
+     "format_avro_schema_registry_url", "output_format_avro_confluent_subject"}
 )
 _SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,127}$")
 _VALUE = re.compile(r"^[^\x00-\x1f\x7f]{0,1024}$")
