@@ -256,8 +256,8 @@ def register(app: typer.Typer) -> None:
                 "--allowed-host",
                 envvar="FLEETFORGE_CLICKHOUSE_ALLOWED_HOSTS",
                 show_default=False,
-                help="A Host name the ClickHouse endpoint answers besides IP addresses and localhost (against "
-                "DNS rebinding); repeat for several, `*` for any (behind your own proxy).",
+                help="A Host name the ClickHouse endpoint and OTLP/HTTP answer besides IP addresses and localhost "
+                "(against DNS rebinding); repeat for several, `*` for any (behind your own proxy).",
             ),
         ] = None,
         query_timeout: Annotated[

@@ -189,7 +189,7 @@ class EmbeddedStack:
             self._parts.append(self.clickhouse)
             grpc_server = OtlpGrpcServer(sink, cfg.host, cfg.otlp_grpc_port).start()
             self._parts.append(grpc_server)
-            http_server = OtlpHttpServer(sink, cfg.host, cfg.otlp_http_port).start()
+            http_server = OtlpHttpServer(sink, cfg.host, cfg.otlp_http_port, cfg.allowed_hosts).start()
             self._parts.append(http_server)
             registry = CollectorRegistry(auto_describe=False)
             registry.register(self.bridge)
