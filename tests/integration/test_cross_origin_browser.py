@@ -181,7 +181,10 @@ def _leaks(attacker: Attacker, report: list[str], secret_texts: list[str]) -> li
     assert canary and canary[0][0]["from"] == [attacker.base], "a script in a frame would not have been heard"
     problems = [f"script ran on the listener's origin: {q}" for q, _ in attacker.paths("/callback")]
     problems += [f"the attacker page read a response: {line[:300]}" for line in report
-                 if line.startswith("got:") and not line.startswith("got:canary=")]
+                 if line.startswith("got:") and not line.startswith(("got:canary=", "got:script-global="))]
+    problems += [f"a response ran as the attacker's script (a JSONP-style read; answer with "
+                 f"X-Content-Type-Options: nosniff): {line}"
+                 for line in report if line.startswith("got:script-global=")]
     shown = "\n".join(report) + json.dumps(attacker.hits)
     problems += ["a host file's content reached the attacker" for text in secret_texts if text in shown]
     cookies = [line for line in report if line.startswith("cookie=")] + [c for _, _, c in attacker.hits]
