@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,14 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import need
+from tests.browser import console, dump_dom, need_chromium, screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FLEETFORGE_ARTIFACTS", ROOT / "artifacts"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=15000", "--window-size=1400,2200"]
 
 
 class _Page(HTMLParser):
@@ -75,13 +70,11 @@ class _Page(HTMLParser):
             self._row[-1] += data
 
 
-def _browse(url: str, screenshot: Path, profile: Path) -> _Page:
-    assert CHROMIUM
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}-shot", f"--screenshot={screenshot}", url],
-                   capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}-dom", "--dump-dom", url],
-                         capture_output=True, timeout=120, check=True, text=True).stdout
+def _browse(url: str, shot: Path, profile: Path) -> _Page:
+    screenshot(url, shot, Path(f"{profile}-shot"))
+    dom, stderr = dump_dom(url, Path(f"{profile}-dom"))
+    blocked = [(msg, src) for msg, src in console(stderr) if "Content Security Policy" in msg]
+    assert not blocked, f"the page broke its own Content-Security-Policy: {blocked}"
     page = _Page()
     page.feed(dom)
     return page
@@ -114,7 +107,7 @@ def _serve(args: list[str], env: dict[str, str]) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def browser() -> None:
-    need(CHROMIUM is not None, "Chromium (Debian package chromium)")
+    need_chromium()
 
 
 def test_demo_dashboard_shows_the_ground_truth(browser: None, tmp_path: Path) -> None:

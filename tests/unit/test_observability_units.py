@@ -1,4 +1,4 @@
-"""Pure parts of the embedded observability stack: the query lexer, Native type parsing and framing,
+"""Pure parts of the embedded observability stack: the query lexer (FORMAT labelling), Native type parsing and framing,
 OTLP rows, and the Prometheus bridge's names and values."""
 
 from __future__ import annotations
@@ -40,20 +40,6 @@ from fleetforge.adapters.observability.sqltext import shape
 def test_shape(sql: str, statements: int, kind: str, fmt: str | None) -> None:
     found = shape(sql)
     assert (found.statements, found.kind, found.output_format) == (statements, kind, fmt)
-
-
-def test_read_kinds() -> None:
-    assert shape("DESCRIBE TABLE t").is_read and shape("EXPLAIN SELECT 1").is_read
-    for sql in (
-        "DROP TABLE t",
-        "ALTER TABLE t DELETE WHERE 1",
-        "SYSTEM FLUSH LOGS",
-        "KILL QUERY WHERE 1",
-        "SET readonly = 0",
-        "OPTIMIZE TABLE t",
-        "CREATE TABLE t (a Int8) ENGINE = Memory",
-    ):
-        assert not shape(sql).is_read, sql
 
 
 # -- Native ------------------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, err, guard, out, print_json
-from fleetforge.adapters.cli.dashboard import HostOpt, PortOpt, serve_until_interrupted
+from fleetforge.adapters.cli.dashboard import (
+    AllowedHostOpt,
+    HostOpt,
+    PortOpt,
+    allowed_hosts,
+    serve_until_interrupted,
+)
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
 from fleetforge.adapters.clickhouse.backends import chdb_dir
 from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
@@ -139,6 +145,7 @@ def register(app: typer.Typer) -> None:
                                                 "starting fresh.")] = False,
         host: HostOpt = "127.0.0.1",
         port: PortOpt = 8080,
+        allowed_host: AllowedHostOpt = None,
     ) -> None:
         """Run a realistic sample fleet end to end on the embedded stores (SQLite + chDB)."""
         folder = data_dir or DEFAULT_DATA_DIR
@@ -157,4 +164,5 @@ def register(app: typer.Typer) -> None:
                     _print_summary(summary, folder)
                 if not no_serve:
                     store = SqliteStore(folder / "state.db")
-                    serve_until_interrupted(Dashboard(analytics.analytics, store), host, port)
+                    serve_until_interrupted(Dashboard(analytics.analytics, store), host, port,
+                                            allowed_hosts(allowed_host))

@@ -100,6 +100,7 @@ def _running(folder: Path) -> dict[str, Any] | None:
 
 
 def _ping(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the ClickHouse endpoint answers /ping (which needs no credentials, as ClickHouse's)."""
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=timeout_s) as resp:
             return bool(resp.status == 200)
@@ -249,6 +250,36 @@ def register(app: typer.Typer) -> None:
                 "beyond loopback.",
             ),
         ] = None,
+        allowed_hosts: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--allowed-host",
+                envvar="FLEETFORGE_CLICKHOUSE_ALLOWED_HOSTS",
+                show_default=False,
+                help="A Host name the ClickHouse endpoint and OTLP/HTTP answer besides IP addresses and localhost "
+                "(against DNS rebinding); repeat for several, `*` for any (behind your own proxy).",
+            ),
+        ] = None,
+        query_timeout: Annotated[
+            int,
+            typer.Option(
+                "--query-timeout",
+                envvar="FLEETFORGE_CLICKHOUSE_QUERY_TIMEOUT_S",
+                min=1,
+                max=86400,
+                help="max_execution_time (seconds) of every query on the ClickHouse endpoint; clients may "
+                "only lower it.",
+            ),
+        ] = 30,
+        max_result_bytes: Annotated[
+            int,
+            typer.Option(
+                "--max-result-bytes",
+                envvar="FLEETFORGE_CLICKHOUSE_MAX_RESULT_BYTES",
+                min=1,
+                help="max_result_bytes of every query on the ClickHouse endpoint; clients may only lower it.",
+            ),
+        ] = 256 * 1024 * 1024,
         no_sink: Annotated[
             bool,
             typer.Option(
@@ -319,6 +350,9 @@ def register(app: typer.Typer) -> None:
             ]
             argv += ["--store", store_url] if store_url else ["--no-sink"]
             argv += ["--allow-writes"] if allow_writes else []
+            argv += ["--query-timeout", str(query_timeout), "--max-result-bytes", str(max_result_bytes)]
+            for name in allowed_hosts or ():
+                argv += ["--allowed-host", name]
             env_password = {"FLEETFORGE_CLICKHOUSE_PASSWORD": password} if password else {}
             os.environ.update(env_password)  # passed through the environment, never on a command line
             _detach(argv, folder, wait_s)
@@ -334,6 +368,9 @@ def register(app: typer.Typer) -> None:
                 prometheus_port,
                 allow_writes,
                 password,
+                allowed_hosts=tuple(allowed_hosts or ()),
+                query_timeout_s=query_timeout,
+                max_result_bytes=max_result_bytes,
             )
         )
 

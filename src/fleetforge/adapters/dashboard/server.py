@@ -12,15 +12,17 @@ import mimetypes
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import anyio.to_thread
 
 from fleetforge.adapters.dashboard.panels import load_panels
+from fleetforge.adapters.http.server import BackgroundServer, Receive, Scope, Send
 from fleetforge.core.panels import PanelQuery, expand
 from fleetforge.domain.errors import FleetForgeError
 from fleetforge.ports.analytics import AnalyticsStore
@@ -146,92 +148,123 @@ def _range(query: dict[str, list[str]]) -> tuple[int, int]:
 
 
 class DashboardServer:
-    """Serves the page and its JSON API on `host:port` from a background thread."""
+    """Serves the page and its JSON API on `host:port` (loopback by default) from a background thread.
 
-    def __init__(self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 8080) -> None:
-        handler = _handler(dashboard)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard", daemon=True)
+    Read-only: GET and HEAD only. A Host header naming anything but an IP address, localhost or one of
+    `allowed_hosts` gets 421 (DNS rebinding).
+    """
+
+    def __init__(
+        self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 8080, allowed_hosts: Iterable[str] = ()
+    ) -> None:
+        self._app = _App(dashboard)
+        self._server = BackgroundServer(
+            self._app, host=host, port=port, name="dashboard", allowed_hosts=allowed_hosts, port_flag="--port"
+        )
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
+        return self._server.url
 
     def start(self) -> DashboardServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 _RUN_PATH = re.compile(r"^/api/runs/([\w.-]{1,100})$")
 _PANEL_PATH = re.compile(r"^/api/panel/(\w{1,64})$")
+_STATIC_NAME = re.compile(r"^[\w-]+(?:/[\w-]+)*(?:\.[\w-]+)*$", re.ASCII)
+# The page loads its script, styles and data from its own origin only; ECharts' tooltips carry style attributes.
+CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+_JSON_ESCAPES: Final = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
-def _handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fleetforge-dashboard"
+def _json_bytes(value: Any) -> bytes:
+    """JSON with `<`, `>` and `&` escaped, so no reply can be read as markup even when sniffed."""
+    return json.dumps(value, default=str).translate(_JSON_ESCAPES).encode()
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            self.wfile.write(body)
 
-        def _json(self, value: Any, status: int = 200) -> None:
-            self._send(status, json.dumps(value, default=str).encode(), "application/json")
+class _App:
+    """The dashboard's ASGI app: static files and the JSON API; every answer carries the security headers."""
 
-        def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            path, query = unquote(url.path), parse_qs(url.query)
+    def __init__(self, dash: Dashboard) -> None:
+        self.dash = dash
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        if method not in ("GET", "HEAD"):
+            status, ctype, body = 405, "application/json", _json_bytes({"error": "the dashboard is read-only"})
+            extra: tuple[tuple[bytes, bytes], ...] = ((b"allow", b"GET, HEAD"),)
+        else:
+            query = parse_qs(scope["query_string"].decode("latin-1"))
+            status, ctype, body = await anyio.to_thread.run_sync(self._get, scope["path"], query)
+            extra = ()
+        headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
+                   *_HEADERS, *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    def _get(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of `path`; runs in a worker thread (the stores block)."""
+        try:
+            return self._route(path, query)
+        except ValueError as exc:
+            return self._json({"error": str(exc)}, 400)
+        except FleetForgeError as exc:
+            log.warning("dashboard query failed: %s", exc)
+            return self._json({"error": str(exc)}, 503)
+        except Exception:
+            log.exception("dashboard request for %r failed", path)
+            return self._json({"error": "internal error; see the server log"}, 500)
+
+    @staticmethod
+    def _json(value: Any, status: int = 200) -> tuple[int, str, bytes]:
+        return status, "application/json", _json_bytes(value)
+
+    def _route(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        dash = self.dash
+        if path in ("/", "/index.html"):
+            return self._static("index.html")
+        if path.startswith("/static/"):
+            return self._static(path.removeprefix("/static/"))
+        if path == "/api/meta":
+            return self._json(dash.meta())
+        if path == "/api/runs":
+            return self._json(dash.runs(query))
+        if m := _RUN_PATH.match(path):
+            run = dash.run(m.group(1))
+            return self._json(run) if run else self._json({"error": "no such run"}, 404)
+        if m := _PANEL_PATH.match(path):
             try:
-                if path in ("/", "/index.html"):
-                    return self._static("index.html")
-                if path.startswith("/static/"):
-                    return self._static(path.removeprefix("/static/"))
-                if path == "/api/meta":
-                    return self._json(dash.meta())
-                if path == "/api/runs":
-                    return self._json(dash.runs(query))
-                if m := _RUN_PATH.match(path):
-                    run = dash.run(m.group(1))
-                    return self._json(run) if run else self._json({"error": "no such run"}, 404)
-                if m := _PANEL_PATH.match(path):
-                    try:
-                        return self._json(dash.panel(m.group(1), query))
-                    except KeyError:
-                        return self._json({"error": f"no panel {m.group(1)!r}"}, 404)
-                return self._json({"error": "not found"}, 404)
-            except ValueError as exc:
-                return self._json({"error": str(exc)}, 400)
-            except FleetForgeError as exc:
-                log.warning("dashboard query failed: %s", exc)
-                return self._json({"error": str(exc)}, 503)
+                return self._json(dash.panel(m.group(1), query))
+            except KeyError:
+                return self._json({"error": f"no panel {m.group(1)!r}"}, 404)
+        return self._json({"error": "not found"}, 404)
 
-        def do_POST(self) -> None:
-            self._json({"error": "the dashboard is read-only"}, HTTPStatus.METHOD_NOT_ALLOWED)
-
-        do_PUT = do_DELETE = do_PATCH = do_POST
-
-        def _static(self, name: str) -> None:
-            if ".." in name or name.startswith("/"):
-                return self._json({"error": "not found"}, 404)
-            entry = _STATIC.joinpath(name)
-            if not entry.is_file():
-                return self._json({"error": "not found"}, 404)
-            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            if ctype.startswith("text/") or ctype.endswith("javascript"):
-                ctype += "; charset=utf-8"
-            self._send(200, entry.read_bytes(), ctype)
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug(fmt, *args)
-
-    return Handler
+    def _static(self, name: str) -> tuple[int, str, bytes]:
+        if not _STATIC_NAME.match(name):
+            return self._json({"error": "not found"}, 404)
+        entry = _STATIC.joinpath(name)
+        if not entry.is_file():
+            return self._json({"error": "not found"}, 404)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype.endswith("javascript"):
+            ctype += "; charset=utf-8"
+        return 200, ctype, entry.read_bytes()

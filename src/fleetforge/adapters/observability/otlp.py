@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, cast
 
+import anyio.to_thread
 import grpc  # type: ignore[import-untyped]
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
@@ -33,6 +32,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from fleetforge.adapters.http.server import (
+    BackgroundServer,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    UnsupportedEncoding,
+    read_body,
+)
 from fleetforge.adapters.observability.otlp_rows import Row, log_rows, metric_rows, parse_json, span_rows
 from fleetforge.adapters.observability.prombridge import PrometheusBridge
 from fleetforge.domain.errors import ConfigError
@@ -169,76 +177,100 @@ _HTTP_ROUTES: Final[Mapping[str, tuple[type[Any], type[Any], str]]] = {
 
 
 class OtlpHttpServer:
-    """OTLP/HTTP: POST /v1/traces, /v1/metrics, /v1/logs with application/x-protobuf or application/json."""
+    """OTLP/HTTP: POST /v1/traces, /v1/metrics, /v1/logs with application/x-protobuf or application/json.
 
-    def __init__(self, sink: OtlpSink, host: str = "127.0.0.1", port: int = 4318) -> None:
-        try:
-            self._server = ThreadingHTTPServer((host, port), _http_handler(sink))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve OTLP/HTTP on {host}:{port}: {exc.strerror or exc}; pass "
-                "--otlp-http-port (FLEETFORGE_OTLP_HTTP_PORT)"
-            ) from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-http", daemon=True)
+    Bodies may be gzip or deflate; either way at most MAX_MESSAGE bytes, as sent and once decompressed.
+    A Host header naming anything but an IP address, localhost or one of `allowed_hosts` gets 421.
+    """
+
+    def __init__(
+        self, sink: OtlpSink, host: str = "127.0.0.1", port: int = 4318, allowed_hosts: Iterable[str] = ()
+    ) -> None:
+        self._server = BackgroundServer(
+            _OtlpHttpApp(sink),
+            host=host,
+            port=port,
+            name="otlp-http",
+            allowed_hosts=allowed_hosts,
+            port_flag="--otlp-http-port (FLEETFORGE_OTLP_HTTP_PORT)",
+        )
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
 
     def start(self) -> OtlpHttpServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
-def _http_handler(sink: OtlpSink) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fleetforge-otlp"
-        protocol_version = "HTTP/1.1"
+_TEXT: Final = "text/plain; charset=utf-8"
 
-        def _reply(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def do_POST(self) -> None:
-            route = _HTTP_ROUTES.get(self.path.split("?", 1)[0])
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if 0 < length <= MAX_MESSAGE else b""
-            if route is None:
-                return self._reply(
-                    404, b"unknown path: POST /v1/traces, /v1/metrics or /v1/logs\n", "text/plain"
-                )
-            if length > MAX_MESSAGE:
-                return self._reply(413, b"request too large\n", "text/plain")
-            request_type, response_type, name = route
-            is_json = self.headers.get("Content-Type", "").split(";")[0].strip() == "application/json"
-            try:
-                if self.headers.get("Content-Encoding", "").lower() == "gzip":
-                    raw = zlib.decompress(raw, 16 + zlib.MAX_WBITS)
-                message = parse_json(raw, request_type()) if is_json else request_type.FromString(raw)
-            except Exception as exc:
-                return self._reply(
-                    400, f"cannot parse the OTLP {name} request: {exc}\n".encode(), "text/plain"
-                )
-            try:
-                getattr(sink, name)(message)
-            except Exception as exc:
-                log.warning("OTLP %s export failed: %s", name, exc)
-                return self._reply(503, f"storing {name} failed; retry later\n".encode(), "text/plain")
-            response = response_type()
-            if is_json:
-                return self._reply(200, json_format.MessageToJson(response).encode(), "application/json")
-            return self._reply(200, response.SerializeToString(), "application/x-protobuf")
+class _OtlpHttpApp:
+    """The OTLP/HTTP ASGI app; parsing and storing run in worker threads."""
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug(fmt, *args)
+    def __init__(self, sink: OtlpSink) -> None:
+        self.sink = sink
 
-    return Handler
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            status, ctype, body = await self._answer(scope, receive, headers)
+        except ConnectionResetError:
+            log.debug("OTLP/HTTP client went away before sending its whole request")
+            return
+        extra = [(b"allow", b"POST")] if status == 405 else []
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"cache-control", b"no-store"),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, scope: Scope, receive: Receive, headers: Mapping[str, str]) -> tuple[int, str, bytes]:
+        route = _HTTP_ROUTES.get(scope["path"])
+        if route is None:
+            return 404, _TEXT, b"unknown path: POST /v1/traces, /v1/metrics or /v1/logs\n"
+        if scope["method"] != "POST":
+            return 405, _TEXT, b"OTLP/HTTP takes POST only\n"
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_MESSAGE:  # before `Expect: 100-continue` is answered
+            return 413, _TEXT, f"{BodyTooLarge(MAX_MESSAGE, decoded=False)}\n".encode()
+        try:
+            raw = await read_body(receive, headers.get("content-encoding", ""), limit=MAX_MESSAGE)
+        except BodyTooLarge as exc:
+            return 413, _TEXT, f"{exc}\n".encode()
+        except UnsupportedEncoding as exc:
+            return 415, _TEXT, f"{exc}\n".encode()
+        is_json = headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+        return await anyio.to_thread.run_sync(self._store, route, raw, is_json)
+
+    def _store(self, route: tuple[type[Any], type[Any], str], raw: bytes, is_json: bool) -> tuple[int, str, bytes]:
+        request_type, response_type, name = route
+        try:
+            message = parse_json(raw, request_type()) if is_json else request_type.FromString(raw)
+        except Exception as exc:
+            return 400, _TEXT, f"cannot parse the OTLP {name} request: {exc}\n".encode()
+        try:
+            getattr(self.sink, name)(message)
+        except Exception as exc:
+            log.warning("OTLP %s export failed: %s", name, exc)
+            return 503, _TEXT, f"storing {name} failed; retry later\n".encode()
+        response = response_type()
+        if is_json:
+            return 200, "application/json", json_format.MessageToJson(response).encode()
+        return 200, "application/x-protobuf", response.SerializeToString()

@@ -1,20 +1,17 @@
-"""Just enough of ClickHouse's lexer to judge a query sent to the embedded HTTP endpoint: how many
-statements it holds, what kind of statement it is, and which output format its FORMAT clause asks for.
+"""Just enough of ClickHouse's lexer to label an answer of the embedded HTTP endpoint: which output format
+a query's FORMAT clause asks for (and how many statements and which first keyword it has).
 
 String literals, quoted identifiers, comments and heredocs are skipped as ClickHouse skips them, so a
-`;` or a `FORMAT` inside them counts for nothing. The engine itself (a readonly=1 session) is what
-refuses writes; this module only decides what to send it and how to label the answer.
+`;` or a `FORMAT` inside them counts for nothing. This decides nothing about what may run: that is
+`chguard`, on ClickHouse's own parse of the query.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
 
-__all__ = ["READ_KINDS", "QueryShape", "shape"]
-
-READ_KINDS: Final = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "VALUES"})
+__all__ = ["QueryShape", "shape"]
 
 _HEREDOC = re.compile(r"\$([A-Za-z_]\w*)?\$")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -27,10 +24,6 @@ class QueryShape:
     statements: int
     kind: str  # upper-case first keyword, "" for an empty query
     output_format: str | None  # the last top-level FORMAT <name>, as written
-
-    @property
-    def is_read(self) -> bool:
-        return self.kind in READ_KINDS
 
 
 def _skip_quoted(sql: str, i: int, quote: str) -> int:

@@ -1,6 +1,6 @@
 """The embedded observability stack: one process owning a chDB data dir and serving
 
-- a read-only ClickHouse HTTP interface (default 127.0.0.1:8123),
+- a read-only ClickHouse HTTP interface (default 127.0.0.1:8123; see chhttp, chrunner, chguard),
 - an OTLP receiver, gRPC :4317 and HTTP :4318, writing the collector exporter's otel_* tables,
 - the received metrics for Prometheus on :9464,
 - and, when the FleetForge state store has an outbox, the analytics sink streaming it into the raw and
@@ -25,7 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
 from fleetforge.adapters.clickhouse.sqlfiles import split_statements
-from fleetforge.adapters.observability.chhttp import ClickHouseHttpServer, EndpointConfig, QueryRunner
+from fleetforge.adapters.observability.chguard import Limits
+from fleetforge.adapters.observability.chhttp import ClickHouseHttpServer, EndpointConfig
+from fleetforge.adapters.observability.chrunner import QueryRunner
 from fleetforge.adapters.observability.otlp import OtelWriter, OtlpGrpcServer, OtlpHttpServer, OtlpSink
 from fleetforge.adapters.observability.prombridge import PrometheusBridge
 from fleetforge.adapters.otel.exporters import PrometheusServer
@@ -61,6 +63,9 @@ class StackConfig:
     allow_writes: bool = False
     password: str | None = None
     metric_expiry_s: float = 300.0
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides IP literals and localhost
+    query_timeout_s: int = 30  # max_execution_time of every query on the ClickHouse endpoint
+    max_result_bytes: int = 256 * 1024 * 1024
 
     @property
     def chdb_dir(self) -> Path:
@@ -169,17 +174,22 @@ class EmbeddedStack:
             self.analytics.apply()
             for statement in split_statements(otel_tables_sql()):
                 self.analytics.analytics.execute(statement)
-            runner = QueryRunner(str(cfg.chdb_dir), allow_writes=cfg.allow_writes)
+            limits = Limits(max_execution_time=cfg.query_timeout_s, max_result_bytes=cfg.max_result_bytes)
+            runner = QueryRunner(str(cfg.chdb_dir), allow_writes=cfg.allow_writes, limits=limits)
             runner.probe()
             self.writer = OtelWriter(str(cfg.chdb_dir))
             sink = OtlpSink(self.writer, self.bridge)
             self.clickhouse = ClickHouseHttpServer(
-                runner, EndpointConfig(cfg.allow_writes, password=cfg.password), cfg.host, cfg.http_port
+                runner,
+                EndpointConfig(cfg.allow_writes, password=cfg.password),
+                cfg.host,
+                cfg.http_port,
+                allowed_hosts=cfg.allowed_hosts,
             ).start()
             self._parts.append(self.clickhouse)
             grpc_server = OtlpGrpcServer(sink, cfg.host, cfg.otlp_grpc_port).start()
             self._parts.append(grpc_server)
-            http_server = OtlpHttpServer(sink, cfg.host, cfg.otlp_http_port).start()
+            http_server = OtlpHttpServer(sink, cfg.host, cfg.otlp_http_port, cfg.allowed_hosts).start()
             self._parts.append(http_server)
             registry = CollectorRegistry(auto_describe=False)
             registry.register(self.bridge)
