@@ -146,7 +146,7 @@ CASES = [
     Case("url-schema-registry", "SELECT 1 FORMAT AvroConfluent",
          (("format_avro_schema_registry_url", "http://127.0.0.1:{port}"),), says="format_avro_schema_registry_url"),
     Case("url-readonly-0", "SELECT 1", (("readonly", "0"),), says="read-only"),
-    Case("url-raise-timeout", "SELECT 1", (("max_execution_time", "100000"),), says="lowered"),
+    Case("url-negative-limit", "SELECT 1", (("max_result_rows", "-1"),), status=(400,), says="negative"),
     Case("url-sleep-setting", "SELECT 1", (("function_sleep_max_microseconds_per_block", "0"),),
          says="not allowed"),
     Case("url-log-comment", "SELECT 1", (("log_comment", "fleetforge-http-x"),), says="not allowed"),
@@ -237,6 +237,10 @@ def test_bodies_are_bounded_on_the_wire_and_decompressed(env: Env) -> None:
 def test_limits_apply_by_default_and_may_only_be_lowered(env: Env) -> None:
     resp = httpx.post(env.stack.url, content=b"SELECT getSetting('max_execution_time')", timeout=30)
     assert resp.text.strip() == "20"
+    for higher in ("100000", "0"):  # asking for more (or for none) gets the endpoint's limit
+        resp = httpx.post(env.stack.url, params={"max_execution_time": higher},
+                          content=b"SELECT getSetting('max_execution_time')", timeout=30)
+        assert resp.text.strip() == "20", resp.text
     resp = httpx.post(
         env.stack.url,
         params={"max_execution_time": "1", "max_block_size": "1"},
