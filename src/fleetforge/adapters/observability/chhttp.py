@@ -364,5 +364,7 @@ class ClickHouseHttpServer:
 async def _respond(send: Send, scope: Scope, status: int, headers: Mapping[str, str], body: bytes) -> None:
     raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     raw.append((b"content-length", str(len(body)).encode()))
+    # a result must never run as a script or style of another origin's page, whatever its format
+    raw += [(b"x-content-type-options", b"nosniff"), (b"cross-origin-resource-policy", b"same-origin")]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
