@@ -36,6 +36,11 @@ class Case:
     stdin: str = ""
 
 
+# 9 anchors a..i, each a list of 9 references to the previous one: 9**9 values from ~400 bytes
+ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+
+
 def submit(text: str | bytes, expect: str) -> Case:
     return Case(("submit", "{spec}", *DD), expect, spec=text)
 
@@ -54,6 +59,7 @@ CASES: dict[str, Case] = {
     "binary-file": submit(b"\x00\x01\x02{", "invalid YAML: unacceptable character #x0000"),
     "oversize-spec": submit(spec(noop("a", pad="x" * (1024 * 1024))),
                             "expected at most 1048576 bytes (1 MiB)"),
+    "yaml-alias-bomb": submit(ALIAS_BOMB, "spec.json:7:4: got YAML aliases that expand to more than 1048576 values"),
     "top-level-list": submit("[1, 2]", "got [1, 2] at the top level, expected a mapping with 'steps'"),
     "top-level-scalar": submit("hello\n", "got 'hello' at the top level, expected a mapping"),
     "missing-file": Case(("submit", "no-such-spec.json", *DD), "spec file 'no-such-spec.json' does not exist"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -464,7 +465,7 @@ def test_long_chain_is_checked_without_recursion_limits() -> None:
         ('{"steps": [1]}}', "run.yaml:1:15: invalid JSON: Extra data"),
         ("a: 1\nb: 2\na: 3\n", "run.yaml:3:1: got duplicate key 'a', expected each key once"),
         ('{"a": 1,\n "a": 2}', "run.yaml:2:2: got duplicate key 'a', expected each key once"),
-        ("a: &x [*x]\n", "got nesting deeper than 64 levels"),
+        ("a: &x [*x]\n", "run.yaml:1:8: got a YAML alias to a node that contains it, expected data without cycles"),
     ],
     ids=["empty", "comment-only", "list", "yaml-syntax", "json-syntax", "yaml-dup", "json-dup", "recursive"],
 )
@@ -481,12 +482,26 @@ def test_oversized_text_is_refused_before_parsing() -> None:
         load_spec_text(text, source="big.json")
 
 
-def test_yaml_alias_bomb_is_refused_by_encoded_size() -> None:
-    lines = ["a: &a [" + ",".join(["xxxxxxxx"] * 9) + "]"]
-    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+def _alias_bomb(levels: int) -> str:
+    """Anchors a, b, ...: each a list of 9 references to the previous one (9**levels leaves)."""
+    names = "abcdefghijklmnop"[:levels]
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in pairwise(names):
         lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
-    with pytest.raises(SpecError, match=r"bomb\.yaml: got more than 1048576 bytes of JSON"):
-        load_spec_text("\n".join(lines), source="bomb.yaml")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9, 16])
+def test_yaml_alias_bomb_is_refused_while_composing(levels: int) -> None:
+    expected = r"bomb\.yaml:\d+:\d+: got YAML aliases that expand to more than 1048576 values"
+    with pytest.raises(SpecError, match=expected):
+        load_spec_text(_alias_bomb(levels), source="bomb.yaml")
+
+
+def test_small_yaml_aliases_and_merge_keys_still_work() -> None:
+    text = "d: &d {tool: noop}\nsteps:\n- {id: a, type: tool, inputs: {<<: *d}}\n- {id: b, type: tool, inputs: *d}\n"
+    data = load_spec_text(text, source="ok.yaml")
+    assert data["steps"][0]["inputs"] == data["steps"][1]["inputs"] == {"tool": "noop"}
 
 
 def test_parse_spec_refuses_oversized_data() -> None:

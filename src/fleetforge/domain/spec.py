@@ -97,8 +97,48 @@ class _DuplicateYAMLKey(yaml.constructor.ConstructorError):
     """A YAML mapping repeats a key."""
 
 
+class _RefusedYAML(yaml.composer.ComposerError):
+    """A YAML document is refused while composing; `problem` is the whole message."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one, and alias bombs.
+
+    While composing (before anything is constructed) it weighs every node as the number of nodes
+    it stands for once aliases are expanded, and refuses a document heavier than MAX_SPEC_BYTES
+    (each expanded node is at least one byte of JSON, so no spec within the size limit is refused)
+    and an alias to a node that contains it. Composing stays linear in the text.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._weights: dict[yaml.Node, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        alias = self.check_event(yaml.AliasEvent)
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        node = super().compose_node(parent, index)
+        if node is None:
+            return None
+        if alias:
+            if node not in self._weights:
+                raise _RefusedYAML(
+                    None, None, "got a YAML alias to a node that contains it, expected data without cycles", mark
+                )
+            return node
+        weight = 1
+        if isinstance(node, yaml.SequenceNode):
+            weight += sum(self._weights.get(item, 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            weight += sum(self._weights.get(k, 1) + self._weights.get(v, 1) for k, v in node.value)
+        if weight > MAX_SPEC_BYTES:
+            raise _RefusedYAML(
+                None, None,
+                f"got YAML aliases that expand to more than {MAX_SPEC_BYTES} values, "
+                "expected at most 1 MiB of data once aliases are expanded (an alias bomb?)", mark,
+            )
+        self._weights[node] = weight
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[tuple[str, str]] = set()
@@ -139,7 +179,7 @@ def _parse_text(text: str, source: str) -> object:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
-        duplicate = isinstance(exc, _DuplicateYAMLKey)
+        duplicate = isinstance(exc, (_DuplicateYAMLKey, _RefusedYAML))
         if looks_json and not duplicate:
             raise SpecError([json_problem]) from None
         mark = exc.problem_mark or exc.context_mark
