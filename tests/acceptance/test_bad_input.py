@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+PLUGINS = str(Path(__file__).resolve().parents[2] / "plugins")
 D = "{d}"  # replaced by the case's data dir
 DD = ("--data-dir", D)
 
@@ -121,6 +122,13 @@ CASES: dict[str, Case] = {
                              env={"FLEETFORGE_STORE_URL": "sqlite:///:memory:"}),
     "store-url-secret-hidden": Case(("runs", "list"), "got 'mysql://u:***@h/db'",
                                     env={"FLEETFORGE_STORE_URL": "mysql://u:hunter2@h/db"}),
+    "exporter-url-secrets-hidden": Case(
+        ("exporters", "run", "--until-idle", *DD), "LANGSMITH_API_URL: got 'http://u:***@127.0.0.1:1/?api_key=***#***'",
+        env={"FLEETFORGE_TRACE_EXPORTERS": "langsmith", "LANGSMITH_API_KEY": "lsv2-hunter2",
+             "FLEETFORGE_PLUGINS_DIR": PLUGINS, "LANGSMITH_API_URL": "http://u:hunter2@127.0.0.1:1/?api_key=sk-hunter2#hunter2"}),
+    "otlp-endpoint-bad-port-secret-hidden": Case(
+        ("demo", "--runs", "1", "--no-serve", *DD), "OTEL_EXPORTER_OTLP_ENDPOINT: got 'http://h:99999/?token=***'",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:99999/?token=hunter2"}),
     "store-unreachable": Case(("runs", "list"), "127.0.0.1", code=1,
                               env={"FLEETFORGE_STORE_URL": "postgresql://nobody@127.0.0.1:1/x"}),
     "data-dir-is-a-file": Case(("runs", "list", "--data-dir", "{spec}"), "cannot open SQLite store", code=1,

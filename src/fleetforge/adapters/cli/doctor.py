@@ -22,6 +22,7 @@ from rich.table import Table
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, out, print_json
 from fleetforge.core.doctor import BACKLOG_FAIL_S, BACKLOG_WARN_S, Check, Verdict, age_verdict, exit_code, overall
 from fleetforge.domain.errors import ConfigError, FleetForgeError
+from fleetforge.domain.secrets import redact_url
 from fleetforge.ports.store import Store
 
 __all__ = ["register", "run_checks"]
@@ -29,15 +30,6 @@ __all__ = ["register", "run_checks"]
 OK, WARN, FAIL, SKIP = Verdict.OK, Verdict.WARN, Verdict.FAIL, Verdict.SKIP
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 _TIMEOUT_S = 3.0
-
-
-def _redact(url: str) -> str:
-    """`url` without any password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -61,7 +53,7 @@ def _open_store(url: str | None, data_dir: Path | None) -> tuple[Store | None, s
         if scheme in {"postgresql", "postgres"}:
             from fleetforge.adapters.postgres.store import PostgresStore
 
-            return PostgresStore(url, connect_timeout_s=_TIMEOUT_S, pool_size=1), _redact(url), None
+            return PostgresStore(url, connect_timeout_s=_TIMEOUT_S, pool_size=1), redact_url(url), None
         from fleetforge.adapters.stores import open_store
 
         path = url.partition("://")[2][1:] if "://" in url else url
@@ -190,7 +182,7 @@ def _clickhouse_checks(url: str | None, data_dir: Path | None, store: Store | No
             where = f" (nothing at {folder})" if folder is not None else ""
             return [Check("clickhouse", SKIP, f"no analytics store configured{where}",
                           "pass --clickhouse-url (FLEETFORGE_CLICKHOUSE_URL) or the --data-dir of the sink")]
-    where = _redact(url) if url else f"chDB at {chdb_dir(data_dir)}"
+    where = redact_url(url) if url else f"chDB at {chdb_dir(data_dir)}"
     try:
         analytics = open_analytics(data_dir=data_dir, clickhouse_url=url)
     except FleetForgeError as exc:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from fleetforge.domain.secrets import redact_url
+
 __all__ = [
     "DEFAULT_PLUGINS_DIR",
     "KNOWN",
@@ -196,7 +198,7 @@ def check_url(var: str, value: str) -> str:
     Raises ValueError naming `var`, the value (credentials hidden) and what is accepted.
     """
     parts = urlsplit(value.strip())
-    shown = value if not parts.password and not parts.username else _hide_userinfo(value)
+    shown = redact_url(value)
     expected = "an https:// URL (plain http:// only for loopback hosts) without user:password, query or fragment"
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
             or parts.query or parts.fragment:
@@ -213,11 +215,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _hide_userinfo(value: str) -> str:
-    scheme, sep, rest = value.partition("://")
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _credentials(name: str, path: Path, env: Mapping[str, str], options: dict[str, str],
