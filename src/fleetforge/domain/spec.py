@@ -30,6 +30,7 @@ from fleetforge.domain.models import (
     StepSpec,
     StepType,
 )
+from fleetforge.domain.money import MAX_USD
 
 __all__ = [
     "MAX_DEPTH",
@@ -463,7 +464,7 @@ class _Checker:
         m = self.mapping(value, path, "a mapping with tokens and/or cost", _BUDGET_KEYS) or {}
         limit = BudgetLimit(
             tokens=None if m.get("tokens") is None else self.field(m, "tokens", path, 0, 0, None),
-            cost=None if m.get("cost") is None else self.field(m, "cost", path, 0.0, 0, None),
+            cost=None if m.get("cost") is None else self.field(m, "cost", path, 0.0, 0, MAX_USD),
         )
         return None if limit.empty else limit
 
@@ -629,7 +630,7 @@ class _Checker:
             h = self.mapping(m["cost_hint"], hint_path, "a mapping with tokens and/or usd", ("tokens", "usd"))
             if h is not None:
                 tokens = self.field(h, "tokens", hint_path, 0, 0, None)
-                hint = CostHint(tokens=tokens, usd=self.field(h, "usd", hint_path, 0.0, 0, None))
+                hint = CostHint(tokens=tokens, usd=self.field(h, "usd", hint_path, 0.0, 0, MAX_USD))
         d = ExecutionSpec()
         return ExecutionSpec(
             max_attempts=self.field(m, "max_attempts", path, d.max_attempts, 1, 100),
