@@ -4,7 +4,10 @@ Each ends with one clear message and a non-zero exit code, never a traceback."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +41,26 @@ def test_demo_on_a_full_disk_says_so_once(small_disk: Path, tmp_path: Path) -> N
     assert len(errors) == 1, proc.stderr
     assert errors[0].startswith(f"error: disk full at {small_disk}"), proc.stderr
     assert "free space or point --data-dir elsewhere" in errors[0]
+
+
+def test_demo_notices_its_chdb_dir_deleted_mid_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETFORGE_", "OTEL_"))}
+    env.update(COLUMNS="200", NO_COLOR="1", TERM="dumb", OTEL_EXPORTER_PROMETHEUS_PORT="0")
+    proc = subprocess.Popen([sys.executable, "-m", "fleetforge", "demo", "--no-serve", "--json", "--runs", "400",
+                             "--data-dir", str(data_dir)], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data_dir / "state.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the fleet is being submitted or run
+        shutil.rmtree(data_dir / "clickhouse")
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr
+    assert "never retrieved" not in stderr
+    assert f"error: the chDB data dir {data_dir / 'clickhouse'} was deleted or replaced" in " ".join(stderr.split())
+    assert stdout == ""  # no summary that the analytics could not be held against
