@@ -61,6 +61,11 @@ CASES: dict[str, Case] = {
     "oversize-spec": submit(spec(noop("a", pad="x" * (1024 * 1024))),
                             "expected at most 1048576 bytes (1 MiB)"),
     "yaml-alias-bomb": submit(ALIAS_BOMB, "spec.json:7:4: got YAML aliases that expand to more than 1048576 values"),
+    "non-utf8-file": submit(b'{"steps": [{"id": "caf\xe9", "type": "tool"}]}',
+                            "spec.json:1: got bytes that are not UTF-8 at byte offset 22 (0xe9), expected a UTF-8 "
+                            "text file"),
+    "non-utf8-yaml-second-line": submit(b"steps:\n- {id: a, type: tool, inputs: {tool: \xff\xfe}}\n",
+                                        "spec.json:2: got bytes that are not UTF-8 at byte offset 44 (0xff)"),
     "top-level-list": submit("[1, 2]", "got [1, 2] at the top level, expected a mapping with 'steps'"),
     "top-level-scalar": submit("hello\n", "got 'hello' at the top level, expected a mapping"),
     "missing-file": Case(("submit", "no-such-spec.json", *DD), "spec file 'no-such-spec.json' does not exist"),

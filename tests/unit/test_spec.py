@@ -12,7 +12,7 @@ import pytest
 
 from fleetforge.domain.errors import SpecError
 from fleetforge.domain.models import BudgetLimit, CostHint, PackSpec, SloSpec, StepType
-from fleetforge.domain.spec import MAX_SPEC_BYTES, load_spec_text, parse_spec, spec_to_dict
+from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text, parse_spec, spec_to_dict
 
 
 def _pii(options: dict[str, Any]) -> list[str]:
@@ -516,3 +516,12 @@ def test_crashing_pack_validator_becomes_a_problem() -> None:
 
     with pytest.raises(SpecError, match=r"packs\[0\]: options rejected by pack 'tool_acl' \(KeyError"):
         parse_spec(_run(packs=["tool_acl"]), packs={"tool_acl": broken})
+
+
+def test_spec_bytes_must_be_utf8_and_a_bom_is_dropped() -> None:
+    assert decode_spec_bytes(b"\xef\xbb\xbfsteps: []\n") == "steps: []\n"
+    with pytest.raises(SpecError, match=r"run\.yaml:2: got bytes that are not UTF-8 at byte offset 9 \(0xc3 28\)|"
+                                        r"run\.yaml:2: got bytes that are not UTF-8 at byte offset 9 \(0xc3\)"):
+        decode_spec_bytes(b"steps:\n- \xc3(\n", source="run.yaml")
+    with pytest.raises(SpecError, match="got more than 1048576 bytes"):
+        decode_spec_bytes(b"x" * (MAX_SPEC_BYTES + 1))

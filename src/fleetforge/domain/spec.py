@@ -37,6 +37,7 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "MAX_STEPS",
     "PackValidator",
+    "decode_spec_bytes",
     "load_spec_text",
     "parse_spec",
     "spec_to_dict",
@@ -72,6 +73,23 @@ _SLO_KEYS: Final = ("priority_boost", "queue_target_ms", "tier")
 
 
 # -- text -> data -------------------------------------------------------------------------------
+
+
+def decode_spec_bytes(raw: bytes, *, source: str = "<spec>") -> str:
+    """The text of a spec file: UTF-8 (a leading BOM is dropped); raise `SpecError` naming the first bad byte.
+
+    Callers read at most MAX_SPEC_BYTES + 1 bytes, so a longer `raw` only says "more than the limit".
+    """
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError([f"{source}: got more than {MAX_SPEC_BYTES} bytes, expected at most {MAX_SPEC_BYTES} bytes "
+                         "(1 MiB)"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.end].hex(" ")
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError([f"{source}:{line}: got bytes that are not UTF-8 at byte offset {exc.start} (0x{bad}), "
+                         "expected a UTF-8 text file (convert it, e.g. with iconv -t UTF-8)"]) from None
 
 
 def load_spec_text(text: str, *, source: str = "<spec>") -> dict[str, Any]:
