@@ -3,6 +3,7 @@ Each ends with one clear message and a non-zero exit code, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,3 +65,17 @@ def test_demo_notices_its_chdb_dir_deleted_mid_run(tmp_path: Path) -> None:
     assert "never retrieved" not in stderr
     assert f"error: the chDB data dir {data_dir / 'clickhouse'} was deleted or replaced" in " ".join(stderr.split())
     assert stdout == ""  # no summary that the analytics could not be held against
+
+
+def test_doctor_on_a_corrupt_sqlite_file_says_it_is_not_a_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "state.db").write_bytes(b"this is not SQLite at all" * 400)
+    proc = run_cli(["doctor", "--json", "--data-dir", str(data_dir)], cwd=tmp_path, env={})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    (store,) = [c for c in json.loads(proc.stdout)["checks"] if c["check"] == "state store"]
+    assert store["verdict"] == "FAIL"
+    assert store["detail"].startswith(f"{data_dir / 'state.db'} is not a valid SQLite database")
+    assert "move" in store["fix"] and "fleetforge migrate" in store["fix"]
+    assert "host, port" not in store["fix"]

@@ -20,7 +20,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, out, print_json
-from fleetforge.core.doctor import BACKLOG_FAIL_S, BACKLOG_WARN_S, Check, Verdict, age_verdict, exit_code, overall
+from fleetforge.core.doctor import (
+    BACKLOG_FAIL_S,
+    BACKLOG_WARN_S,
+    Check,
+    Verdict,
+    age_verdict,
+    exit_code,
+    overall,
+    store_failure,
+)
 from fleetforge.domain.errors import ConfigError, FleetForgeError
 from fleetforge.domain.secrets import redact_url
 from fleetforge.ports.store import Store
@@ -75,8 +84,7 @@ def _store_check(store: Store, what: str) -> tuple[Check, bool]:
     try:
         version = store.schema_version()
     except FleetForgeError as exc:
-        return Check("state store", FAIL, f"{store.backend} store {what} unreachable: {_first_line(exc)}",
-                     "start the database or fix --store / FLEETFORGE_STORE_URL (host, port, database, user)"), False
+        return store_failure(store.backend, what, _first_line(exc)), False
     latest = _latest(store.backend)
     if version < latest:
         return Check("state store", FAIL, f"{store.backend} store {what} at schema version {version}, latest "
