@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+PLUGINS = str(Path(__file__).resolve().parents[2] / "plugins")
 D = "{d}"  # replaced by the case's data dir
 DD = ("--data-dir", D)
 
@@ -36,6 +37,11 @@ class Case:
     stdin: str = ""
 
 
+# 9 anchors a..i, each a list of 9 references to the previous one: 9**9 values from ~400 bytes
+ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+
+
 def submit(text: str | bytes, expect: str) -> Case:
     return Case(("submit", "{spec}", *DD), expect, spec=text)
 
@@ -54,6 +60,12 @@ CASES: dict[str, Case] = {
     "binary-file": submit(b"\x00\x01\x02{", "invalid YAML: unacceptable character #x0000"),
     "oversize-spec": submit(spec(noop("a", pad="x" * (1024 * 1024))),
                             "expected at most 1048576 bytes (1 MiB)"),
+    "yaml-alias-bomb": submit(ALIAS_BOMB, "spec.json:7:4: got YAML aliases that expand to more than 1048576 values"),
+    "non-utf8-file": submit(b'{"steps": [{"id": "caf\xe9", "type": "tool"}]}',
+                            "spec.json:1: got bytes that are not UTF-8 at byte offset 22 (0xe9), expected a UTF-8 "
+                            "text file"),
+    "non-utf8-yaml-second-line": submit(b"steps:\n- {id: a, type: tool, inputs: {tool: \xff\xfe}}\n",
+                                        "spec.json:2: got bytes that are not UTF-8 at byte offset 44 (0xff)"),
     "top-level-list": submit("[1, 2]", "got [1, 2] at the top level, expected a mapping with 'steps'"),
     "top-level-scalar": submit("hello\n", "got 'hello' at the top level, expected a mapping"),
     "missing-file": Case(("submit", "no-such-spec.json", *DD), "spec file 'no-such-spec.json' does not exist"),
@@ -88,6 +100,8 @@ CASES: dict[str, Case] = {
                              "packs[0].deny: got 'shell', expected a list of tool names"),
     "bad-caps-option": submit(spec(packs=[{"name": "budget_caps", "max_tokens": 0}]),
                               "packs[0].max_tokens: got 0, expected a positive integer"),
+    "bad-caps-huge-cost": submit(spec(packs=[{"name": "budget_caps", "max_cost": 1e20}]),
+                                 "packs[0].max_cost: got 1e+20, expected a positive number of USD <= 1000000000000"),
     "max-attempts-zero": submit(spec(noop("a", execution={"max_attempts": 0})),
                                 "steps[0].execution.max_attempts: got 0, expected an integer >= 1"),
     "backoff-factor-below-one": submit(spec(noop("a", execution={"retry_backoff_factor": 0.5})),
@@ -115,6 +129,13 @@ CASES: dict[str, Case] = {
                              env={"FLEETFORGE_STORE_URL": "sqlite:///:memory:"}),
     "store-url-secret-hidden": Case(("runs", "list"), "got 'mysql://u:***@h/db'",
                                     env={"FLEETFORGE_STORE_URL": "mysql://u:hunter2@h/db"}),
+    "exporter-url-secrets-hidden": Case(
+        ("exporters", "run", "--until-idle", *DD), "LANGSMITH_API_URL: got 'http://u:***@127.0.0.1:1/?api_key=***#***'",
+        env={"FLEETFORGE_TRACE_EXPORTERS": "langsmith", "LANGSMITH_API_KEY": "lsv2-hunter2",
+             "FLEETFORGE_PLUGINS_DIR": PLUGINS, "LANGSMITH_API_URL": "http://u:hunter2@127.0.0.1:1/?api_key=sk-hunter2#hunter2"}),
+    "otlp-endpoint-bad-port-secret-hidden": Case(
+        ("demo", "--runs", "1", "--no-serve", *DD), "OTEL_EXPORTER_OTLP_ENDPOINT: got 'http://h:99999/?token=***'",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:99999/?token=hunter2"}),
     "store-unreachable": Case(("runs", "list"), "127.0.0.1", code=1,
                               env={"FLEETFORGE_STORE_URL": "postgresql://nobody@127.0.0.1:1/x"}),
     "data-dir-is-a-file": Case(("runs", "list", "--data-dir", "{spec}"), "cannot open SQLite store", code=1,
@@ -126,6 +147,25 @@ CASES: dict[str, Case] = {
     "app-budgets-negative": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=cost:-1", "with limits >= 0"),
     "app-budgets-unknown-limit": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=calls:5",
                                             "expected 'workspace/app=tokens:N,cost:USD'"),
+    "app-budgets-huge-cost": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=cost:1e20",
+                                        "FLEETFORGE_APP_BUDGETS: got 'acme/bot=cost:1e20', expected tokens from 0 to "
+                                        "9223372036854775807 and cost from 0 to 1000000000000 USD"),
+    "app-budgets-huge-tokens": Case(("submit", "{spec}", *DD), "got 'acme/bot=tokens:99999999999999999999', expected",
+                                    spec=spec(workspace="acme", app="bot"),
+                                    env={"FLEETFORGE_APP_BUDGETS": "acme/bot=tokens:99999999999999999999"}),
+    "app-budgets-infinite-cost": worker_env("FLEETFORGE_APP_BUDGETS", "acme/bot=cost:1e400",
+                                            "got 'acme/bot=cost:1e400', expected tokens from 0"),
+    "inflight-cost-huge": worker_env("FLEETFORGE_MAX_INFLIGHT_COST", "1e20", "got '1e20', expected a finite number"),
+    "inflight-tokens-huge": worker_env("FLEETFORGE_MAX_INFLIGHT_TOKENS", "99999999999999999999",
+                                       "expected a number <= 9223372036854775807"),
+    "lease-huge": worker_env("FLEETFORGE_LEASE_MS", "99999999999999999999", "expected a number <= 31536000000"),
+    "spec-huge-budget-cost": submit(spec(budget={"cost": 1e20}), "budget.cost: got 1e+20, expected a number <= "),
+    "spec-infinite-budget-cost": submit('{"steps": [{"id": "a", "type": "tool", "inputs": {"tool": "noop"}}], '
+                                        '"budget": {"cost": 1e400}}', "budget.cost: got inf, expected a finite number"),
+    "spec-huge-budget-tokens": submit(spec(budget={"tokens": 99999999999999999999}),
+                                      "budget.tokens: got 99999999999999999999, expected an integer <= "),
+    "spec-huge-cost-hint": submit(spec(noop("a", execution={"cost_hint": {"usd": 1e20}})),
+                                  "steps[0].execution.cost_hint.usd: got 1e+20, expected a number <="),
     "app-budgets-bad-on-submit": Case(("submit", "{spec}", *DD), "FLEETFORGE_APP_BUDGETS: got 'x'", spec=spec(),
                                       env={"FLEETFORGE_APP_BUDGETS": "x"}),
     "lease-not-a-number": worker_env("FLEETFORGE_LEASE_MS", "abc", "FLEETFORGE_LEASE_MS: got 'abc', expected a whole"),

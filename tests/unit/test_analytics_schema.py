@@ -119,8 +119,9 @@ def test_clean_text_makes_valid_utf8() -> None:
 
 
 def test_server_urls_are_checked_and_redacted() -> None:
-    from fleetforge.adapters.clickhouse.server_backend import ClickHouseServerAnalytics, redact_url
+    from fleetforge.adapters.clickhouse.server_backend import ClickHouseServerAnalytics
     from fleetforge.domain.errors import ConfigError
+    from fleetforge.domain.secrets import redact_url
 
     assert redact_url("https://u:secret@ch.example:8443/db") == "https://u:***@ch.example:8443/db"
     assert redact_url("http://ch:8123") == "http://ch:8123"

@@ -70,6 +70,13 @@ def test_default_plugins_dir_is_relative_to_the_working_directory(tmp_path: Path
     ('name = "phoenix"\nenabled = "yes"\n', "expected true or false"),
     ('name = "phoenix"\ncolour = "red"\n', "unknown key 'colour'"),
     ('name = "phoenix"\n[delivery]\nbatch_size = 0\n', "delivery.batch_size = 0, expected a positive whole"),
+    ('name = "phoenix"\n[delivery]\ntimeout_s = inf\n', "delivery.timeout_s = inf, expected a positive number <= 600"),
+    ('name = "phoenix"\n[delivery]\ntimeout_s = nan\n', "delivery.timeout_s = nan, expected a positive number"),
+    ('name = "phoenix"\n[delivery]\nqueue_size = 1e12\n',
+     "delivery.queue_size = 1000000000000.0, expected a positive whole number <= 1000000"),
+    ('name = "phoenix"\n[delivery]\nqueue_size = inf\n', "delivery.queue_size = inf, expected a positive whole"),
+    ('name = "phoenix"\n[delivery]\nread_batch = 99999999999999999999\n', "expected a positive whole number <= 100000"),
+    ('name = "phoenix"\n[delivery]\nmax_backoff_s = 1e9\n', "expected a positive number <= 3600"),
     ('name = "phoenix"\n[delivery]\nspeed = 1\n', "unknown key delivery.speed"),
     ('name = "phoenix"\n[options]\ningest = "batch"\n', "unknown key options.ingest"),
 ])

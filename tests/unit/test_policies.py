@@ -370,7 +370,7 @@ def test_caps_options() -> None:
     assert pack.validate_options({"max_tokens": 1.5, "max_cost": -1, "warn_ratio": 2, "max_usd": 1}) == [
         "max_usd: got 1, expected no such option (known: max_tokens, max_cost, warn_ratio)",
         "max_tokens: got 1.5, expected a positive integer",
-        "max_cost: got -1, expected a positive number of USD",
+        "max_cost: got -1, expected a positive number of USD <= 1000000000000",
         "warn_ratio: got 2, expected a number from 0 to 1",
     ]
     assert pack.validate_options({"max_tokens": True}) == [

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
 
 from fleetforge.domain.errors import SpecError
 from fleetforge.domain.models import BudgetLimit, CostHint, PackSpec, SloSpec, StepType
-from fleetforge.domain.spec import MAX_SPEC_BYTES, load_spec_text, parse_spec, spec_to_dict
+from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text, parse_spec, spec_to_dict
 
 
 def _pii(options: dict[str, Any]) -> list[str]:
@@ -196,7 +197,8 @@ BAD_SPECS = [
         _run(budget={"tokens": -5}), "budget.tokens: got -5, expected an integer >= 0", id="budget-tokens"
     ),
     pytest.param(
-        _run(budget={"cost": "1.5"}), "budget.cost: got '1.5', expected a number >= 0", id="budget-cost"
+        _run(budget={"cost": "1.5"}), "budget.cost: got '1.5', expected a number from 0 to 1000000000000.0",
+        id="budget-cost",
     ),
     pytest.param(
         _run({"type": "llm", "inputs": {"prompt": "x"}}),
@@ -464,7 +466,7 @@ def test_long_chain_is_checked_without_recursion_limits() -> None:
         ('{"steps": [1]}}', "run.yaml:1:15: invalid JSON: Extra data"),
         ("a: 1\nb: 2\na: 3\n", "run.yaml:3:1: got duplicate key 'a', expected each key once"),
         ('{"a": 1,\n "a": 2}', "run.yaml:2:2: got duplicate key 'a', expected each key once"),
-        ("a: &x [*x]\n", "got nesting deeper than 64 levels"),
+        ("a: &x [*x]\n", "run.yaml:1:8: got a YAML alias to a node that contains it, expected data without cycles"),
     ],
     ids=["empty", "comment-only", "list", "yaml-syntax", "json-syntax", "yaml-dup", "json-dup", "recursive"],
 )
@@ -481,12 +483,26 @@ def test_oversized_text_is_refused_before_parsing() -> None:
         load_spec_text(text, source="big.json")
 
 
-def test_yaml_alias_bomb_is_refused_by_encoded_size() -> None:
-    lines = ["a: &a [" + ",".join(["xxxxxxxx"] * 9) + "]"]
-    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+def _alias_bomb(levels: int) -> str:
+    """Anchors a, b, ...: each a list of 9 references to the previous one (9**levels leaves)."""
+    names = "abcdefghijklmnop"[:levels]
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in pairwise(names):
         lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
-    with pytest.raises(SpecError, match=r"bomb\.yaml: got more than 1048576 bytes of JSON"):
-        load_spec_text("\n".join(lines), source="bomb.yaml")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9, 16])
+def test_yaml_alias_bomb_is_refused_while_composing(levels: int) -> None:
+    expected = r"bomb\.yaml:\d+:\d+: got YAML aliases that expand to more than 1048576 values"
+    with pytest.raises(SpecError, match=expected):
+        load_spec_text(_alias_bomb(levels), source="bomb.yaml")
+
+
+def test_small_yaml_aliases_and_merge_keys_still_work() -> None:
+    text = "d: &d {tool: noop}\nsteps:\n- {id: a, type: tool, inputs: {<<: *d}}\n- {id: b, type: tool, inputs: *d}\n"
+    data = load_spec_text(text, source="ok.yaml")
+    assert data["steps"][0]["inputs"] == data["steps"][1]["inputs"] == {"tool": "noop"}
 
 
 def test_parse_spec_refuses_oversized_data() -> None:
@@ -500,3 +516,12 @@ def test_crashing_pack_validator_becomes_a_problem() -> None:
 
     with pytest.raises(SpecError, match=r"packs\[0\]: options rejected by pack 'tool_acl' \(KeyError"):
         parse_spec(_run(packs=["tool_acl"]), packs={"tool_acl": broken})
+
+
+def test_spec_bytes_must_be_utf8_and_a_bom_is_dropped() -> None:
+    assert decode_spec_bytes(b"\xef\xbb\xbfsteps: []\n") == "steps: []\n"
+    with pytest.raises(SpecError, match=r"run\.yaml:2: got bytes that are not UTF-8 at byte offset 9 \(0xc3 28\)|"
+                                        r"run\.yaml:2: got bytes that are not UTF-8 at byte offset 9 \(0xc3\)"):
+        decode_spec_bytes(b"steps:\n- \xc3(\n", source="run.yaml")
+    with pytest.raises(SpecError, match="got more than 1048576 bytes"):
+        decode_spec_bytes(b"x" * (MAX_SPEC_BYTES + 1))

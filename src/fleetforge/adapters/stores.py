@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetforge.domain.errors import ConfigError
+from fleetforge.domain.secrets import redact_url
 from fleetforge.ports.clock import Clock
 from fleetforge.ports.store import Store
 
@@ -37,7 +38,7 @@ def open_store(url: str, *, clock: Clock | None = None) -> Store:
         from fleetforge.adapters.postgres.store import PostgresStore
 
         return PostgresStore(text, clock=clock)
-    raise ConfigError(f"store URL: got {_redact(url)!r}, expected {ACCEPTED}")
+    raise ConfigError(f"store URL: got {redact_url(url)!r}, expected {ACCEPTED}")
 
 
 def _sqlite(path: Path, clock: Clock | None) -> Store:
@@ -45,11 +46,3 @@ def _sqlite(path: Path, clock: Clock | None) -> Store:
 
     return SqliteStore(path, clock=clock)
 
-
-def _redact(url: str) -> str:
-    """`url` with any password (scheme://user:PASSWORD@host) hidden."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if sep and at and ":" in userinfo:
-        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-    return url

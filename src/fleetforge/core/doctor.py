@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = ["BACKLOG_FAIL_S", "BACKLOG_WARN_S", "Check", "Verdict", "age_verdict", "exit_code", "overall",
-           "sort_checks"]
+           "sort_checks", "store_failure"]
 
 BACKLOG_WARN_S: Final = 60.0
 """Oldest undelivered outbox row older than this: WARN (the consumer lags or is stopped)."""
@@ -55,6 +55,24 @@ def exit_code(checks: Iterable[Check]) -> int:
 def sort_checks(checks: Sequence[Check], *, worst_first: bool = False) -> list[Check]:
     """Checks in their given order, or the worst first (stable within a verdict)."""
     return sorted(checks, key=lambda c: -c.verdict.rank) if worst_first else list(checks)
+
+
+_NOT_SQLITE: Final = ("file is not a database", "database disk image is malformed")
+
+
+def store_failure(backend: str, where: str, error: str) -> Check:
+    """The FAIL check of a state store that cannot be used, with the fix that fits the backend and error."""
+    if backend == "sqlite" and any(sign in error for sign in _NOT_SQLITE):
+        return Check("state store", Verdict.FAIL,
+                     f"{where} is not a valid SQLite database (corrupt, or another kind of file): {error}",
+                     f"move {where} aside (keep it if you need to recover data), then run `fleetforge migrate` "
+                     "with the same --data-dir / --store to create an empty store, or point them at the right file")
+    if backend == "sqlite":
+        return Check("state store", Verdict.FAIL, f"sqlite store {where} unusable: {error}",
+                     f"check that {where} and its folder are readable and writable by this user, and that "
+                     "the disk is not full")
+    return Check("state store", Verdict.FAIL, f"{backend} store {where} unreachable: {error}",
+                 "start the database or fix --store / FLEETFORGE_STORE_URL (host, port, database, user)")
 
 
 def age_verdict(age_s: float | None, *, warn_s: float = BACKLOG_WARN_S, fail_s: float = BACKLOG_FAIL_S) -> Verdict:

@@ -8,7 +8,9 @@ __all__ = [
     "NotFoundError",
     "SpecError",
     "StoreError",
+    "StoreFull",
     "StoreUnavailable",
+    "disk_full_message",
 ]
 
 
@@ -34,6 +36,19 @@ class StoreError(FleetForgeError):
 
 class StoreUnavailable(StoreError):
     """The state store cannot be reached."""
+
+
+class StoreFull(FleetForgeError):
+    """The state store's disk is full. Not a `StoreError`: retrying cannot help until an operator frees
+    space, so workers stop with the message (naming the path and the fix) instead of retrying."""
+
+    def __init__(self, path: object, detail: str) -> None:
+        super().__init__(disk_full_message(path, detail))
+
+
+def disk_full_message(path: object, detail: str) -> str:
+    """What every store says when the disk under `path` is full: where, and what to do."""
+    return f"disk full at {path}: free space or point --data-dir elsewhere ({detail})"
 
 
 class NotFoundError(FleetForgeError):

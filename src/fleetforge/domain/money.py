@@ -1,10 +1,16 @@
-"""Cost arithmetic in integer micro-USD so that sums are exact in every store."""
+"""Cost arithmetic in integer micro-USD so that sums are exact in every store, and the largest limits
+the stores hold (64-bit integers): settings and specs are checked against them before anything is stored.
+"""
 
 from __future__ import annotations
 
-__all__ = ["MICROS", "to_micros", "to_usd"]
+from typing import Final
+
+__all__ = ["MAX_TOKENS", "MAX_USD", "MICROS", "to_micros", "to_usd"]
 
 MICROS = 1_000_000
+MAX_TOKENS: Final = 2**63 - 1  # a token limit or cap
+MAX_USD: Final = 1e12  # a cost limit or cap: its micro-USD (and a sum of a few) fit in 64 bits
 
 
 def to_micros(usd: float) -> int:

@@ -30,12 +30,14 @@ from fleetforge.domain.models import (
     StepSpec,
     StepType,
 )
+from fleetforge.domain.money import MAX_USD
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_SPEC_BYTES",
     "MAX_STEPS",
     "PackValidator",
+    "decode_spec_bytes",
     "load_spec_text",
     "parse_spec",
     "spec_to_dict",
@@ -73,6 +75,23 @@ _SLO_KEYS: Final = ("priority_boost", "queue_target_ms", "tier")
 # -- text -> data -------------------------------------------------------------------------------
 
 
+def decode_spec_bytes(raw: bytes, *, source: str = "<spec>") -> str:
+    """The text of a spec file: UTF-8 (a leading BOM is dropped); raise `SpecError` naming the first bad byte.
+
+    Callers read at most MAX_SPEC_BYTES + 1 bytes, so a longer `raw` only says "more than the limit".
+    """
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError([f"{source}: got more than {MAX_SPEC_BYTES} bytes, expected at most {MAX_SPEC_BYTES} bytes "
+                         "(1 MiB)"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.end].hex(" ")
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError([f"{source}:{line}: got bytes that are not UTF-8 at byte offset {exc.start} (0x{bad}), "
+                         "expected a UTF-8 text file (convert it, e.g. with iconv -t UTF-8)"]) from None
+
+
 def load_spec_text(text: str, *, source: str = "<spec>") -> dict[str, Any]:
     """Parse spec text (JSON, else YAML) into a mapping; raise `SpecError` naming `source` and line."""
     size = len(text.encode("utf-8", errors="replace"))
@@ -97,8 +116,48 @@ class _DuplicateYAMLKey(yaml.constructor.ConstructorError):
     """A YAML mapping repeats a key."""
 
 
+class _RefusedYAML(yaml.composer.ComposerError):
+    """A YAML document is refused while composing; `problem` is the whole message."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one, and alias bombs.
+
+    While composing (before anything is constructed) it weighs every node as the number of nodes
+    it stands for once aliases are expanded, and refuses a document heavier than MAX_SPEC_BYTES
+    (each expanded node is at least one byte of JSON, so no spec within the size limit is refused)
+    and an alias to a node that contains it. Composing stays linear in the text.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._weights: dict[yaml.Node, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        alias = self.check_event(yaml.AliasEvent)
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        node = super().compose_node(parent, index)
+        if node is None:
+            return None
+        if alias:
+            if node not in self._weights:
+                raise _RefusedYAML(
+                    None, None, "got a YAML alias to a node that contains it, expected data without cycles", mark
+                )
+            return node
+        weight = 1
+        if isinstance(node, yaml.SequenceNode):
+            weight += sum(self._weights.get(item, 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            weight += sum(self._weights.get(k, 1) + self._weights.get(v, 1) for k, v in node.value)
+        if weight > MAX_SPEC_BYTES:
+            raise _RefusedYAML(
+                None, None,
+                f"got YAML aliases that expand to more than {MAX_SPEC_BYTES} values, "
+                "expected at most 1 MiB of data once aliases are expanded (an alias bomb?)", mark,
+            )
+        self._weights[node] = weight
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[tuple[str, str]] = set()
@@ -139,7 +198,7 @@ def _parse_text(text: str, source: str) -> object:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
-        duplicate = isinstance(exc, _DuplicateYAMLKey)
+        duplicate = isinstance(exc, (_DuplicateYAMLKey, _RefusedYAML))
         if looks_json and not duplicate:
             raise SpecError([json_problem]) from None
         mark = exc.problem_mark or exc.context_mark
@@ -423,7 +482,7 @@ class _Checker:
         m = self.mapping(value, path, "a mapping with tokens and/or cost", _BUDGET_KEYS) or {}
         limit = BudgetLimit(
             tokens=None if m.get("tokens") is None else self.field(m, "tokens", path, 0, 0, None),
-            cost=None if m.get("cost") is None else self.field(m, "cost", path, 0.0, 0, None),
+            cost=None if m.get("cost") is None else self.field(m, "cost", path, 0.0, 0, MAX_USD),
         )
         return None if limit.empty else limit
 
@@ -589,7 +648,7 @@ class _Checker:
             h = self.mapping(m["cost_hint"], hint_path, "a mapping with tokens and/or usd", ("tokens", "usd"))
             if h is not None:
                 tokens = self.field(h, "tokens", hint_path, 0, 0, None)
-                hint = CostHint(tokens=tokens, usd=self.field(h, "usd", hint_path, 0.0, 0, None))
+                hint = CostHint(tokens=tokens, usd=self.field(h, "usd", hint_path, 0.0, 0, MAX_USD))
         d = ExecutionSpec()
         return ExecutionSpec(
             max_attempts=self.field(m, "max_attempts", path, d.max_attempts, 1, 100),

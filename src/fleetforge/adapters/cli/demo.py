@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,25 +71,34 @@ async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, s
             pool = [runtime.worker(f"demo-{i}", concurrency=concurrency, poll_interval_s=0.02)
                     for i in range(workers)]
             work = asyncio.gather(*(w.run(until_idle=True) for w in pool))
-            if progress:
-                await _watch(store, runs, work)
+            try:
+                await _watch(store, runs, work, analytics.check_data_dir, progress=progress)
+            except BaseException:
+                work.cancel()  # the workers stop; their in-flight steps are retried by the next run
+                await asyncio.gather(work, return_exceptions=True)
+                raise
             await work
     finally:
         webhook.stop()
         analytics.stop()  # drains every committed event into ClickHouse
         exporters.stop(30.0)
+    analytics.check_data_dir()
     summary = summary_from_store(store)
     store.close()
     return summary
 
 
-async def _watch(store: SqliteStore, total: int, work: asyncio.Future[Any]) -> None:
+async def _watch(store: SqliteStore, total: int, work: asyncio.Future[Any], check: Callable[[], None], *,
+                 progress: bool) -> None:
+    """Until `work` is done: `check()` that the data dirs are still there, and show progress."""
     columns = (TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
+    with Progress(*columns, console=err, transient=False, disable=not progress) as bar:
         task = bar.add_task("runs", total=total)
         while not work.done():
-            open_runs = await asyncio.to_thread(store.count_open_runs)
-            bar.update(task, completed=total - open_runs)
+            check()
+            if progress:
+                open_runs = await asyncio.to_thread(store.count_open_runs)
+                bar.update(task, completed=total - open_runs)
             await asyncio.wait([work], timeout=0.2)  # type: ignore[list-item]
         bar.update(task, completed=total)
 

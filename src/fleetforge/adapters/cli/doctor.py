@@ -20,8 +20,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, out, print_json
-from fleetforge.core.doctor import BACKLOG_FAIL_S, BACKLOG_WARN_S, Check, Verdict, age_verdict, exit_code, overall
+from fleetforge.core.doctor import (
+    BACKLOG_FAIL_S,
+    BACKLOG_WARN_S,
+    Check,
+    Verdict,
+    age_verdict,
+    exit_code,
+    overall,
+    store_failure,
+)
 from fleetforge.domain.errors import ConfigError, FleetForgeError
+from fleetforge.domain.secrets import redact_url
 from fleetforge.ports.store import Store
 
 __all__ = ["register", "retention_checks", "run_checks"]
@@ -29,15 +39,6 @@ __all__ = ["register", "retention_checks", "run_checks"]
 OK, WARN, FAIL, SKIP = Verdict.OK, Verdict.WARN, Verdict.FAIL, Verdict.SKIP
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
 _TIMEOUT_S = 3.0
-
-
-def _redact(url: str) -> str:
-    """`url` without any password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -61,7 +62,7 @@ def _open_store(url: str | None, data_dir: Path | None) -> tuple[Store | None, s
         if scheme in {"postgresql", "postgres"}:
             from fleetforge.adapters.postgres.store import PostgresStore
 
-            return PostgresStore(url, connect_timeout_s=_TIMEOUT_S, pool_size=1), _redact(url), None
+            return PostgresStore(url, connect_timeout_s=_TIMEOUT_S, pool_size=1), redact_url(url), None
         from fleetforge.adapters.stores import open_store
 
         path = url.partition("://")[2][1:] if "://" in url else url
@@ -83,8 +84,7 @@ def _store_check(store: Store, what: str) -> tuple[Check, bool]:
     try:
         version = store.schema_version()
     except FleetForgeError as exc:
-        return Check("state store", FAIL, f"{store.backend} store {what} unreachable: {_first_line(exc)}",
-                     "start the database or fix --store / FLEETFORGE_STORE_URL (host, port, database, user)"), False
+        return store_failure(store.backend, what, _first_line(exc)), False
     latest = _latest(store.backend)
     if version < latest:
         return Check("state store", FAIL, f"{store.backend} store {what} at schema version {version}, latest "
@@ -224,7 +224,7 @@ def _clickhouse_checks(url: str | None, data_dir: Path | None, store: Store | No
             where = f" (nothing at {folder})" if folder is not None else ""
             return [Check("clickhouse", SKIP, f"no analytics store configured{where}",
                           "pass --clickhouse-url (FLEETFORGE_CLICKHOUSE_URL) or the --data-dir of the sink")]
-    where = _redact(url) if url else f"chDB at {chdb_dir(data_dir)}"
+    where = redact_url(url) if url else f"chDB at {chdb_dir(data_dir)}"
     try:
         analytics = open_analytics(data_dir=data_dir, clickhouse_url=url)
     except FleetForgeError as exc:

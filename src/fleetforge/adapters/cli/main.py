@@ -22,7 +22,7 @@ from fleetforge.adapters.cli import demo
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.domain.errors import NotFoundError, SpecError
-from fleetforge.domain.spec import load_spec_text
+from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
 
 __all__ = ["app", "main"]
 
@@ -69,15 +69,18 @@ def submit(
     """Validate a run spec and store it; workers pick it up. Prints the run id."""
     with guard():
         if str(spec) == "-":
-            text, source = sys.stdin.read(), "<stdin>"
+            source = "<stdin>"
+            text = decode_spec_bytes(sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), source=source)
         else:
             if not spec.is_file():
                 what = "is not a file" if spec.exists() else "does not exist"
                 die(f"spec file {str(spec)!r} {what}; pass a JSON or YAML run spec", 2)
             try:
-                text, source = spec.read_text(encoding="utf-8", errors="replace"), str(spec)
+                with spec.open("rb") as f:
+                    raw, source = f.read(MAX_SPEC_BYTES + 1), str(spec)
             except OSError as exc:
                 die(f"cannot read spec file {str(spec)!r}: {exc.strerror or exc}", 2)
+            text = decode_spec_bytes(raw, source=source)
         data = load_spec_text(text, source=source)
         st = store_for(store, data_dir)
 

@@ -23,6 +23,7 @@ from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR
 from fleetforge.adapters.observability.compose import compose, compose_file, docker_available
 from fleetforge.adapters.observability.stack import STATE_FILE, EmbeddedStack, StackConfig, read_state
+from fleetforge.domain.secrets import redact_url
 
 __all__ = ["register"]
 
@@ -131,7 +132,7 @@ def _up_embedded(config: StackConfig) -> None:
     )
     _print_addresses(stack.addresses)
     if config.store_url:
-        err.print(f"Streaming the outbox of {config.store_url} into ClickHouse.", highlight=False)
+        err.print(f"Streaming the outbox of {redact_url(config.store_url)} into ClickHouse.", highlight=False)
     err.print("Press Ctrl-C to stop (or run `fleetforge observability down`).", highlight=False)
     try:
         stack.wait()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import httpx
 
@@ -17,6 +19,7 @@ from fleetforge.core.runtime import Runtime
 from fleetforge.core.worker import Observer
 from fleetforge.domain.errors import ConfigError
 from fleetforge.domain.models import BudgetLimit
+from fleetforge.domain.money import MAX_TOKENS, MAX_USD
 from fleetforge.ports.store import Store
 
 __all__ = ["DEFAULT_DATA_DIR", "build_runtime", "config_from_env", "store_for", "tools_registry"]
@@ -34,17 +37,23 @@ def store_for(store_url: str | None, data_dir: Path | None) -> Store:
     return store
 
 
-def _int_env(name: str) -> int | None:
+def _int_env(name: str, hi: int = MAX_TOKENS) -> int | None:
     raw = os.environ.get(name)
     if raw in (None, ""):
         return None
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name}: got {raw!r}, expected a whole number") from None
+        raise ConfigError(f"{name}: got {raw!r:.80}, expected a whole number") from None
     if value < 0:
         raise ConfigError(f"{name}: got {raw!r}, expected a number >= 0")
+    if value > hi:
+        raise ConfigError(f"{name}: got {raw!r:.80}, expected a number <= {hi}")
     return value
+
+
+_YEAR_MS: Final = 365 * 86_400_000
+_BUDGET_BOUNDS: Final = f"tokens from 0 to {MAX_TOKENS} and cost from 0 to {MAX_USD:.0f} USD"
 
 
 def _app_budgets(raw: str) -> dict[str, BudgetLimit]:
@@ -52,22 +61,36 @@ def _app_budgets(raw: str) -> dict[str, BudgetLimit]:
     out: dict[str, BudgetLimit] = {}
     for item in filter(None, (p.strip() for p in raw.split(";"))):
         key, _, limits = item.partition("=")
+        shown = f"{item!r:.120}"
         values: dict[str, float] = {}
         try:
             for part in limits.split(","):
                 name, _, num = part.partition(":")
                 if name.strip() not in ("tokens", "cost"):
                     raise ValueError(name)
-                values[name.strip()] = float(num)
+                values[name.strip()] = _budget_number(num)
         except ValueError:
-            raise ConfigError(f"FLEETFORGE_APP_BUDGETS: got {item!r}, expected "
+            raise ConfigError(f"FLEETFORGE_APP_BUDGETS: got {shown}, expected "
                               "'workspace/app=tokens:N,cost:USD' items separated by ';'") from None
         if "/" not in key or any(v < 0 for v in values.values()):
-            raise ConfigError(f"FLEETFORGE_APP_BUDGETS: got {item!r}, expected 'workspace/app=...' "
+            raise ConfigError(f"FLEETFORGE_APP_BUDGETS: got {shown}, expected 'workspace/app=...' "
                               "with limits >= 0")
-        tokens = values.get("tokens")
-        out[key.strip()] = BudgetLimit(tokens=None if tokens is None else int(tokens), cost=values.get("cost"))
+        tokens, cost = values.get("tokens"), values.get("cost")
+        if (tokens is not None and (tokens > MAX_TOKENS or tokens != int(tokens))) \
+                or (cost is not None and not cost <= MAX_USD):
+            raise ConfigError(f"FLEETFORGE_APP_BUDGETS: got {shown}, expected {_BUDGET_BOUNDS}")
+        out[key.strip()] = BudgetLimit(tokens=None if tokens is None else int(tokens), cost=cost)
     return out
+
+
+def _budget_number(text: str) -> float:
+    """A limit as written: an exact integer, else a float (an infinity or NaN is out of every bound)."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        return math.inf if math.isnan(value) else value
 
 
 def config_from_env(**overrides: object) -> RuntimeConfig:
@@ -77,9 +100,10 @@ def config_from_env(**overrides: object) -> RuntimeConfig:
         cost = float(cost_raw) if cost_raw else None
     except ValueError:
         raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r}, expected USD as a number") from None
-    if cost is not None and not 0 <= cost < float("inf"):
-        raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r}, expected a finite number of USD >= 0")
-    lease_ms = _int_env("FLEETFORGE_LEASE_MS")
+    if cost is not None and not 0 <= cost <= MAX_USD:
+        raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r:.80}, expected a finite number of USD >= 0 "
+                          f"and <= {MAX_USD:.0f}")
+    lease_ms = _int_env("FLEETFORGE_LEASE_MS", hi=_YEAR_MS)
     if lease_ms == 0:
         raise ConfigError("FLEETFORGE_LEASE_MS: got '0', expected milliseconds >= 1 (default 30000)")
     kwargs: dict[str, object] = {

@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from fleetforge.domain.errors import disk_full_message
 from fleetforge.ports.analytics import AnalyticsError, AnalyticsUnavailable
 
 __all__ = ["ChdbAnalytics", "param_text"]
@@ -124,7 +125,7 @@ class ChdbAnalytics:
             try:
                 return session.query(sql, fmt, params=bound)
             except Exception as exc:
-                raise AnalyticsError(f"ClickHouse query failed: {_first_line(exc)}") from exc
+                raise AnalyticsError(self._failed("query", exc)) from exc
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._query(sql, "TabSeparated", params)
@@ -166,7 +167,7 @@ class ChdbAnalytics:
         except AnalyticsError:
             raise
         except Exception as exc:
-            raise AnalyticsError(f"insert of {len(batch)} envelopes failed: {_first_line(exc)}") from exc
+            raise AnalyticsError(self._failed(f"insert of {len(batch)} envelopes", exc)) from exc
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Looks the ids up through a session-local temporary table (an Arrow insert, then a join)."""
@@ -187,8 +188,15 @@ class ChdbAnalytics:
                     raise
                 found = session.query(_KNOWN, "ArrowTable")
             except Exception as exc:
-                raise AnalyticsError(f"event id lookup failed: {_first_line(exc)}") from exc
+                raise AnalyticsError(self._failed("event id lookup", exc)) from exc
         return {str(v) for v in found.column(0).to_pylist()}
+
+    def _failed(self, what: str, exc: BaseException) -> str:
+        """The message of a failed `what`; a full disk says where and what to do."""
+        line = _first_line(exc)
+        if any(sign in line for sign in _DISK_FULL):
+            return disk_full_message(self.data_dir, f"ClickHouse {what} failed: {line}")
+        return f"ClickHouse {what} failed: {line}" if what == "query" else f"{what} failed: {line}"
 
     def close(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -198,6 +206,9 @@ class ChdbAnalytics:
             with lock:
                 session.close()
         self._sessions = []
+
+
+_DISK_FULL: Final = ("NOT_ENOUGH_SPACE", "No space left on device", "Cannot reserve")
 
 
 def _first_line(exc: BaseException) -> str:

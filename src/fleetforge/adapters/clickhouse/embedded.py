@@ -22,6 +22,7 @@ from fleetforge.adapters.clickhouse.schema import ApplyReport, apply_schema
 from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig, SinkStats
 from fleetforge.adapters.clickhouse.sources import DEFAULT_CONSUMER, OutboxSource
 from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
+from fleetforge.ports.analytics import AnalyticsUnavailable
 from fleetforge.ports.store import Store
 
 __all__ = ["EMBEDDED_SINK_CONFIG", "EmbeddedAnalytics"]
@@ -29,6 +30,15 @@ __all__ = ["EMBEDDED_SINK_CONFIG", "EmbeddedAnalytics"]
 log = logging.getLogger("fleetforge.analytics.embedded")
 
 EMBEDDED_SINK_CONFIG = SinkConfig(flush_interval_s=0.5, poll_timeout_s=0.05)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of `folder`, None when it is gone: a deleted and recreated folder differs."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 class EmbeddedAnalytics:
@@ -40,9 +50,23 @@ class EmbeddedAnalytics:
         self.consumer = consumer
         self.config = config
         self.analytics = ChdbAnalytics(self.data_dir)
+        self._identity = _identity(self.data_dir)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._sink: Sink | None = None
+
+    def check_data_dir(self) -> None:
+        """Raise `AnalyticsUnavailable` when the data dir was deleted or replaced since it was opened.
+
+        chDB keeps writing to the files it holds open without an error, into space nobody can read back,
+        so an owner of a long-running sink checks this now and then.
+        """
+        if _identity(self.data_dir) != self._identity:
+            raise AnalyticsUnavailable(
+                f"the chDB data dir {self.data_dir} was deleted or replaced while this process used it: the "
+                "analytics written since are lost. Keep the data dir in place while fleetforge runs, and "
+                "start again (`fleetforge demo` starts fresh)"
+            )
 
     def apply(self) -> ApplyReport:
         """Create or upgrade the schema and the derived tables (idempotent)."""

@@ -11,26 +11,17 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from fleetforge.adapters.clickhouse.chdb_backend import clean_text
 from fleetforge.domain.errors import ConfigError
+from fleetforge.domain.secrets import redact_url
 from fleetforge.ports.analytics import AnalyticsError, AnalyticsUnavailable
 
-__all__ = ["ClickHouseServerAnalytics", "redact_url"]
+__all__ = ["ClickHouseServerAnalytics"]
 
 _COLUMNS = ["event_id", "envelope"]
 _TSV = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class ClickHouseServerAnalytics:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from fleetforge.domain.models import ErrorKind, StepSpec
+from fleetforge.domain.secrets import redact_text
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, StepFailure, Usage
 
 __all__ = [
@@ -21,7 +22,6 @@ __all__ = [
     "HttpExecutor",
     "error_snippet",
     "parse_retry_after",
-    "redact",
     "status_kind",
     "transport_failure",
 ]
@@ -73,14 +73,6 @@ def parse_retry_after(headers: Mapping[str, str], now_s: float) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every non-empty secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def error_snippet(response: httpx.Response) -> str:
     """A one-line, truncated description of an error body (`error.message` when JSON)."""
     try:
@@ -115,7 +107,7 @@ def transport_failure(
         kind, message = ErrorKind.CRASH, f"{what}: {type(exc).__name__}: {detail}"
     else:
         kind, message = ErrorKind.CRASH, f"{what}: unexpected {type(exc).__name__}: {detail}"
-    return StepFailure(kind, redact(message, secrets), tool=tool, provider=provider)
+    return StepFailure(kind, redact_text(message, secrets), tool=tool, provider=provider)
 
 
 def _host(url: Any) -> str:

@@ -12,12 +12,12 @@ import httpx
 from fleetforge.adapters.executors.http_step import (
     error_snippet,
     parse_retry_after,
-    redact,
     status_kind,
     transport_failure,
 )
 from fleetforge.core.pricing import PriceTable, estimate_llm
 from fleetforge.domain.models import ErrorKind, StepSpec
+from fleetforge.domain.secrets import redact_text
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, StepFailure, Usage
 
 __all__ = ["OpenAICompatibleLLM", "chat_request"]
@@ -183,7 +183,7 @@ class OpenAICompatibleLLM:
     ) -> StepFailure:
         return StepFailure(
             kind,
-            redact(message, [self._api_key]),
+            redact_text(message, [self._api_key]),
             tool=model,
             provider=self.provider,
             retry_after_s=retry_after_s,

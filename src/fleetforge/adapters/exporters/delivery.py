@@ -20,6 +20,8 @@ from typing import Final
 
 import httpx
 
+from fleetforge.domain.secrets import redact_text, redact_url
+
 __all__ = ["Outcome", "Request", "Sender", "Warnings", "retry_after_s"]
 
 MAX_RETRY_AFTER_S: Final = 300.0
@@ -59,10 +61,7 @@ class Warnings:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def scrub(self, text: str) -> str:
-        for s in self.secrets:
-            if s and len(s) >= 4:
-                text = text.replace(s, "***")
-        return text
+        return redact_text(text, self.secrets)
 
     def warn(self, topic: str, message: str, *, once: bool = False) -> None:
         """Log `message` unless `topic` was logged within `every_s` (or ever, with `once`)."""
@@ -160,7 +159,7 @@ class Sender:
                 if status not in RETRY_STATUS and status < 500:
                     self.last_error = f"HTTP {status}"
                     what = f"a batch of {req.spans} spans (HTTP {status}); the batch is dropped" if req.spans else \
-                        f"a set-up request to {req.url.split('?')[0]} (HTTP {status}); continuing without it"
+                        f"a set-up request to {redact_url(req.url)} (HTTP {status}); continuing without it"
                     self.warnings.warn(f"reject{status}", f"trace exporter {self.name!r}: the platform rejected {what}")
                     return Outcome.REJECTED
                 reason = f"HTTP {status}"

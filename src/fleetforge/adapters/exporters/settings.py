@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from fleetforge.domain.secrets import redact_url
+
 __all__ = [
     "DEFAULT_PLUGINS_DIR",
     "KNOWN",
@@ -49,6 +51,10 @@ OPTIONS: Final[dict[str, dict[str, type]]] = {
 _DELIVERY_KEYS: Final[dict[str, type]] = {
     "batch_size": int, "flush_interval_ms": int, "queue_size": int, "timeout_s": float,
     "max_backoff_s": float, "poll_interval_ms": int, "read_batch": int, "max_open_runs": int,
+}
+_DELIVERY_MAX: Final[dict[str, float]] = {  # sane upper bounds: memory, request and wait times
+    "batch_size": 10_000, "flush_interval_ms": 3_600_000, "queue_size": 1_000_000, "timeout_s": 600.0,
+    "max_backoff_s": 3_600.0, "poll_interval_ms": 60_000, "read_batch": 100_000, "max_open_runs": 1_000_000,
 }
 _TOP_KEYS: Final = ("name", "enabled", "delivery", "options")
 
@@ -178,12 +184,16 @@ def _manifest_problem(name: str, m: dict[str, Any]) -> str | None:
             if kind is None:
                 accepted = ", ".join(schema) or "none"
                 return f"unknown key {table}.{key}, expected one of {accepted}"
-            ok = isinstance(v, str) if kind is str else (
-                isinstance(v, int | float) and not isinstance(v, bool) and v > 0 and (kind is float or v == int(v)))
+            if kind is str:
+                if not isinstance(v, str):
+                    return f"got {table}.{key} = {v!r}, expected a string"
+                continue
+            hi = _DELIVERY_MAX.get(key, 2.0**53)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= hi \
+                and (kind is float or v == int(v))  # NaN and infinities fail the bounds
             if not ok:
-                expected = "a string" if kind is str else ("a positive whole number" if kind is int
-                                                            else "a positive number")
-                return f"got {table}.{key} = {v!r}, expected {expected}"
+                whole = "whole " if kind is int else ""
+                return f"got {table}.{key} = {v!r}, expected a positive {whole}number <= {hi:.0f}"
     ingest = m.get("options", {}).get("ingest")
     if name == "langsmith" and ingest not in (None, "multipart", "batch"):
         return f"got options.ingest = {ingest!r}, expected \"multipart\" or \"batch\""
@@ -196,7 +206,7 @@ def check_url(var: str, value: str) -> str:
     Raises ValueError naming `var`, the value (credentials hidden) and what is accepted.
     """
     parts = urlsplit(value.strip())
-    shown = value if not parts.password and not parts.username else _hide_userinfo(value)
+    shown = redact_url(value)
     expected = "an https:// URL (plain http:// only for loopback hosts) without user:password, query or fragment"
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
             or parts.query or parts.fragment:
@@ -213,11 +223,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _hide_userinfo(value: str) -> str:
-    scheme, sep, rest = value.partition("://")
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _credentials(name: str, path: Path, env: Mapping[str, str], options: dict[str, str],

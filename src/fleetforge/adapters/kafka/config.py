@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from fleetforge.core.forwarding import REQUIRED_PRODUCER_PROPS, DeliveryMode, delivery_mode
 from fleetforge.domain.errors import ConfigError
+from fleetforge.domain.secrets import redact_mapping
 
 __all__ = ["DEFAULT_TOPIC", "ENV", "BusConfig", "load_bus_config", "redact_props"]
 
@@ -40,7 +41,6 @@ _INTS: Final = {
 _STRS: Final = ("bootstrap_servers", "topic", "transactional_id", "outbox_consumer", "instance_id",
                 "checkpoint_group")
 _TABLES: Final = ("client_props", "consumer_props")
-_SECRET_WORDS: Final = ("password", "secret", "token", "jaas", "key.pem", "keystore", "private")
 _MAX_IN_FLIGHT_IDEMPOTENT: Final = 5
 
 
@@ -147,7 +147,7 @@ class BusConfig:
 
 def redact_props(props: Mapping[str, str]) -> dict[str, str]:
     """`props` with the values of secret-looking keys replaced by '***'."""
-    return {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in props.items()}
+    return redact_mapping(props)
 
 
 def load_bus_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> BusConfig:

@@ -10,6 +10,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from fleetforge.domain.errors import ConfigError
+from fleetforge.domain.secrets import redact_url
 
 __all__ = [
     "DEFAULT_PROMETHEUS_HOST",
@@ -139,11 +140,15 @@ def _otlp(env: Mapping[str, str], signal: str, path: str, exporters: tuple[str, 
     protocol = (env.get(var) or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip().lower()
     base = specific or generic or "http://localhost:4317"
     parts = urlsplit(base if "://" in base else f"http://{base}")
-    if not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if not parts.hostname or port == -1:
         source = f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT" if specific else "OTEL_EXPORTER_OTLP_ENDPOINT"
-        raise ConfigError(f"{source}: got {base!r}, expected a URL such as http://localhost:4317")
+        raise ConfigError(f"{source}: got {redact_url(base)!r}, expected a URL such as http://localhost:4317")
     if not protocol:
-        protocol = "http/protobuf" if parts.port == 4318 else "grpc"
+        protocol = "http/protobuf" if port == 4318 else "grpc"
     if protocol not in PROTOCOLS:
         source = var if env.get(var) else "OTEL_EXPORTER_OTLP_PROTOCOL"
         raise ConfigError(f"{source}: got {protocol!r}, expected grpc or http/protobuf "

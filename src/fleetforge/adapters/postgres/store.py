@@ -25,6 +25,7 @@ from fleetforge.adapters.sqlfiles import load_queries, migrations
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
+from fleetforge.domain.secrets import redact_text
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
 from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
@@ -50,9 +51,7 @@ class _Errors:
         self.where = make_conninfo("", **shown) or "libpq defaults"
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact_text(text, self._secrets)
 
     def raise_(self, exc: psycopg.Error, doing: str) -> NoReturn:
         cls = StoreUnavailable if isinstance(exc, psycopg.OperationalError) else StoreError

@@ -6,17 +6,18 @@ SQLite serializes writers, so outbox sequence order is commit order and readers 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from fleetforge.adapters import rows
 from fleetforge.adapters.sqlfiles import load_queries, migrations
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.errors import StoreError, StoreUnavailable
+from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
@@ -25,6 +26,22 @@ from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, Outb
 __all__ = ["SqliteStore"]
 
 Q = load_queries("fleetforge.adapters.sqlite")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: SQLite ends it by itself on some errors (a full disk),
+    and a second error from ROLLBACK must not hide the first one."""
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _nearly_full(folder: Path) -> bool:
+    """True when `folder`'s file system has under 1 MiB free (SQLite then reports a WAL write as an I/O error)."""
+    try:
+        return shutil.disk_usage(folder).free < 1024 * 1024
+    except OSError:
+        return False
 
 
 class _SqliteTx:
@@ -167,16 +184,23 @@ class SqliteStore:
         try:
             yield _SqliteTx(conn, self.clock)
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(f"SQLite transaction failed: {exc}") from exc
+            _rollback(conn)
+            raise self._failed("SQLite transaction failed", exc) from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(f"commit failed: {exc}") from exc
+            _rollback(conn)
+            raise self._failed("commit failed", exc) from exc
+
+    def _failed(self, doing: str, exc: sqlite3.Error) -> StoreError | StoreFull:
+        """The error to raise for `exc`; a full disk says where and what to do."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+        if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _nearly_full(self.path.parent)):
+            return StoreFull(self.path.parent, f"SQLite store {self.path}: {doing}: {exc}")
+        return StoreError(f"{doing}: {exc}")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -186,10 +210,13 @@ class SqliteStore:
 
     def migrate(self) -> int:
         conn = self._conn()
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_us INTEGER NOT NULL)"
-        )
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_us INTEGER NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise self._failed("creating schema_migrations failed", exc) from exc
         for version, name, sql in migrations("fleetforge.adapters.sqlite"):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -201,8 +228,11 @@ class SqliteStore:
                         "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, self.clock.now_us())
                     )
                 conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise self._failed(f"migration {version} ({name}) failed", exc) from exc
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         return self.schema_version()
 

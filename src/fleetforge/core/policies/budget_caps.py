@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fleetforge.domain.money import to_micros
+from fleetforge.domain.money import MAX_USD, to_micros
 from fleetforge.ports.policy import Effect, Hook, PolicyContext, Verdict
 
 __all__ = ["BudgetCapsPack"]
@@ -37,8 +37,8 @@ def _parse(options: dict[str, Any]) -> tuple[_Settings, list[str]]:
     ):
         problems.append(f"max_tokens: got {max_tokens!r}, expected a positive integer")
     max_cost = options.get("max_cost")
-    if max_cost is not None and (not _is_number(max_cost) or max_cost <= 0):
-        problems.append(f"max_cost: got {max_cost!r}, expected a positive number of USD")
+    if max_cost is not None and (not _is_number(max_cost) or not 0 < max_cost <= MAX_USD):
+        problems.append(f"max_cost: got {max_cost!r}, expected a positive number of USD <= {MAX_USD:.0f}")
     warn_ratio = options.get("warn_ratio", 0.8)
     if not _is_number(warn_ratio) or not 0 <= warn_ratio <= 1:
         problems.append(f"warn_ratio: got {warn_ratio!r}, expected a number from 0 to 1")
