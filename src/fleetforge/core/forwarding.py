@@ -7,13 +7,13 @@ Nothing here talks to a broker or a database; the Kafka adapter drives it.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Final
 
-from fleetforge.ports.store import OutboxPosition, OutboxRecord
+from fleetforge.core.backoff import Backoff
+from fleetforge.ports.readers import ReaderStore
+from fleetforge.ports.store import OutboxPosition
 
 __all__ = [
     "BROKER_DEFAULT_MAX_TXN_TIMEOUT_MS",
@@ -48,22 +48,8 @@ class DeliveryMode(StrEnum):
     TRANSACTIONAL = "transactional"
 
 
-class ForwarderStore(Protocol):
-    """What the forwarder needs of a state store: the outbox, its cursors, and a named lease."""
-
-    backend: str
-
-    def read_outbox(self, after: OutboxPosition, limit: int) -> list[OutboxRecord]: ...
-    def get_cursor(self, consumer: str) -> OutboxPosition: ...
-    def set_cursor(self, consumer: str, position: OutboxPosition) -> None: ...
-    def outbox_backlog(self, consumer: str) -> tuple[int, int | None]: ...
-    def try_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
-        """Take or renew lease `name` for `holder` when free, expired or already held by `holder`.
-
-        Returns the lease epoch (it grows at each change of holder) while held, None otherwise.
-        """
-        ...
-    def release_lease(self, name: str, holder: str) -> None: ...
+ForwarderStore = ReaderStore
+"""What the forwarder needs of a state store: the outbox, its cursors, and a named lease."""
 
 
 def delivery_mode(transactional_id: str | None) -> DeliveryMode:
@@ -157,26 +143,6 @@ def classify_txn_error(*, retriable: bool, txn_requires_abort: bool, fatal: bool
     if retriable:
         return TxnAction.RETRY
     return TxnAction.RECREATE
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential backoff with full jitter, capped; `reset()` after a success."""
-
-    initial_s: float = 0.1
-    max_s: float = 10.0
-    factor: float = 2.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempts: int = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next try (grows with each call until `reset`)."""
-        ceiling = min(self.max_s, self.initial_s * self.factor ** self.attempts)
-        self.attempts += 1
-        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 def format_position(position: OutboxPosition) -> str:

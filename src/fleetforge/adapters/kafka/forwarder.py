@@ -18,7 +18,6 @@ from opentelemetry.metrics import MeterProvider, NoOpMeter
 
 from fleetforge import __version__
 from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.lease import LeaseKeeper
 from fleetforge.adapters.kafka.logs import QUIET
 from fleetforge.adapters.kafka.publishers import (
     AtLeastOncePublisher,
@@ -28,6 +27,7 @@ from fleetforge.adapters.kafka.publishers import (
 )
 from fleetforge.adapters.otel.delivery import DeliveryMetrics
 from fleetforge.core.forwarding import Backoff, DeliveryMode, ForwarderStore
+from fleetforge.core.lease import LeaseKeeper
 from fleetforge.domain.errors import StoreError
 from fleetforge.ports.store import OutboxPosition
 

@@ -22,7 +22,6 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.lease import LeaseKeeper
 from fleetforge.adapters.kafka.logs import QUIET, RDKAFKA_LOG
 from fleetforge.adapters.otel.delivery import DeliveryMetrics
 from fleetforge.core.forwarding import (
@@ -34,6 +33,7 @@ from fleetforge.core.forwarding import (
     parse_position,
     traceparent_of,
 )
+from fleetforge.core.lease import LeaseKeeper
 from fleetforge.domain.errors import StoreError
 from fleetforge.domain.names import KafkaHeader
 from fleetforge.ports.store import OutboxPosition, OutboxRecord

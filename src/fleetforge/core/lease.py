@@ -1,4 +1,4 @@
-"""Keep a named store lease so that one forwarder at a time publishes an outbox consumer's rows."""
+"""Keep a named store lease so that one process at a time runs an outbox reader (one holder per name)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,23 @@ import threading
 import time
 from collections.abc import Callable
 
-from fleetforge.core.forwarding import ForwarderStore
 from fleetforge.domain.errors import StoreError
+from fleetforge.ports.readers import LeaseStore
 
 __all__ = ["LeaseKeeper"]
 
-log = logging.getLogger("fleetforge.kafka.lease")
+log = logging.getLogger("fleetforge.lease")
 
 
 class LeaseKeeper:
     """Acquire lease `name` for `holder` and renew it every third of `ttl_ms` from a background thread.
 
     `valid()` is true while the last successful renewal is recent enough that the lease cannot
-    have expired (a margin of a third of the TTL); the forwarder checks it before each batch and
+    have expired (a margin of a third of the TTL); a reader checks it before each batch and
     before each commit, and stops publishing as soon as it turns false.
     """
 
-    def __init__(self, store: ForwarderStore, name: str, holder: str, ttl_ms: int,
+    def __init__(self, store: LeaseStore, name: str, holder: str, ttl_ms: int,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.name = name
@@ -69,10 +69,18 @@ class LeaseKeeper:
                 self._start_renewing()
                 return True
             if not waited:
-                log.info("lease %s is held by another forwarder; %s waits as standby", self.name, self.holder)
+                log.info("lease %s is held by another process; %s waits as standby", self.name, self.holder)
                 waited = True
             stop.wait(self.ttl_s / 3)
         return False
+
+    def try_once(self) -> bool:
+        """Take or renew the lease now, without waiting; whether it is held."""
+        return self._try()
+
+    def start_renewing(self) -> None:
+        """Renew the lease every third of its TTL from a background thread while it is held."""
+        self._start_renewing()
 
     def _start_renewing(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -82,10 +90,17 @@ class LeaseKeeper:
         self._thread.start()
 
     def _renew_loop(self) -> None:
+        lost_logged = False
         while not self._stop.wait(self.ttl_s / 3):
-            if not self._try() and not self.valid():
+            with self._lock:
+                held = self._renewed_at is not None
+            if not held:
+                continue
+            if self._try() or self.valid():
+                lost_logged = False
+            elif not lost_logged:
                 log.warning("lease %s lost by %s", self.name, self.holder)
-                return
+                lost_logged = True
 
     def release(self) -> None:
         """Stop renewing and hand the lease back so a standby takes over at once."""
