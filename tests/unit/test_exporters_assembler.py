@@ -1,4 +1,7 @@
-"""core.exporting: outbox envelopes of a real fleet become exactly the spans the state tables imply."""
+"""core.exporting: outbox envelopes of a real fleet become exactly the spans the state tables imply.
+
+The tree is run -> step attempt -> (llm | tool | http unit), with guardrail spans under the attempt.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections import Counter
 import pytest
 
 from fleetforge.adapters.sqlite.store import SqliteStore
-from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan, guardrail_span_id
+from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan, guardrail_span_id, unit_span_id
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.names import EventKind
@@ -39,7 +42,9 @@ def test_one_span_per_run_attempt_and_decision(fleet: SqliteStore, records: list
     decisions = [d for r in runs for d in fleet.get_decisions(r.id)]
     kinds = Counter(s.kind for s in spans)
     assert kinds[SpanKind.RUN] == len(runs)
-    assert kinds[SpanKind.LLM] + kinds[SpanKind.TOOL] + kinds[SpanKind.HTTP] == len(attempts)
+    assert kinds[SpanKind.STEP] == len(attempts)
+    executed = [a for a in attempts if a.status != "denied"]
+    assert kinds[SpanKind.LLM] + kinds[SpanKind.TOOL] + kinds[SpanKind.HTTP] == len(executed) < len(attempts)
     assert kinds[SpanKind.GUARDRAIL] == len(decisions) > 0
     assert asm.open_runs == 0 and asm.oldest_hold() is None
     assert asm.stats.evicted_runs == asm.stats.dropped_attempts == asm.stats.dropped_decisions == 0
@@ -60,13 +65,17 @@ def test_ids_parents_and_times_follow_the_envelopes(fleet: SqliteStore, records:
         parent = by_id[s.parent_span_id or ""]
         assert s.start_us >= parent.start_us
         assert s.lineage[-1] == (parent.span_id, parent.start_us)
+        assert s.end_us <= parent.end_us
         if s.kind is SpanKind.GUARDRAIL:
-            assert parent.kind is not SpanKind.RUN
+            assert parent.kind is SpanKind.STEP and s.start_us == s.end_us
             assert s.span_id in {guardrail_span_id(parent.span_id, s.inputs["hook"], s.inputs["pack"], i)
                                  for i in range(64)}
-        else:
+        elif s.kind is SpanKind.STEP:
             assert s.span_id == attempt_span_id(s.run_id, s.step_id or "", s.attempt)
             assert parent.kind is SpanKind.RUN and s.parent_span_id == run_span_id(s.run_id)
+        else:
+            assert parent.kind is SpanKind.STEP and s.span_id == unit_span_id(parent.span_id)
+            assert s.start_us == parent.start_us
 
 
 def test_usage_and_status_match_the_cost_ledger(fleet: SqliteStore, records: list[OutboxRecord]) -> None:
@@ -77,7 +86,12 @@ def test_usage_and_status_match_the_cost_ledger(fleet: SqliteStore, records: lis
         if s.kind in (SpanKind.RUN, SpanKind.GUARDRAIL):
             continue
         a = attempts[(s.run_id, s.step_id, s.attempt)]
-        assert s.ok == (a.status == "succeeded")
+        if s.kind is not SpanKind.STEP:  # the unit: what ran, timed by the executor
+            assert a.status != "denied" and s.end_us - s.start_us == a.finished_us - a.started_us
+            if a.error_kind != "policy_denied":
+                assert s.ok == (a.status == "succeeded")
+        else:
+            assert s.ok == (a.status == "succeeded")
         assert (s.usage.total_tokens if s.usage else 0) == a.tokens_used
         if s.kind is SpanKind.LLM and a.status == "succeeded":
             assert s.usage is not None

@@ -137,7 +137,8 @@ def test_phoenix_openinference_spans(spans: list[TraceSpan], tmp_path: Path) -> 
         assert (pb.start_time_unix_nano, pb.end_time_unix_nano) == (s.start_us * 1000, s.end_us * 1000)
         assert pb.status.code == (1 if s.ok else 2)
         kind = attrs["openinference.span.kind"]
-        assert kind == {"run": "CHAIN", "llm": "LLM", "tool": "TOOL", "http": "TOOL", "guardrail": "GUARDRAIL"}[s.kind]
+        assert kind == {"run": "CHAIN", "step": "CHAIN", "llm": "LLM", "tool": "TOOL", "http": "TOOL", "agent": "AGENT",
+                        "guardrail": "GUARDRAIL"}[s.kind]
         if kind == "LLM" and s.usage:
             assert attrs["llm.token_count.prompt"] == s.usage.input_tokens
             assert attrs["llm.token_count.completion"] == s.usage.output_tokens

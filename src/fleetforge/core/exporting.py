@@ -1,4 +1,13 @@
-"""Outbox envelopes to canonical trace spans: one span per run, per step attempt and per policy decision.
+"""The one span model: outbox envelopes to platform-neutral spans, rendered by every trace backend.
+
+The tree is run -> step attempt -> (llm | tool | http | agent unit), with each policy decision a
+zero-length guardrail span under its attempt. Ids are the envelopes' own (`trace.trace_id`, the run span
+`run_span_id`, the attempt span `attempt_span_id`); the unit and guardrail span ids derive from the
+attempt's. Times: a run spans its submission to its terminal event; an attempt its `step_started` to its
+terminal event (which commits the post-hook decisions and the budget settlement); the unit spans what
+the executor ran (`step_started` plus the terminal event's `duration_ms`); a decision is a point at its
+event. The OTel SDK renderer (adapters/otel/spans) and the LangSmith, Langfuse and Phoenix encoders
+(adapters/exporters) all render these spans, so every backend shows the same tree with the same times.
 
 A span is complete when its terminal event arrives (run_succeeded/failed/canceled; step_succeeded/
 failed/denied). Until then the assembler keeps what the earlier events said about it, in bounded
@@ -12,12 +21,13 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
 
 from fleetforge.core.ids import run_span_id
 from fleetforge.domain.envelope import Envelope, traceparent
+from fleetforge.domain.models import ErrorKind
 from fleetforge.domain.names import EventKind as K
 from fleetforge.ports.store import OutboxPosition
 
@@ -29,6 +39,7 @@ __all__ = [
     "TraceSpan",
     "Usage",
     "guardrail_span_id",
+    "unit_span_id",
 ]
 
 RUN_TERMINAL: Final = frozenset({K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED})
@@ -46,10 +57,16 @@ class SpanKind(StrEnum):
     """What a span stands for; each platform maps it onto its own types."""
 
     RUN = "run"
+    STEP = "step"  # one attempt of a step
     LLM = "llm"
     TOOL = "tool"
     HTTP = "http"
+    AGENT = "agent"
     GUARDRAIL = "guardrail"
+
+
+UNIT_KINDS: Final = {"llm": SpanKind.LLM, "tool": SpanKind.TOOL, "http": SpanKind.HTTP, "agent": SpanKind.AGENT}
+"""Step type -> the kind of the span of what its attempt executed (a new step type adds one entry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,11 @@ class TraceSpan:
 def guardrail_span_id(attempt_span_id: str, hook: str, pack: str, index: int) -> str:
     """The span id of the `index`-th policy decision of an attempt (stable across replays)."""
     return hashlib.sha256(f"{attempt_span_id}\x00{hook}\x00{pack}\x00{index}".encode()).hexdigest()[:16]
+
+
+def unit_span_id(attempt_span_id: str) -> str:
+    """The span id of what an attempt executed (an llm call, a tool or http call): stable across replays."""
+    return hashlib.sha256(f"{attempt_span_id}\x00tool".encode()).hexdigest()[:16]
 
 
 @dataclass(slots=True)
@@ -328,14 +350,14 @@ class TraceAssembler:
 
     def _finish_attempt(self, run: _Run, att: _Attempt, env: Envelope,
                         position: OutboxPosition) -> list[TraceSpan]:
+        """The attempt's guardrail spans, then its unit span (when it executed), then the attempt span."""
         p = env.payload
         kind = env.kind
-        duration_us = int(float(p.get("duration_ms", 0.0) or 0.0) * 1000)
+        duration_us = round(float(p.get("duration_ms", 0.0) or 0.0) * 1000)
         start = att.started_us if att.started_us is not None else env.occurred_us - duration_us
         start = max(start, run.start_us)
         end = max(env.occurred_us, start)
         step_type = att.step_type or str(p.get("step_type", ""))
-        span_kind = {"llm": SpanKind.LLM, "http": SpanKind.HTTP}.get(step_type, SpanKind.TOOL)
         outputs = {"status": str(kind).removeprefix("step_"),
                    **{k: v for k, v in p.items() if k not in _STEP_COMMON}}
         tokens = int(p.get("tokens", 0) or 0)
@@ -356,9 +378,10 @@ class TraceAssembler:
             message = f"{p.get('error_kind', '')}: {p.get('reason', '')}".strip(": ")
         else:
             message = ""
+        unit_kind = UNIT_KINDS.get(step_type, SpanKind.TOOL)
         tool = str(p.get("tool") or att.metadata.get("tool") or "")
         provider = str(p.get("provider") or att.metadata.get("provider") or "")
-        model = str(p.get("model") or (tool if span_kind is SpanKind.LLM else ""))
+        model = str(p.get("model") or (tool if unit_kind is SpanKind.LLM else ""))
         metadata = {**_base_meta(env, run.trace_id, att.span_id), "step_id": att.step_id, "attempt": att.attempt,
                     "step_type": step_type, "slo_tier": att.slo_tier, **att.metadata}
         for k in ("error_kind", "final", "pack", "recovered_after_ms"):
@@ -371,15 +394,49 @@ class TraceAssembler:
         inputs = {"step_type": step_type, "attempt": att.attempt, **att.inputs}
         lineage = ((run.span_id, run.start_us),)
         span = TraceSpan(
-            kind=span_kind, name=att.step_id, trace_name=_trace_name(run), trace_id=run.trace_id, span_id=att.span_id,
-            parent_span_id=run.span_id, lineage=lineage, start_us=start, end_us=end, ok=ok,
+            kind=SpanKind.STEP, name=att.step_id, trace_name=_trace_name(run), trace_id=run.trace_id,
+            span_id=att.span_id, parent_span_id=run.span_id, lineage=lineage, start_us=start, end_us=end, ok=ok,
             status_message=message[:1000], run_id=run.run_id, step_id=att.step_id, attempt=att.attempt,
             workspace=run.workspace, app=run.app, inputs=inputs, outputs=outputs, metadata=metadata,
             model=model, provider=provider, tool=tool, usage=usage, position=position, hold=run.hold,
         )
-        guards = [self._guardrail(run, att, d, i, (*lineage, (att.span_id, start)), position)
-                  for i, d in enumerate(att.decisions)]
-        return [*guards, span]
+        inner = (*lineage, (att.span_id, start))
+        spans = [self._guardrail(run, att, d, i, inner, position) for i, d in enumerate(att.decisions)]
+        if kind is not K.STEP_DENIED:  # a denied attempt never reached its executor
+            spans.append(self._unit(span, UNIT_KINDS.get(step_type, SpanKind.TOOL), att, inner,
+                                    min(start + duration_us, end), duration_us))
+        spans.append(span)
+        return spans
+
+    @staticmethod
+    def _unit(attempt: TraceSpan, kind: SpanKind, att: _Attempt, lineage: tuple[tuple[str, int], ...],
+              end_us: int, duration_us: int) -> TraceSpan:
+        """The span of what the attempt executed: from its start for the executor's `duration_ms`."""
+        tool_ok = att.metadata.get("tool_ok")
+        if tool_ok is not None:  # tool and http calls report their own outcome
+            ok = bool(tool_ok)
+        else:  # a post-hook denial fails the attempt, not the call
+            ok = attempt.ok or attempt.metadata.get("error_kind") == ErrorKind.POLICY_DENIED
+        span_id = unit_span_id(attempt.span_id)
+        outputs: dict[str, Any] = {"status": "succeeded" if ok else "failed", "latency_ms": duration_us / 1000}
+        u = attempt.usage
+        if u is not None:
+            outputs.update(input_tokens=u.input_tokens, output_tokens=u.output_tokens, total_tokens=u.total_tokens,
+                           cost_usd=u.cost_usd)
+        step_type = str(attempt.metadata.get("step_type", ""))
+        if kind is SpanKind.LLM:
+            name = f"chat {attempt.model}" if attempt.model else "chat"
+            inputs: dict[str, Any] = {"model": attempt.model, "provider": attempt.provider}
+        else:
+            name = f"execute_tool {attempt.tool or step_type}"
+            inputs = {"tool": attempt.tool, "provider": attempt.provider}
+        metadata = {**_base_meta_of(attempt, span_id), "step_id": att.step_id, "attempt": att.attempt,
+                    "step_type": step_type, **inputs}
+        if not ok and "error_kind" in attempt.metadata:
+            metadata["error_kind"] = attempt.metadata["error_kind"]
+        return replace(attempt, kind=kind, name=name, span_id=span_id, parent_span_id=attempt.span_id,
+                       lineage=lineage, end_us=end_us, ok=ok, status_message="" if ok else attempt.status_message,
+                       inputs=inputs, outputs=outputs, metadata=metadata)
 
     def _guardrail(self, run: _Run, att: _Attempt, d: Envelope, index: int,
                    lineage: tuple[tuple[str, int], ...], position: OutboxPosition) -> TraceSpan:
@@ -413,6 +470,11 @@ def _trace_name(run: _Run) -> str:
 def _base_meta(env: Envelope, trace_id: str, span_id: str) -> dict[str, Any]:
     return {"run_id": env.run_id, "workspace": env.workspace, "app": env.app,
             "traceparent": traceparent(trace_id, span_id)}
+
+
+def _base_meta_of(span: TraceSpan, span_id: str) -> dict[str, Any]:
+    return {"run_id": span.run_id, "workspace": span.workspace, "app": span.app,
+            "traceparent": traceparent(span.trace_id, span_id)}
 
 
 def _scalar(value: Any) -> Any:

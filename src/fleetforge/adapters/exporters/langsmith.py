@@ -13,20 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from fleetforge import __version__
 from fleetforge.adapters.exporters.delivery import Request
-from fleetforge.adapters.exporters.settings import ExporterConfig
+from fleetforge.adapters.exporters.spec import Credentials, ExporterConfig, PlatformSpec, missing
 from fleetforge.core.exporting import SpanKind, TraceSpan
 
-__all__ = ["LangSmithPlatform", "dotted_segment", "langsmith_run", "multipart_body", "run_uuid"]
+__all__ = ["SPEC", "LangSmithPlatform", "dotted_segment", "langsmith_run", "multipart_body", "run_uuid"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_RUN_TYPE: Final = {SpanKind.RUN: "chain", SpanKind.LLM: "llm", SpanKind.TOOL: "tool", SpanKind.HTTP: "tool",
-                    SpanKind.GUARDRAIL: "chain"}
+_RUN_TYPE: Final = {SpanKind.RUN: "chain", SpanKind.STEP: "chain", SpanKind.LLM: "llm", SpanKind.TOOL: "tool",
+                    SpanKind.HTTP: "tool", SpanKind.AGENT: "chain", SpanKind.GUARDRAIL: "chain"}
 _PART_FIELDS: Final = ("inputs", "outputs", "events", "extra", "error", "serialized")
 
 
@@ -149,3 +149,37 @@ class LangSmithPlatform:
 
     def problem(self, body: bytes) -> str | None:
         return None
+
+
+def _credentials(env: Mapping[str, str], options: dict[str, str], loopback: bool) -> Credentials | str:
+    key = env.get("LANGSMITH_API_KEY", "")
+    if not key:
+        return missing("LANGSMITH_API_KEY")
+    headers = {"x-api-key": key}
+    if env.get("LANGSMITH_WORKSPACE_ID"):
+        headers["x-tenant-id"] = env["LANGSMITH_WORKSPACE_ID"]
+    dataset = env.get("LANGSMITH_DATASET_ID", "").strip()
+    if dataset:
+        try:
+            options["dataset_id"] = str(uuid.UUID(dataset))
+        except ValueError:
+            return f": LANGSMITH_DATASET_ID: got {dataset!r}, expected a dataset UUID"
+    options["project"] = env.get("LANGSMITH_PROJECT") or options.get("project") or "default"
+    options.setdefault("ingest", "multipart")
+    return Credentials(headers, (key,))
+
+
+def _check_options(options: Mapping[str, Any]) -> str | None:
+    ingest = options.get("ingest")
+    if ingest not in (None, "multipart", "batch"):
+        return f"got options.ingest = {ingest!r}, expected \"multipart\" or \"batch\""
+    return None
+
+
+SPEC: Final = PlatformSpec(
+    name="langsmith", url_var="LANGSMITH_API_URL", default_url="https://api.smith.langchain.com",
+    env=("LANGSMITH_API_KEY", "LANGSMITH_API_URL", "LANGSMITH_DATASET_ID", "LANGSMITH_PROJECT",
+         "LANGSMITH_WORKSPACE_ID"),
+    options={"project": str, "ingest": str}, credentials=_credentials, encoder=LangSmithPlatform,
+    check_options=_check_options,
+)

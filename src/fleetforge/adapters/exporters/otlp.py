@@ -14,18 +14,24 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from fleetforge import __version__
+from fleetforge.adapters.exporters.delivery import Request
+from fleetforge.adapters.exporters.spec import ExporterConfig
 from fleetforge.core.exporting import SpanKind, TraceSpan
 from fleetforge.domain.names import Attr
 
-__all__ = ["CONTENT_TYPE", "SCOPE", "common_attributes", "encode", "json_text", "rejected_spans"]
+__all__ = ["CONTENT_TYPE", "SCOPE", "SERVICE_NAME", "OtlpPlatform", "common_attributes", "encode", "json_text",
+           "rejected_spans"]
 
 CONTENT_TYPE: Final = "application/x-protobuf"
 SCOPE: Final = "fleetforge.exporters"
+SERVICE_NAME: Final = "fleetforge"
 _OTEL_KIND: Final = {
     SpanKind.RUN: Span.SPAN_KIND_INTERNAL,
+    SpanKind.STEP: Span.SPAN_KIND_INTERNAL,
     SpanKind.LLM: Span.SPAN_KIND_CLIENT,
     SpanKind.TOOL: Span.SPAN_KIND_INTERNAL,
     SpanKind.HTTP: Span.SPAN_KIND_CLIENT,
+    SpanKind.AGENT: Span.SPAN_KIND_INTERNAL,
     SpanKind.GUARDRAIL: Span.SPAN_KIND_INTERNAL,
 }
 
@@ -129,3 +135,31 @@ def spans_of(body: bytes) -> Sequence[Span]:
     req = ExportTraceServiceRequest()
     req.ParseFromString(body)
     return [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+class OtlpPlatform:
+    """The OTLP/HTTP platforms' shared behaviour: resource, encoding and partial-success inspection."""
+
+    name = ""
+    path = ""
+
+    def __init__(self, config: ExporterConfig) -> None:
+        self.config = config
+        self.url = config.base_url + self.path
+        self.resource: dict[str, Any] = {"service.name": SERVICE_NAME, "service.version": __version__}
+
+    def prepare(self) -> list[Request]:
+        return []
+
+    def attributes(self, span: TraceSpan) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode(self, spans: Sequence[TraceSpan]) -> Request:
+        body = encode(self.resource, ((s, self.attributes(s)) for s in spans))
+        return Request(self.url, body, {"Content-Type": CONTENT_TYPE}, len(spans))
+
+    def problem(self, body: bytes) -> str | None:
+        count, message = rejected_spans(body)
+        if count:
+            return f"the platform rejected {count} spans of a batch ({message[:200] or 'no reason given'})"
+        return None

@@ -12,25 +12,15 @@ from typing import Any
 import httpx
 from opentelemetry.metrics import Meter
 
-from fleetforge.adapters.exporters.langsmith import LangSmithPlatform
 from fleetforge.adapters.exporters.outbox import OutboxPages
 from fleetforge.adapters.exporters.pipeline import Exporter
-from fleetforge.adapters.exporters.platforms import LangfusePlatform, PhoenixPlatform, Platform
-from fleetforge.adapters.exporters.settings import Discovery, ExporterConfig, discover
+from fleetforge.adapters.exporters.registry import platform_for
+from fleetforge.adapters.exporters.settings import Discovery, discover
 from fleetforge.ports.store import Store
 
 __all__ = ["ExporterSet", "platform_for", "start_exporters"]
 
 log = logging.getLogger("fleetforge.exporters")
-
-
-def platform_for(config: ExporterConfig) -> Platform:
-    """The platform adapter of an exporter config."""
-    if config.name == "langsmith":
-        return LangSmithPlatform(config)
-    if config.name == "langfuse":
-        return LangfusePlatform(config)
-    return PhoenixPlatform(config)
 
 
 class ExporterSet:

@@ -8,17 +8,17 @@ with the reason, and the exporter stays off while everything else runs.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import logging
 import tomllib
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from fleetforge.adapters.exporters.registry import PLATFORMS, known
+from fleetforge.adapters.exporters.spec import Delivery, ExporterConfig, PlatformSpec
 from fleetforge.domain.secrets import redact_url
 
 __all__ = [
@@ -32,22 +32,10 @@ __all__ = [
     "discover",
 ]
 
-KNOWN: Final = ("langfuse", "langsmith", "phoenix")
+KNOWN: Final = tuple(sorted(PLATFORMS))
 DEFAULT_PLUGINS_DIR: Final = Path("plugins")
 ENV_EXPORTERS: Final = "FLEETFORGE_TRACE_EXPORTERS"
 ENV_PLUGINS_DIR: Final = "FLEETFORGE_PLUGINS_DIR"
-
-DEFAULT_URLS: Final = {
-    "langsmith": "https://api.smith.langchain.com",
-    "langfuse": "https://cloud.langfuse.com",
-    "phoenix": "https://app.phoenix.arize.com",
-}
-URL_VARS: Final = {"langsmith": "LANGSMITH_API_URL", "langfuse": "LANGFUSE_BASE_URL", "phoenix": "PHOENIX_BASE_URL"}
-OPTIONS: Final[dict[str, dict[str, type]]] = {
-    "langsmith": {"project": str, "ingest": str},
-    "langfuse": {"environment": str},
-    "phoenix": {"project": str},
-}
 _DELIVERY_KEYS: Final[dict[str, type]] = {
     "batch_size": int, "flush_interval_ms": int, "queue_size": int, "timeout_s": float,
     "max_backoff_s": float, "poll_interval_ms": int, "read_batch": int, "max_open_runs": int,
@@ -59,38 +47,6 @@ _DELIVERY_MAX: Final[dict[str, float]] = {  # sane upper bounds: memory, request
 _TOP_KEYS: Final = ("name", "enabled", "delivery", "options")
 
 log = logging.getLogger("fleetforge.exporters")
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """How one exporter batches, retries and reads (the manifest's `[delivery]` table)."""
-
-    batch_size: int = 100  # spans per request
-    flush_interval_ms: int = 2_000  # a partial batch waits at most this long
-    queue_size: int = 1_000  # finished spans (grouped per attempt or run) waiting for the sender
-    timeout_s: float = 10.0  # per HTTP request
-    max_backoff_s: float = 30.0  # retry delay cap (a longer Retry-After is honoured up to 300 s)
-    poll_interval_ms: int = 500  # outbox poll when caught up
-    read_batch: int = 500  # outbox rows per read
-    max_open_runs: int = 10_000  # runs buffered while their spans are incomplete
-
-
-@dataclass(frozen=True, slots=True)
-class ExporterConfig:
-    """One active exporter: endpoint, auth headers (secret: never printed), options, delivery."""
-
-    name: str
-    manifest: Path
-    base_url: str
-    options: Mapping[str, str]
-    delivery: Delivery
-    headers: Mapping[str, str] = field(repr=False, default_factory=dict)
-    secrets: tuple[str, ...] = field(repr=False, default=())
-
-    @property
-    def consumer(self) -> str:
-        """The outbox cursor name of this exporter."""
-        return f"exporter-{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +91,12 @@ def discover(env: Mapping[str, str], plugins_dir: Path | None = None) -> Discove
     active: list[ExporterConfig] = []
     skipped: list[Skipped] = []
     for name in requested:
-        if name not in KNOWN:
+        spec = PLATFORMS.get(name)
+        if spec is None:
             skipped.append(Skipped(name, f"trace exporter {name!r} named in {ENV_EXPORTERS} is unknown "
-                                         f"(known: {', '.join(KNOWN)}); it stays off"))
+                                         f"(known: {known()}); it stays off"))
             continue
-        result = _configure(name, folder, env)
+        result = _configure(spec, folder, env)
         if isinstance(result, Skipped):
             skipped.append(result)
         else:
@@ -147,7 +104,8 @@ def discover(env: Mapping[str, str], plugins_dir: Path | None = None) -> Discove
     return Discovery(requested, folder, tuple(active), tuple(skipped))
 
 
-def _configure(name: str, folder: Path, env: Mapping[str, str]) -> ExporterConfig | Skipped:
+def _configure(spec: PlatformSpec, folder: Path, env: Mapping[str, str]) -> ExporterConfig | Skipped:
+    name = spec.name
     path = folder / "exporters" / f"{name}.toml"
     if not path.is_file():
         return Skipped(name, f"trace exporter {name!r} is requested but has no manifest at {path}: it stays off "
@@ -157,17 +115,18 @@ def _configure(name: str, folder: Path, env: Mapping[str, str]) -> ExporterConfi
         manifest = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return Skipped(name, f"trace exporter manifest {path} is malformed ({exc}); exporter {name!r} stays off")
-    problem = _manifest_problem(name, manifest)
+    problem = _manifest_problem(spec, manifest)
     if problem is not None:
         return Skipped(name, f"trace exporter manifest {path} is malformed: {problem}; exporter {name!r} stays off")
     if manifest.get("enabled", True) is False:
         return Skipped(name, f"trace exporter {name!r} is disabled by {path} (enabled = false)", warning=False)
     delivery = Delivery(**{k: _DELIVERY_KEYS[k](v) for k, v in (manifest.get("delivery") or {}).items()})
     options = {k: str(v) for k, v in (manifest.get("options") or {}).items()}
-    return _credentials(name, path, env, options, delivery)
+    return _credentials(spec, path, env, options, delivery)
 
 
-def _manifest_problem(name: str, m: dict[str, Any]) -> str | None:
+def _manifest_problem(spec: PlatformSpec, m: dict[str, Any]) -> str | None:
+    name = spec.name
     unknown = sorted(set(m) - set(_TOP_KEYS))
     if unknown:
         return f"unknown key {unknown[0]!r}, expected keys among {', '.join(_TOP_KEYS)}"
@@ -175,7 +134,7 @@ def _manifest_problem(name: str, m: dict[str, Any]) -> str | None:
         return f"got name = {m.get('name')!r}, expected name = \"{name}\""
     if not isinstance(m.get("enabled", True), bool):
         return f"got enabled = {m.get('enabled')!r}, expected true or false"
-    for table, schema in (("delivery", _DELIVERY_KEYS), ("options", OPTIONS[name])):
+    for table, schema in (("delivery", _DELIVERY_KEYS), ("options", spec.options)):
         value = m.get(table, {})
         if not isinstance(value, dict):
             return f"got {table} = {value!r}, expected a [{table}] table"
@@ -194,10 +153,7 @@ def _manifest_problem(name: str, m: dict[str, Any]) -> str | None:
             if not ok:
                 whole = "whole " if kind is int else ""
                 return f"got {table}.{key} = {v!r}, expected a positive {whole}number <= {hi:.0f}"
-    ingest = m.get("options", {}).get("ingest")
-    if name == "langsmith" and ingest not in (None, "multipart", "batch"):
-        return f"got options.ingest = {ingest!r}, expected \"multipart\" or \"batch\""
-    return None
+    return spec.check_options(m.get("options", {})) if spec.check_options is not None else None
 
 
 def check_url(var: str, value: str) -> str:
@@ -225,56 +181,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _credentials(name: str, path: Path, env: Mapping[str, str], options: dict[str, str],
+def _credentials(spec: PlatformSpec, path: Path, env: Mapping[str, str], options: dict[str, str],
                  delivery: Delivery) -> ExporterConfig | Skipped:
-    url_var = URL_VARS[name]
+    name = spec.name
     try:
-        base_url = check_url(url_var, env.get(url_var) or DEFAULT_URLS[name])
+        base_url = check_url(spec.url_var, env.get(spec.url_var) or spec.default_url)
     except ValueError as exc:
         return Skipped(name, f"trace exporter {name!r}: {exc}; it stays off")
-    loopback = _loopback(urlsplit(base_url).hostname or "")
-
-    def missing(*names: str) -> Skipped:
-        return Skipped(name, f"trace exporter {name!r} needs {' and '.join(names)} in the environment "
-                             f"(not set); it stays off")
-
-    headers: dict[str, str] = {}
-    if name == "langsmith":
-        key = env.get("LANGSMITH_API_KEY", "")
-        if not key:
-            return missing("LANGSMITH_API_KEY")
-        headers["x-api-key"] = key
-        if env.get("LANGSMITH_WORKSPACE_ID"):
-            headers["x-tenant-id"] = env["LANGSMITH_WORKSPACE_ID"]
-        dataset = env.get("LANGSMITH_DATASET_ID", "").strip()
-        if dataset:
-            try:
-                options["dataset_id"] = str(uuid.UUID(dataset))
-            except ValueError:
-                return Skipped(name, f"trace exporter 'langsmith': LANGSMITH_DATASET_ID: got {dataset!r}, "
-                                     "expected a dataset UUID; it stays off")
-        options["project"] = env.get("LANGSMITH_PROJECT") or options.get("project") or "default"
-        options.setdefault("ingest", "multipart")
-        secrets: tuple[str, ...] = (key,)
-    elif name == "langfuse":
-        public, secret = env.get("LANGFUSE_PUBLIC_KEY", ""), env.get("LANGFUSE_SECRET_KEY", "")
-        if not public or not secret:
-            return missing(*[v for v, x in (("LANGFUSE_PUBLIC_KEY", public), ("LANGFUSE_SECRET_KEY", secret))
-                             if not x])
-        token = base64.b64encode(f"{public}:{secret}".encode()).decode("ascii")
-        headers["Authorization"] = f"Basic {token}"
-        headers["x-langfuse-ingestion-version"] = "4"
-        headers["x-langfuse-public-key"] = public
-        if env.get("LANGFUSE_TRACING_ENVIRONMENT"):
-            options["environment"] = env["LANGFUSE_TRACING_ENVIRONMENT"]
-        secrets = (secret, token)
-    else:
-        key = env.get("PHOENIX_API_KEY", "")
-        if not key and not loopback:
-            return missing("PHOENIX_API_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-            headers["api_key"] = key
-        options["project"] = env.get("PHOENIX_WORKSPACE") or options.get("project") or "default"
-        secrets = (key,) if key else ()
-    return ExporterConfig(name, path, base_url, options, delivery, headers, secrets)
+    creds = spec.credentials(env, options, _loopback(urlsplit(base_url).hostname or ""))
+    if isinstance(creds, str):
+        return Skipped(name, f"trace exporter {name!r}{creds}; it stays off")
+    return ExporterConfig(name, path, base_url, options, delivery, creds.headers, creds.secrets)
