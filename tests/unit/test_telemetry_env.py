@@ -305,5 +305,5 @@ def test_console_trace_exporter_prints_the_spans(tmp_path: Path, capfd: pytest.C
     run_workload(tmp_path, [BUDGET_RUN], lambda b: (events.extend(b), telemetry.observer(b)))
     telemetry.shutdown()
     out = capfd.readouterr().out
-    assert '"name": "fleetforge.run"' in out
+    assert '"fleetforge.span.kind": "run"' in out
     assert f'"trace_id": "0x{events[0].trace.trace_id}"' in out

@@ -1,5 +1,9 @@
 """Spans derived from a scripted run: the events' own trace and span ids, parentage, timestamps,
-GenAI attributes, tool spans and policy decisions as span events (SDK InMemorySpanExporter)."""
+GenAI attributes on the unit spans and policy decisions as guardrail spans (SDK InMemorySpanExporter).
+
+The tree is the one span model's (core/exporting): run -> step attempt -> llm | tool | http unit, with
+guardrail spans under the attempt.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fleetforge.adapters.otel import EventIdGenerator, SpanRecorder, Telemetry
-from fleetforge.adapters.otel.spans import tool_span_id
+from fleetforge.core.exporting import unit_span_id
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError
@@ -67,9 +71,14 @@ def h(value: str) -> int:
     return int(value, 16)
 
 
+def kind(span: ReadableSpan) -> str:
+    assert span.attributes is not None
+    return str(span.attributes["fleetforge.span.kind"])
+
+
 def test_one_root_span_per_run_with_the_events_ids(captured: Captured) -> None:
     terminal = [e for e in captured.events if e.kind in (K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED)]
-    runs = [s for s in captured.spans if s.name == "fleetforge.run"]
+    runs = [s for s in captured.spans if kind(s) == "run"]
     assert len(runs) == len(terminal) == 5
     for e in terminal:
         span = next(s for s in runs if s.context.span_id == h(run_span_id(e.run_id)))
@@ -91,7 +100,7 @@ def test_one_child_span_per_attempt_with_the_events_ids(captured: Captured) -> N
         assert span.context.trace_id == h(e.trace.trace_id)
         assert span.parent is not None and span.parent.span_id == h(run_span_id(e.run_id))
         assert span.attributes["attempt"] == e.attempt and span.attributes["step_id"] == e.step_id
-    attempt_spans = [s for s in captured.spans if s.name != "fleetforge.run" and not s.name.startswith("execute_tool")]
+    attempt_spans = [s for s in captured.spans if kind(s) == "step"]
     assert len(attempt_spans) == len(ends)
 
 
@@ -110,14 +119,17 @@ def test_attempt_spans_take_their_times_from_the_events(captured: Captured) -> N
         end = next(e for e in captured.events if e.kind in (K.STEP_SUCCEEDED, K.STEP_FAILED)
                    and (e.run_id, e.step_id, e.attempt) == (start.run_id, start.step_id, start.attempt))
         span = spans[h(start.trace.span_id)]
-        assert span.start_time == start.occurred_us * 1000
-        assert span.end_time - span.start_time == round(end.payload["duration_ms"] * 1000) * 1000
+        assert span.start_time == start.occurred_us * 1000 and span.end_time == end.occurred_us * 1000
         assert span.attributes["worker"] == "w1"
+        unit = spans[h(unit_span_id(start.trace.span_id))]  # what the executor ran, timed by it
+        assert unit.start_time == span.start_time
+        assert unit.end_time - unit.start_time == round(end.payload["duration_ms"] * 1000) * 1000
 
 
 def test_llm_attempts_carry_genai_attributes(captured: Captured) -> None:
     for e in [e for e in captured.events if e.kind is K.STEP_SUCCEEDED and e.payload["step_type"] == "llm"]:
-        span = captured.by_id()[h(e.trace.span_id)]
+        span = captured.by_id()[h(unit_span_id(e.trace.span_id))]
+        assert span.parent is not None and span.parent.span_id == h(e.trace.span_id)
         assert span.name == "chat sim-small" and span.kind is SpanKind.CLIENT
         assert span.attributes["gen_ai.operation.name"] == "chat"
         assert span.attributes["gen_ai.provider.name"] == "sim"
@@ -131,32 +143,33 @@ def test_tool_steps_get_a_tool_span_under_their_attempt(captured: Captured) -> N
     assert {e.payload["tool"] for e in calls} == {"calculator", "weather"}
     spans = captured.by_id()
     for e in calls:
-        span = spans[h(tool_span_id(e.trace.span_id))]
+        span = spans[h(unit_span_id(e.trace.span_id))]
         assert span.name == f"execute_tool {e.payload['tool']}"
         assert span.parent is not None and span.parent.span_id == h(e.trace.span_id)
         assert span.context.trace_id == h(e.trace.trace_id)
         assert span.attributes["gen_ai.operation.name"] == "execute_tool"
         assert span.attributes["gen_ai.tool.name"] == e.payload["tool"]
         attempt = spans[h(e.trace.span_id)]
-        assert attempt.name == f"step {e.step_id}" and attempt.end_time == span.end_time
+        assert attempt.name == e.step_id and attempt.start_time <= span.start_time
+        assert span.end_time <= attempt.end_time == e.occurred_us * 1000
 
 
-def test_policy_decisions_are_span_events_with_verdict_and_raw_result(captured: Captured) -> None:
+def test_policy_decisions_are_guardrail_spans_with_verdict_and_raw_result(captured: Captured) -> None:
     decisions = [e for e in captured.events if e.kind is K.POLICY_DECISION]
-    spans = captured.by_id()
+    guards = [s for s in captured.spans if kind(s) == "guardrail"]
+    assert len(guards) == len(decisions)
     for d in decisions:
-        span = spans[h(d.trace.span_id)]
-        match = [ev for ev in span.events if ev.name == "policy_decision" and ev.timestamp == d.occurred_us * 1000
-                 and ev.attributes["hook"] == d.payload["hook"]]
+        match = [g for g in guards if g.parent is not None and g.parent.span_id == h(d.trace.span_id)
+                 and g.start_time == g.end_time == d.occurred_us * 1000 and g.attributes["hook"] == d.payload["hook"]]
         assert len(match) == 1
         attrs = match[0].attributes
         assert attrs["effect"] == d.payload["effect"] and attrs["effect"] in ("allow", "deny", "modify")
-        assert attrs["pack"] == d.payload["pack"]
+        assert attrs["pack"] == d.payload["pack"] and match[0].name == d.payload["pack"]
         assert json.loads(str(attrs["raw"])) == d.payload["raw"]
     assert "modify" in {d.payload["effect"] for d in decisions}  # the PII run's e-mail was redacted
 
 
-def test_failed_attempts_are_errors_with_their_retry_as_an_event(captured: Captured) -> None:
+def test_failed_attempts_are_errors_that_say_whether_a_retry_follows(captured: Captured) -> None:
     failures = [e for e in captured.events if e.kind is K.STEP_FAILED]
     assert sorted((e.step_id, e.attempt, e.payload["final"]) for e in failures) == [
         ("f1", 1, False), ("f1", 2, True), ("f3", 1, False)]
@@ -165,7 +178,8 @@ def test_failed_attempts_are_errors_with_their_retry_as_an_event(captured: Captu
         span = spans[h(f.trace.span_id)]
         assert span.status.status_code is StatusCode.ERROR
         assert span.attributes["error.type"] == "http_5xx"
-        assert ("step_retry_scheduled" in [ev.name for ev in span.events]) is (not f.payload["final"])
+        assert span.attributes["final"] is f.payload["final"]
+        assert [ev.name for ev in span.events] == ["exception"]
 
 
 def test_denied_attempts_and_failed_runs_are_errors(captured: Captured) -> None:
@@ -198,7 +212,7 @@ def test_open_attempts_are_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixt
     starts = [e for e in events if e.kind is K.STEP_STARTED]
     recorder.record(starts)
     assert recorder.open_attempts == 2
-    assert "more than 2 attempts open" in caplog.text
+    assert "more than 2 attempts open in a run" in caplog.text
 
 
 def test_budget_reservations_and_settlements_are_attempt_attributes(captured: Captured) -> None:

@@ -212,6 +212,11 @@ class TraceAssembler:
         return None
 
     @property
+    def open_attempts(self) -> int:
+        """Attempts seen without their terminal event yet, over every open run."""
+        return sum(len(r.attempts) for r in self._runs.values())
+
+    @property
     def last_position(self) -> OutboxPosition:
         """Position of the last envelope fed."""
         return self._last
