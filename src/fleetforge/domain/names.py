@@ -234,6 +234,7 @@ class Attr(StrEnum):
     TOOL_PROVIDER = "fleetforge.tool.provider"
     BUDGET_TOKENS_RESERVED = "fleetforge.budget.tokens_reserved"
     BUDGET_TOKENS_LEFT = "fleetforge.budget.tokens_left"
+    FINAL = "final"  # a failed attempt with no retry after it
     SPAN_KIND = "fleetforge.span.kind"  # run | step | llm | tool | http | agent | guardrail
 
 

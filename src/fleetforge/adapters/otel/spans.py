@@ -125,7 +125,7 @@ def otel_attributes(span: TraceSpan) -> dict[str, AttributeValue]:
             attrs[_BUDGET_TOKENS_RESERVED] = int(span.inputs.get("tokens_reserved", 0))
             attrs[_BUDGET_TOKENS_LEFT] = int(meta.get("tokens_remaining", 0))
         if "final" in meta:
-            attrs["final"] = bool(meta["final"])
+            attrs[str(Attr.FINAL)] = bool(meta["final"])
     elif kind is Kind.LLM:
         attrs[_GENAI_OPERATION] = "chat"
         if span.provider:
@@ -136,10 +136,11 @@ def otel_attributes(span: TraceSpan) -> dict[str, AttributeValue]:
             attrs[_GENAI_INPUT_TOKENS] = span.usage.input_tokens
             attrs[_GENAI_OUTPUT_TOKENS] = span.usage.output_tokens
     elif kind is Kind.GUARDRAIL:
-        for key in ("pack", "hook"):
-            attrs[key] = str(span.inputs.get(key, ""))
-        for key in ("effect", "reason", "raw"):
-            attrs[key] = _scalar(span.outputs.get(key) if span.outputs.get(key) is not None else "")
+        for key in (Attr.PACK, Attr.HOOK):
+            attrs[str(key)] = str(span.inputs.get(key, ""))
+        for key in (Attr.EFFECT, Attr.REASON, Attr.RAW):
+            value = span.outputs.get(key)
+            attrs[str(key)] = _scalar(value if value is not None else "")
     elif kind is not Kind.RUN:  # tool, http, agent units
         attrs[_GENAI_OPERATION] = "execute_tool"
         attrs[_GENAI_TOOL_NAME] = span.tool
