@@ -125,7 +125,8 @@ def retention_checks(store: Store, *, lag_limit_s: float | None = None, now_us: 
     from dataclasses import replace
 
     from fleetforge.adapters.cli.retention import settings_from_env
-    from fleetforge.core.retention import Retention, format_duration
+    from fleetforge.core.retention import Retention
+    from fleetforge.domain.envparse import format_duration
 
     try:
         settings = settings_from_env()
