@@ -19,6 +19,7 @@ from typing import Any, Final
 from fleetforge.core.ids import run_span_id
 from fleetforge.domain.envelope import Envelope, traceparent
 from fleetforge.domain.names import EventKind as K
+from fleetforge.domain.steptypes import STEP_TYPES, step_type_spec
 from fleetforge.ports.store import OutboxPosition
 
 __all__ = [
@@ -335,7 +336,7 @@ class TraceAssembler:
         start = max(start, run.start_us)
         end = max(env.occurred_us, start)
         step_type = att.step_type or str(p.get("step_type", ""))
-        span_kind = {"llm": SpanKind.LLM, "http": SpanKind.HTTP}.get(step_type, SpanKind.TOOL)
+        span_kind = SpanKind(step_type_spec(step_type).span_kind) if step_type in STEP_TYPES else SpanKind.TOOL
         outputs = {"status": str(kind).removeprefix("step_"),
                    **{k: v for k, v in p.items() if k not in _STEP_COMMON}}
         tokens = int(p.get("tokens", 0) or 0)
