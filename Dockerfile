@@ -17,8 +17,7 @@ COPY plugins ./plugins
 COPY examples ./examples
 
 # The installed package finds the repository files through these.
-ENV FLEETFORGE_CLICKHOUSE_SQL_DIR=/app/deploy/clickhouse \
-    FLEETFORGE_DASHBOARDS_DIR=/app/deploy/otel/dashboards \
+ENV FLEETFORGE_DASHBOARDS_DIR=/app/deploy/otel/dashboards \
     FLEETFORGE_COMPOSE_FILE=/app/deploy/compose/docker-compose.yaml \
     FLEETFORGE_DATA_DIR=/data \
     OTEL_EXPORTER_PROMETHEUS_HOST=0.0.0.0

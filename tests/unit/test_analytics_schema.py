@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fleetforge.adapters.clickhouse.chdb_backend import clean_text, param_text
-from fleetforge.adapters.clickhouse.sqlfiles import migrations, split_statements, sql_dir, view_definitions, views_sql
+from fleetforge.adapters.clickhouse.schema import migrations, view_definitions, views_sql
+from fleetforge.adapters.sqlfiles import split_statements
 from fleetforge.core.analytics.schema import (
     SCOPE_TABLES,
     column_type,
@@ -50,7 +51,7 @@ def test_the_first_migration_is_the_rendering_of_the_catalog() -> None:
     first = migrations()[0]
     assert first.version == 1
     assert first.sql == render_raw_migration(), (
-        "deploy/clickhouse/migrations/0001_raw_events.sql differs from the catalog's rendering: "
+        "src/fleetforge/adapters/clickhouse/migrations/0001_raw_events.sql differs from the catalog's rendering: "
         "`python -m fleetforge.core.analytics.schema` renders it; once applied anywhere, add a new "
         "migration instead of changing 0001")
 
@@ -96,12 +97,17 @@ def test_split_statements_ignores_semicolons_in_quotes_and_comments() -> None:
     assert split_statements(sql) == ["SELECT 'a;b', \"c;d\"  FROM t", "SELECT 'it\\'s; fine'", "SELECT 3"]
 
 
-def test_sql_dir_follows_the_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "materialized_views.sql").write_text("SELECT 1;")
-    monkeypatch.setenv("FLEETFORGE_CLICKHOUSE_SQL_DIR", str(tmp_path))
-    assert sql_dir() == tmp_path
-    monkeypatch.delenv("FLEETFORGE_CLICKHOUSE_SQL_DIR")
-    assert (sql_dir() / "migrations" / "0001_raw_events.sql").is_file()
+def test_deploy_clickhouse_holds_the_packaged_sql_unchanged() -> None:
+    """deploy/clickhouse/ is what the guide names; the package ships the same bytes."""
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse"
+    package = Path(__file__).resolve().parents[2] / "src" / "fleetforge" / "adapters" / "clickhouse"
+    files = [Path("materialized_views.sql")] + [p.relative_to(deploy) for p in (deploy / "migrations").glob("*.sql")]
+    packaged = {p.relative_to(package) for p in [package / "materialized_views.sql", *package.glob("migrations/*.sql")]}
+    assert set(files) == packaged
+    for rel in files:
+        assert (deploy / rel).read_bytes() == (package / rel).read_bytes(), (
+            f"deploy/clickhouse/{rel} and src/fleetforge/adapters/clickhouse/{rel} differ: "
+            f"edit deploy/clickhouse/{rel}, then `cp deploy/clickhouse/{rel} src/fleetforge/adapters/clickhouse/{rel}`")
 
 
 @pytest.mark.parametrize("value,text", [

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fleetforge.adapters.cli.retention import settings_from_env
-from fleetforge.core.retention import DEFAULT_SETTINGS, RetentionSettings, format_duration, parse_duration
+from fleetforge.core.retention import DEFAULT_SETTINGS, RetentionSettings
+from fleetforge.domain.envparse import duration as parse_duration
+from fleetforge.domain.envparse import format_duration
 from fleetforge.domain.errors import ConfigError
 
 

@@ -29,6 +29,7 @@ from fleetforge.core.ids import run_span_id
 from fleetforge.domain.envelope import Envelope, traceparent
 from fleetforge.domain.models import ErrorKind
 from fleetforge.domain.names import EventKind as K
+from fleetforge.domain.steptypes import STEP_TYPES, step_type_spec
 from fleetforge.ports.store import OutboxPosition
 
 __all__ = [
@@ -65,8 +66,11 @@ class SpanKind(StrEnum):
     GUARDRAIL = "guardrail"
 
 
-UNIT_KINDS: Final = {"llm": SpanKind.LLM, "tool": SpanKind.TOOL, "http": SpanKind.HTTP, "agent": SpanKind.AGENT}
-"""Step type -> the kind of the span of what its attempt executed (a new step type adds one entry)."""
+
+
+def unit_kind(step_type: str) -> SpanKind:
+    """The kind of the span of what an attempt of `step_type` executed, from the step-type registry."""
+    return SpanKind(step_type_spec(step_type).span_kind) if step_type in STEP_TYPES else SpanKind.TOOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,10 +387,10 @@ class TraceAssembler:
             message = f"{p.get('error_kind', '')}: {p.get('reason', '')}".strip(": ")
         else:
             message = ""
-        unit_kind = UNIT_KINDS.get(step_type, SpanKind.TOOL)
+        kind_of_unit = unit_kind(step_type)
         tool = str(p.get("tool") or att.metadata.get("tool") or "")
         provider = str(p.get("provider") or att.metadata.get("provider") or "")
-        model = str(p.get("model") or (tool if unit_kind is SpanKind.LLM else ""))
+        model = str(p.get("model") or (tool if kind_of_unit is SpanKind.LLM else ""))
         metadata = {**_base_meta(env, run.trace_id, att.span_id), "step_id": att.step_id, "attempt": att.attempt,
                     "step_type": step_type, "slo_tier": att.slo_tier, **att.metadata}
         for k in ("error_kind", "final", "pack", "recovered_after_ms"):
@@ -408,7 +412,7 @@ class TraceAssembler:
         inner = (*lineage, (att.span_id, start))
         spans = [self._guardrail(run, att, d, i, inner, position) for i, d in enumerate(att.decisions)]
         if kind is not K.STEP_DENIED:  # a denied attempt never reached its executor
-            spans.append(self._unit(span, UNIT_KINDS.get(step_type, SpanKind.TOOL), att, inner,
+            spans.append(self._unit(span, kind_of_unit, att, inner,
                                     min(start + duration_us, end), duration_us))
         spans.append(span)
         return spans

@@ -17,7 +17,6 @@ Rules (docs/retention.md):
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from fleetforge.core.budgets import run_scope
+from fleetforge.domain.envparse import format_duration
 from fleetforge.domain.errors import ConfigError, StoreError
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import RetentionStore
@@ -39,8 +39,6 @@ __all__ = [
     "RetentionReport",
     "RetentionService",
     "RetentionSettings",
-    "format_duration",
-    "parse_duration",
 ]
 
 log = logging.getLogger("fleetforge.retention")
@@ -51,44 +49,6 @@ COMPANION_SUFFIX: Final = ".delivered"
 """Trace exporters keep a second cursor `<name>.delivered` (always ahead of `<name>`); it is not reported
 on its own and is forgotten with its reader."""
 UNBOUNDED: Final[OutboxPosition] = (2**63 - 1, 2**63 - 1)
-
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
-_OFF: Final = frozenset({"0", "off", "never", "forever", "none"})
-
-
-def parse_duration(text: str, name: str, *, allow_off: bool = True) -> float | None:
-    """Seconds from `90s`, `15m`, `1h`, `7d`, `2w`, `250ms` or a bare number of seconds.
-
-    `0`, `off` (also `never`, `forever`, `none`) give None (keep forever) when `allow_off`; otherwise
-    a positive duration is required. Raises ConfigError naming `name`, the value and the forms.
-    """
-    raw = text.strip().lower()
-    if raw in _OFF:
-        if allow_off:
-            return None
-        raise ConfigError(f"{name}: got {text!r}, expected a positive duration such as 90s, 15m, 1h, 7d")
-    m = _DURATION.match(raw)
-    if m is None:
-        forms = "a duration such as 90s, 15m, 1h, 7d (or 0/off to keep forever)" if allow_off else \
-            "a positive duration such as 90s, 15m, 1h, 7d"
-        raise ConfigError(f"{name}: got {text!r}, expected {forms}")
-    seconds = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
-    if seconds <= 0:
-        return parse_duration("0", name, allow_off=allow_off)
-    return seconds
-
-
-def format_duration(seconds: float | None) -> str:
-    """`1h`, `7d`, `90s`... (`off` for None): the shortest exact form."""
-    if seconds is None:
-        return "off"
-    for unit in ("d", "h", "m", "s"):
-        n = seconds / _UNITS[unit]
-        if n >= 1 and n == int(n):
-            return f"{int(n)}{unit}"
-    return f"{seconds:g}s"
-
 
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:

@@ -13,7 +13,7 @@ from fleetforge.core.submit import build_run
 from fleetforge.core.worker import Observer, Worker
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import NotFoundError
-from fleetforge.domain.models import RunSpec, StepType
+from fleetforge.domain.models import RunSpec
 from fleetforge.domain.spec import parse_spec, spec_to_dict
 from fleetforge.domain.stored_spec import parse_stored_spec
 from fleetforge.ports.clock import Clock, SystemClock
@@ -31,7 +31,7 @@ class Runtime:
         self,
         store: Store,
         *,
-        executors: dict[StepType, Executor],
+        executors: dict[str, Executor],
         packs: Mapping[str, PolicyPack],
         config: RuntimeConfig | None = None,
         clock: Clock | None = None,

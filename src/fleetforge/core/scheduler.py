@@ -157,7 +157,7 @@ class Scheduler:
     def __init__(
         self,
         *,
-        executors: Mapping[StepType, Executor],
+        executors: Mapping[str, Executor],
         packs: Mapping[str, PolicyPack],
         parse: Callable[[Mapping[str, Any]], RunSpec],
         config: RuntimeConfig | None = None,

@@ -19,7 +19,7 @@ from fleetforge.core.scheduler import Claim, Outcome, Scheduler
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError
 from fleetforge.domain.jsontext import fits
-from fleetforge.domain.models import ErrorKind, StepType
+from fleetforge.domain.models import ErrorKind
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.executor import ExecutionContext, Executor, StepFailure
 from fleetforge.ports.store import Store
@@ -39,7 +39,7 @@ class Worker:
         self,
         store: Store,
         scheduler: Scheduler,
-        executors: dict[StepType, Executor],
+        executors: dict[str, Executor],
         *,
         worker_id: str,
         concurrency: int = 16,

@@ -127,7 +127,7 @@ class PolicySpec:
 @dataclass(frozen=True, slots=True)
 class StepSpec:
     id: str
-    type: StepType
+    type: str  # a StepType member for the built-in types (domain.steptypes registers them)
     inputs: dict[str, Any] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
@@ -167,7 +167,7 @@ class RunRow:
 class StepRow:
     run_id: str
     step_id: str
-    type: StepType
+    type: str  # a StepType member for the built-in types (domain.steptypes registers them)
     status: StepStatus
     spec: dict[str, Any]
     attempt: int  # attempts started so far

@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -31,6 +30,7 @@ from fleetforge.domain.models import (
     StepType,
 )
 from fleetforge.domain.money import MAX_USD
+from fleetforge.domain.steptypes import STEP_TYPES, StepTypeSpec, canonical
 
 __all__ = [
     "MAX_DEPTH",
@@ -59,8 +59,6 @@ _DAY_MS: Final = 86_400_000
 _SHOW_MAX: Final = 60
 _KNOWN_MAX: Final = 20
 _EMPTY: Final = "an empty document, expected a mapping with a 'steps' list"
-_HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
-_STEP_TYPES: Final = ", ".join(t.value for t in StepType)
 
 _TOP_KEYS: Final = ("app", "budget", "labels", "packs", "seed", "steps", "workspace")
 _STEP_KEYS: Final = ("depends_on", "execution", "id", "inputs", "policy", "type")
@@ -297,15 +295,18 @@ def _encoded_len(value: object) -> int:
 # -- data -> RunSpec ----------------------------------------------------------------------------
 
 
-def parse_spec(data: Mapping[str, Any], *, packs: Mapping[str, PackValidator]) -> RunSpec:
+def parse_spec(
+    data: Mapping[str, Any], *, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec] = STEP_TYPES
+) -> RunSpec:
     """Validate `data` into a `RunSpec`; raise one `SpecError` listing every problem found.
 
-    `packs` maps each known guardrail pack name to the validator of its options.
+    `packs` maps each known guardrail pack name to the validator of its options; `step_types` each
+    step type to its input check (domain.steptypes).
     """
     problem = _shape_problem(data)
     if problem is not None:
         raise SpecError([problem])
-    check = _Checker(packs)
+    check = _Checker(packs, step_types)
     top = check.mapping(data, "", "a mapping with a 'steps' list", _TOP_KEYS)
     if top is None:
         raise SpecError(check.problems)
@@ -379,8 +380,9 @@ def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str] | None:
 class _Checker:
     """Builds spec parts from raw data; records problems instead of raising."""
 
-    def __init__(self, packs: Mapping[str, PackValidator]) -> None:
+    def __init__(self, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec]) -> None:
         self.validators = packs
+        self.step_types = step_types
         self.problems: list[str] = []
 
     def bad(self, path: str, value: object, expected: str) -> None:
@@ -563,13 +565,14 @@ class _Checker:
         sid = self.name(m["id"], f"{path}.id") if "id" in m else ""
         if "id" not in m:
             self.missing(f"{path}.id", _NAME_TEXT)
-        stype: StepType | None = None
+        stype: str | None = None
+        types = f"one of {', '.join(self.step_types)}"
         if "type" not in m:
-            self.missing(f"{path}.type", f"one of {_STEP_TYPES}")
-        elif isinstance(m["type"], str) and m["type"] in tuple(StepType):
-            stype = StepType(m["type"])
+            self.missing(f"{path}.type", types)
+        elif isinstance(m["type"], str) and m["type"] in self.step_types:
+            stype = canonical(m["type"])
         else:
-            self.bad(f"{path}.type", m["type"], f"one of {_STEP_TYPES}")
+            self.bad(f"{path}.type", m["type"], types)
         return StepSpec(
             id=sid,
             type=stype or StepType.LLM,
@@ -596,49 +599,14 @@ class _Checker:
                 out.append(dep)
         return tuple(out)
 
-    def inputs(self, value: object, path: str, stype: StepType | None) -> dict[str, Any]:
+    def inputs(self, value: object, path: str, stype: str | None) -> dict[str, Any]:
         m = self.mapping(value, path, "a mapping")
         inputs: dict[str, Any] = {key: self.plain(item, f"{path}.{key}") for key, item in (m or {}).items()}
         if m is None:
             return inputs
-        if stype is StepType.LLM:
-            if "prompt" in inputs and "messages" in inputs:
-                self.problems.append(f"{path}: got both prompt and messages, expected exactly one of them")
-            elif "messages" in inputs:
-                self.messages(inputs["messages"], f"{path}.messages")
-            else:
-                expected = "a string (or inputs.messages: a list of {role, content})"
-                self.text(inputs, "prompt", path, expected, nonempty=False)
-        elif stype is StepType.TOOL:
-            self.text(inputs, "tool", path, "a tool name (a non-empty string)")
-        elif stype is StepType.HTTP:
-            self.http_inputs(inputs, path)
+        if stype is not None:
+            self.step_types[stype].validate(self, inputs, path)
         return inputs
-
-    def messages(self, value: object, path: str) -> None:
-        if not isinstance(value, list) or not value:
-            self.bad(path, value, "a non-empty list of {role, content} mappings")
-            return
-        for index, item in enumerate(value):
-            if not isinstance(item, dict):
-                self.bad(f"{path}[{index}]", item, "a mapping with role and content")
-                continue
-            self.text(item, "role", f"{path}[{index}]", "a non-empty string such as 'user'")
-            self.text(item, "content", f"{path}[{index}]", "a string", nonempty=False)
-
-    def http_inputs(self, inputs: dict[str, Any], path: str) -> None:
-        expected = "an http:// or https:// URL with a host"
-        url = inputs.get("url")
-        try:
-            parts = urlsplit(url) if isinstance(url, str) else None
-        except ValueError:
-            parts = None
-        if "url" not in inputs:
-            self.missing(f"{path}.url", expected)
-        elif parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            self.bad(f"{path}.url", url, expected)
-        if "method" in inputs and inputs["method"] not in _HTTP_METHODS:
-            self.bad(f"{path}.method", inputs["method"], f"one of {', '.join(_HTTP_METHODS)}")
 
     def execution(self, value: object, path: str) -> ExecutionSpec:
         m = self.mapping(value, path, "a mapping of execution settings", _EXECUTION_KEYS) or {}
@@ -717,7 +685,7 @@ def _step_dict(step: StepSpec) -> dict[str, Any]:
     policy["packs"] = [{"name": pack.name, **_copy(pack.options)} for pack in step.policy.packs]
     return {
         "id": step.id,
-        "type": step.type.value,
+        "type": str(step.type),
         "inputs": _copy(step.inputs),
         "depends_on": list(step.depends_on),
         "execution": execution,

@@ -19,9 +19,9 @@ from fleetforge.domain.models import (
     RunSpec,
     SloSpec,
     StepSpec,
-    StepType,
 )
 from fleetforge.domain.spec import PackValidator, parse_spec
+from fleetforge.domain.steptypes import canonical
 
 __all__ = ["parse_stored_spec"]
 
@@ -150,7 +150,7 @@ def _canonical_step(raw: object, packs: Mapping[str, PackValidator]) -> StepSpec
             _remember(_POLICIES, slo_key, policy_spec)
     return StepSpec(
         id=_str(raw["id"]),
-        type=StepType(raw["type"]),
+        type=canonical(str(raw["type"])),
         inputs={_str(k): _copy(v) for k, v in inputs.items()},
         depends_on=tuple(_str(d) for d in deps),
         execution=execution,

@@ -60,7 +60,7 @@ def _since(value: str | None) -> dt.datetime | None:
 
 @analytics_app.command("apply")
 def apply_cmd(ctx: typer.Context, data_dir: DataDirOpt = None, clickhouse_url: UrlOpt = None) -> None:
-    """Create or upgrade the analytics schema: migrations, then deploy/clickhouse/materialized_views.sql."""
+    """Create or upgrade the analytics schema: migrations, then materialized_views.sql."""
     with guard(), _store(ctx, data_dir, clickhouse_url) as store:
         report = apply_schema(store)
     for warning in report.warnings:

@@ -52,7 +52,7 @@ def _latest(backend: str) -> int:
     from fleetforge.adapters.sqlfiles import migrations
 
     package = "fleetforge.adapters.postgres" if backend == "postgres" else "fleetforge.adapters.sqlite"
-    return max((v for v, _, _ in migrations(package)), default=0)
+    return max((m.version for m in migrations(package)), default=0)
 
 
 def _open_store(url: str | None, data_dir: Path | None) -> tuple[Store | None, str, Check | None]:
@@ -125,7 +125,8 @@ def retention_checks(store: Store, *, lag_limit_s: float | None = None, now_us: 
     from dataclasses import replace
 
     from fleetforge.adapters.cli.retention import settings_from_env
-    from fleetforge.core.retention import Retention, format_duration
+    from fleetforge.core.retention import Retention
+    from fleetforge.domain.envparse import format_duration
 
     try:
         settings = settings_from_env()
@@ -206,8 +207,7 @@ def _broker_checks(config: Path | None) -> tuple[list[Check], bool]:
 
 
 def _expected_objects() -> tuple[list[str], list[str], list[str]]:
-    from fleetforge.adapters.clickhouse.schema import derived_tables
-    from fleetforge.adapters.clickhouse.sqlfiles import view_definitions, views_sql
+    from fleetforge.adapters.clickhouse.schema import derived_tables, view_definitions, views_sql
 
     raw = ["telemetry.run_events", "telemetry.step_events"]
     views = [v.view for v in view_definitions(views_sql())]

@@ -26,9 +26,9 @@ from fleetforge.core.retention import (
     RetentionReport,
     RetentionService,
     RetentionSettings,
-    format_duration,
-    parse_duration,
 )
+from fleetforge.domain import envparse
+from fleetforge.domain.envparse import format_duration
 from fleetforge.domain.errors import ConfigError, NotFoundError
 from fleetforge.ports.retention import RetentionStore
 from fleetforge.ports.store import Store
@@ -46,28 +46,25 @@ _D = DEFAULT_SETTINGS
 
 
 def _settings(outbox: str, runs: str, lag: str, interval: str, batch: int) -> RetentionSettings:
-    interval_s = parse_duration(interval, ENV["interval"], allow_off=False)
-    lag_s = parse_duration(lag, ENV["lag"], allow_off=False)
+    interval_s = envparse.duration(interval, ENV["interval"], allow_off=False)
+    lag_s = envparse.duration(lag, ENV["lag"], allow_off=False)
     assert interval_s is not None and lag_s is not None
     if batch < 1:
         raise ConfigError(f"{ENV['batch']}: got {batch}, expected a whole number >= 1")
-    return RetentionSettings(outbox_window_s=parse_duration(outbox, ENV["outbox"]),
-                             run_window_s=parse_duration(runs, ENV["runs"]), reader_lag_limit_s=lag_s,
+    return RetentionSettings(outbox_window_s=envparse.duration(outbox, ENV["outbox"]),
+                             run_window_s=envparse.duration(runs, ENV["runs"]), reader_lag_limit_s=lag_s,
                              interval_s=interval_s, batch=batch)
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> RetentionSettings:
     """RetentionSettings from the FLEETFORGE_* variables in ENV (defaults where unset)."""
     e = os.environ if env is None else env
-    raw_batch = e.get(ENV["batch"], "").strip()
-    try:
-        batch = int(raw_batch) if raw_batch else _D.batch
-    except ValueError:
-        raise ConfigError(f"{ENV['batch']}: got {raw_batch!r}, expected a whole number >= 1") from None
-    return _settings(e.get(ENV["outbox"], "").strip() or format_duration(_D.outbox_window_s),
-                     e.get(ENV["runs"], "").strip() or format_duration(_D.run_window_s),
-                     e.get(ENV["lag"], "").strip() or format_duration(_D.reader_lag_limit_s),
-                     e.get(ENV["interval"], "").strip() or format_duration(_D.interval_s), batch)
+    raw_batch = envparse.value(e, ENV["batch"])
+    batch = _D.batch if raw_batch is None else envparse.integer(raw_batch, ENV["batch"], lo=1)
+    return _settings(envparse.value(e, ENV["outbox"]) or format_duration(_D.outbox_window_s),
+                     envparse.value(e, ENV["runs"]) or format_duration(_D.run_window_s),
+                     envparse.value(e, ENV["lag"]) or format_duration(_D.reader_lag_limit_s),
+                     envparse.value(e, ENV["interval"]) or format_duration(_D.interval_s), batch)
 
 
 def service_from_env(store: Store, holder: str) -> RetentionService:

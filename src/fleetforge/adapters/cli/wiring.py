@@ -17,6 +17,7 @@ from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
 from fleetforge.core.runtime import Runtime
 from fleetforge.core.worker import Observer
+from fleetforge.domain import envparse
 from fleetforge.domain.errors import ConfigError
 from fleetforge.domain.models import BudgetLimit
 from fleetforge.domain.money import MAX_TOKENS, MAX_USD
@@ -38,18 +39,8 @@ def store_for(store_url: str | None, data_dir: Path | None) -> Store:
 
 
 def _int_env(name: str, hi: int = MAX_TOKENS) -> int | None:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: got {raw!r:.80}, expected a whole number") from None
-    if value < 0:
-        raise ConfigError(f"{name}: got {raw!r}, expected a number >= 0")
-    if value > hi:
-        raise ConfigError(f"{name}: got {raw!r:.80}, expected a number <= {hi}")
-    return value
+    raw = envparse.value(os.environ, name)
+    return None if raw is None else envparse.integer(raw, name, lo=0, hi=hi)
 
 
 _YEAR_MS: Final = 365 * 86_400_000
@@ -95,22 +86,17 @@ def _budget_number(text: str) -> float:
 
 def config_from_env(**overrides: object) -> RuntimeConfig:
     """RuntimeConfig from FLEETFORGE_LEASE_MS, FLEETFORGE_MAX_INFLIGHT_TOKENS/COST, FLEETFORGE_APP_BUDGETS."""
-    cost_raw = os.environ.get("FLEETFORGE_MAX_INFLIGHT_COST")
-    try:
-        cost = float(cost_raw) if cost_raw else None
-    except ValueError:
-        raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r}, expected USD as a number") from None
-    if cost is not None and not 0 <= cost <= MAX_USD:
-        raise ConfigError(f"FLEETFORGE_MAX_INFLIGHT_COST: got {cost_raw!r:.80}, expected a finite number of USD >= 0 "
-                          f"and <= {MAX_USD:.0f}")
-    lease_ms = _int_env("FLEETFORGE_LEASE_MS", hi=_YEAR_MS)
-    if lease_ms == 0:
-        raise ConfigError("FLEETFORGE_LEASE_MS: got '0', expected milliseconds >= 1 (default 30000)")
+    cost_raw = envparse.value(os.environ, "FLEETFORGE_MAX_INFLIGHT_COST")
+    cost = None if cost_raw is None else envparse.number(cost_raw, "FLEETFORGE_MAX_INFLIGHT_COST", lo=0,
+                                                         hi=MAX_USD, unit="USD")
+    lease_raw = envparse.value(os.environ, "FLEETFORGE_LEASE_MS")
+    lease_ms = 30_000 if lease_raw is None else envparse.integer(lease_raw, "FLEETFORGE_LEASE_MS", lo=1, hi=_YEAR_MS,
+                                                                  unit="milliseconds", default=30_000)
     kwargs: dict[str, object] = {
-        "lease_ms": lease_ms or 30_000,
+        "lease_ms": lease_ms,
         "max_inflight_tokens": _int_env("FLEETFORGE_MAX_INFLIGHT_TOKENS"),
         "max_inflight_cost": cost,
-        "app_budgets": _app_budgets(os.environ.get("FLEETFORGE_APP_BUDGETS", "")),
+        "app_budgets": _app_budgets(envparse.value(os.environ, "FLEETFORGE_APP_BUDGETS") or ""),
     }
     kwargs.update(overrides)
     return RuntimeConfig(**kwargs)  # type: ignore[arg-type]

@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
-from fleetforge.adapters.clickhouse.sqlfiles import (
-    Migration,
-    ViewDef,
-    migrations,
-    split_statements,
-    view_definitions,
-    views_sql,
-)
+from fleetforge.adapters import sqlfiles
+from fleetforge.adapters.sqlfiles import Migration, split_statements
+from fleetforge.domain.errors import ConfigError
 from fleetforge.ports.analytics import AnalyticsStore
 
-__all__ = ["ApplyReport", "BackfillReport", "apply_schema", "backfill", "derived_tables", "schema_version"]
+__all__ = [
+    "PACKAGE",
+    "VIEWS_FILE",
+    "ApplyReport",
+    "BackfillReport",
+    "ViewDef",
+    "apply_schema",
+    "backfill",
+    "derived_tables",
+    "migrations",
+    "schema_version",
+    "view_definitions",
+    "views_sql",
+]
 
 log = logging.getLogger("fleetforge.analytics")
 
+PACKAGE: Final = "fleetforge.adapters.clickhouse"  # ships migrations/ and the views file
+VIEWS_FILE: Final = "materialized_views.sql"  # the same file as deploy/clickhouse/materialized_views.sql
 VIEWS_VERSION: Final = 9999  # the row of schema_migrations recording the views file's checksum
 _BOOKKEEPING = (
     "CREATE DATABASE IF NOT EXISTS telemetry",
@@ -36,6 +46,46 @@ _BOOKKEEPING = (
 )
 _RECORD = ("INSERT INTO telemetry.schema_migrations (version, name, checksum) "
            "SELECT {version:UInt32}, {name:String}, {checksum:String}")
+
+
+_VIEW = re.compile(
+    r"CREATE\s+MATERIALIZED\s+VIEW\s+IF\s+NOT\s+EXISTS\s+(?P<view>[\w.]+)\s+TO\s+(?P<target>[\w.]+)\s+AS\s+"
+    r"(?P<select>.*)$", re.IGNORECASE | re.DOTALL)
+_FROM = re.compile(r"\bFROM\s+(telemetry\.\w+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewDef:
+    """A materialized view of the views file: its name, target table, source table and SELECT."""
+
+    view: str
+    target: str
+    source: str
+    select: str
+
+
+def migrations() -> list[Migration]:
+    """The ClickHouse migrations shipped in the package."""
+    return sqlfiles.migrations(PACKAGE)
+
+
+def views_sql() -> str:
+    """The text of the package's materialized_views.sql."""
+    return sqlfiles.package_text(PACKAGE, VIEWS_FILE)
+
+
+def view_definitions(sql: str) -> list[ViewDef]:
+    """The materialized views of a views file, with the SELECT each one runs on inserts."""
+    views = []
+    for statement in split_statements(sql):
+        m = _VIEW.match(statement)
+        if m is None:
+            continue
+        sources = _FROM.findall(m.group("select"))
+        if len(sources) != 1:
+            raise ConfigError(f"view {m.group('view')} must read exactly one telemetry table, found {sources}")
+        views.append(ViewDef(m.group("view"), m.group("target"), sources[0], m.group("select").strip()))
+    return views
 
 
 @dataclass(slots=True)
@@ -67,24 +117,40 @@ def schema_version(store: AnalyticsStore) -> int:
     return max((v for v in done if v != VIEWS_VERSION), default=0)
 
 
-def apply_schema(store: AnalyticsStore, folder: Path | None = None) -> ApplyReport:
-    """Run pending migrations, then the views file; returns what was done."""
+class _ClickHouseMigrations:
+    """An analytics store as a `sqlfiles.MigrationTarget` (ClickHouse has no transactions: a migration
+    interrupted midway re-runs whole, so write its statements to be safe to re-run: `IF NOT EXISTS`)."""
+
+    def __init__(self, store: AnalyticsStore) -> None:
+        self.store = store
+
+    def prepare(self) -> None:
+        for statement in _BOOKKEEPING:
+            self.store.execute(statement)
+
+    def applied(self) -> dict[int, str]:
+        return {v: c for v, c in _recorded(self.store).items() if v != VIEWS_VERSION}
+
+    def record_checksum(self, migration: Migration) -> None:
+        self.store.execute(_RECORD, {"version": migration.version, "name": migration.name,
+                                     "checksum": migration.checksum})
+
+    def apply(self, migration: Migration, statements: list[str]) -> bool:
+        for statement in statements:
+            self.store.execute(statement)
+        self.record_checksum(migration)
+        return True
+
+
+def apply_schema(store: AnalyticsStore) -> ApplyReport:
+    """Run pending migrations, then the views file; returns what was done.
+
+    Raises `MigrationChanged` (naming the file) when an applied migration's file has changed."""
     report = ApplyReport()
-    for statement in _BOOKKEEPING:
-        store.execute(statement)
+    report.applied = sqlfiles.migrate(_ClickHouseMigrations(store), migrations())
     done = _recorded(store)
-    for mig in migrations(folder):
-        if mig.version in done:
-            if done[mig.version] != mig.checksum:
-                report.warnings.append(f"migration {mig.version:04d}_{mig.name} changed after it was applied "
-                                       "(applied migrations are never re-run; add a new migration instead)")
-            continue
-        for statement in split_statements(mig.sql):
-            store.execute(statement)
-        store.execute(_RECORD, {"version": mig.version, "name": mig.name, "checksum": mig.checksum})
-        report.applied.append(f"{mig.version:04d}_{mig.name}")
-    text = views_sql(folder)
-    checksum = Migration(VIEWS_VERSION, "views", text).checksum
+    text = views_sql()
+    checksum = sqlfiles.checksum(text)
     if done.get(VIEWS_VERSION, checksum) != checksum:
         report.warnings.append(
             "materialized_views.sql changed since it was last applied: existing derived tables and views keep "
@@ -102,9 +168,9 @@ def apply_schema(store: AnalyticsStore, folder: Path | None = None) -> ApplyRepo
     return report
 
 
-def derived_tables(folder: Path | None = None) -> list[str]:
+def derived_tables() -> list[str]:
     """The tables the views file's materialized views write to, in file order."""
-    return list(dict.fromkeys(v.target for v in view_definitions(views_sql(folder))))
+    return list(dict.fromkeys(v.target for v in view_definitions(views_sql())))
 
 
 def _rederive(view: ViewDef, since: dt.datetime | None) -> tuple[str, dict[str, object]]:
@@ -117,14 +183,14 @@ def _rederive(view: ViewDef, since: dt.datetime | None) -> tuple[str, dict[str, 
     return f"INSERT INTO {view.target} {head}FROM {source}{tail}", ({"since": since} if since else {})
 
 
-def backfill(store: AnalyticsStore, since: dt.datetime | None = None, folder: Path | None = None) -> BackfillReport:
+def backfill(store: AnalyticsStore, since: dt.datetime | None = None) -> BackfillReport:
     """Re-derive every derived table from the raw tables (from `since`, a UTC time, when given).
 
     Stop the sink while it runs: events inserted during a backfill may be counted twice.
     """
     if since is not None and since.tzinfo is not None:
         since = since.astimezone(dt.UTC).replace(tzinfo=None)
-    views = view_definitions(views_sql(folder))
+    views = view_definitions(views_sql())
     targets = list(dict.fromkeys(v.target for v in views))
     for table in targets:
         if since is None:

@@ -106,7 +106,7 @@ def build_executors(
     llm_base_url: str | None,
     llm_api_key: str | None,
     sim_sleep: bool = True,
-) -> dict[StepType, Executor]:
+) -> dict[str, Executor]:
     """One executor per step type, sharing `client` and `prices`."""
     sim = SimulatedLLM(prices, sleep=sim_sleep)
     return {

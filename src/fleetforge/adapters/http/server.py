@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import uvicorn
 
+from fleetforge.domain import envparse
 from fleetforge.domain.errors import ConfigError
 
 __all__ = [
@@ -87,7 +88,8 @@ class HostCheck:
 
     def __init__(self, app: ASGIApp, allowed: Iterable[str] = ()) -> None:
         self.app = app
-        names = [*allowed, *os.environ.get(ALLOWED_HOSTS_ENV, "").split(","), socket.gethostname()]
+        names = [*allowed, *envparse.comma_list(os.environ.get(ALLOWED_HOSTS_ENV, ""), ALLOWED_HOSTS_ENV),
+                 socket.gethostname()]
         self.allowed = frozenset(_host_name(a) for a in names if a.strip()) | _LOCAL_NAMES
 
     def permits(self, header: str | None) -> bool:

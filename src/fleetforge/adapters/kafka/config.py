@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fleetforge.core.forwarding import REQUIRED_PRODUCER_PROPS, DeliveryMode, delivery_mode
+from fleetforge.domain import envparse
 from fleetforge.domain.errors import ConfigError
 from fleetforge.domain.secrets import redact_mapping
 
@@ -240,11 +241,8 @@ def _props(table: Any, where: str) -> dict[str, str]:
 
 def _coerce(name: str, raw: str, var: str) -> str | int:
     if name in _INTS:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{var}: got {raw!r}, expected a whole number") from None
-        return _check_int(value, name, var)
+        low, high = _INTS[name]
+        return envparse.integer(raw, var, lo=low, hi=high)
     return raw
 
 

@@ -17,20 +17,19 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
 from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
-from fleetforge.adapters.clickhouse.sqlfiles import split_statements
 from fleetforge.adapters.observability.chguard import Limits
 from fleetforge.adapters.observability.chhttp import ClickHouseHttpServer, EndpointConfig
 from fleetforge.adapters.observability.chrunner import QueryRunner
 from fleetforge.adapters.observability.otlp import OtelWriter, OtlpGrpcServer, OtlpHttpServer, OtlpSink
 from fleetforge.adapters.observability.prombridge import PrometheusBridge
 from fleetforge.adapters.otel.exporters import PrometheusServer
+from fleetforge.adapters.sqlfiles import package_text, split_statements
 from fleetforge.ports.store import Store
 
 __all__ = ["OTEL_TABLES", "SINK_CONSUMER", "STATE_FILE", "EmbeddedStack", "StackConfig", "read_state"]
@@ -73,7 +72,7 @@ class StackConfig:
 
 
 def otel_tables_sql() -> str:
-    return resources.files("fleetforge.adapters.observability").joinpath("otel_tables.sql").read_text("utf-8")
+    return package_text("fleetforge.adapters.observability", "otel_tables.sql")
 
 
 def read_state(stack_dir: Path) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Final
 from urllib.parse import urlsplit
 
+from fleetforge.domain import envparse
 from fleetforge.domain.errors import ConfigError
 from fleetforge.domain.secrets import redact_url
 
@@ -23,8 +24,6 @@ __all__ = [
 DEFAULT_PROMETHEUS_HOST: Final = "127.0.0.1"
 DEFAULT_PROMETHEUS_PORT: Final = 9464
 PROTOCOLS: Final = ("grpc", "http/protobuf")
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 class RunIdMode(StrEnum):
@@ -37,9 +36,9 @@ class RunIdMode(StrEnum):
     @classmethod
     def parse(cls, text: str, source: str = "FLEETFORGE_METRICS_RUN_ID") -> RunIdMode:
         value = text.strip().lower()
-        if value in _TRUE:
+        if value in envparse.TRUE:
             return cls.ALL
-        if value in _FALSE:
+        if value in envparse.FALSE:
             return cls.NONE
         try:
             return cls(value)
@@ -90,38 +89,21 @@ class TelemetrySettings:
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw or raw in _FALSE:
-        return False
-    if raw in _TRUE:
-        return True
-    raise ConfigError(f"{name}: got {env[name]!r}, expected true or false")
+    raw = envparse.value(env, name)
+    return raw is not None and envparse.boolean(raw, name)
 
 
 def _exporters(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
     """The comma-separated exporter list, or None when the variable is unset."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise ConfigError(f"{name}: got {', '.join(bad)}, expected a comma-separated subset of "
-                          f"{', '.join(allowed)}")
-    return names
+    raw = envparse.value(env, name)
+    return None if raw is None else envparse.comma_list(raw, name, allowed=allowed)
 
 
 def _port(raw: str | None) -> int:
     if raw is None or not raw.strip():
         return DEFAULT_PROMETHEUS_PORT
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT: got {raw!r}, expected a port number from 0 to 65535 "
-                          f"(0 picks a free port; default {DEFAULT_PROMETHEUS_PORT})")
-    return port
+    return envparse.integer(raw, "OTEL_EXPORTER_PROMETHEUS_PORT", lo=0, hi=65535,
+                            what="a port number", default=f"{DEFAULT_PROMETHEUS_PORT}; 0 picks a free port")
 
 
 def _otlp(env: Mapping[str, str], signal: str, path: str, exporters: tuple[str, ...] | None) -> OtlpTarget | None:

@@ -210,17 +210,27 @@ GROUP BY a.tool, a.provider, a.error_kind;
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
     name text NOT NULL,
-    applied_us bigint NOT NULL
+    applied_us bigint NOT NULL,
+    checksum text NOT NULL DEFAULT ''
 );
+
+-- name: migrations_add_checksum
+ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text NOT NULL DEFAULT '';
 
 -- name: migration_lock
 SELECT pg_advisory_xact_lock(hashtext('fleetforge.migrate'), hashtext(%s));
+
+-- name: migrations_applied
+SELECT version, checksum FROM schema_migrations;
 
 -- name: migration_applied
 SELECT 1 FROM schema_migrations WHERE version = %s;
 
 -- name: record_migration
-INSERT INTO schema_migrations (version, name, applied_us) VALUES (%s, %s, %s);
+INSERT INTO schema_migrations (version, name, applied_us, checksum) VALUES (%s, %s, %s, %s);
+
+-- name: record_checksum
+UPDATE schema_migrations SET checksum = %s WHERE version = %s AND checksum = '';
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;

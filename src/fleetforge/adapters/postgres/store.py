@@ -20,8 +20,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from fleetforge.adapters import rows
-from fleetforge.adapters.sqlfiles import load_queries, migrations
+from fleetforge.adapters import rows, sqlfiles
+from fleetforge.adapters.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
@@ -357,18 +357,7 @@ class PostgresStore:
 
     def migrate(self) -> int:
         """Apply pending migrations, each in its own transaction under an advisory lock."""
-        create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-        with self.transaction() as tx:
-            tx.execute("migrate", Q["migration_lock"], (self.schema,))
-            tx.execute("create schema", create)
-            tx.execute("migrate", Q["migrations_table"])
-        for version, name, text in migrations("fleetforge.adapters.postgres"):
-            with self.transaction() as tx:
-                tx.execute("migrate", Q["migration_lock"], (self.schema,))
-                if tx.execute("migrate", Q["migration_applied"], (version,)):
-                    continue
-                tx.execute(f"migration {version:04d}_{name}", text)
-                tx.execute("migrate", Q["record_migration"], (version, name, self.clock.now_us()))
+        sqlfiles.migrate(_PostgresMigrations(self), sqlfiles.migrations("fleetforge.adapters.postgres"))
         return self.schema_version()
 
     def schema_version(self) -> int:
@@ -496,3 +485,36 @@ class PostgresStore:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class _PostgresMigrations:
+    """The PostgreSQL store as a `sqlfiles.MigrationTarget`: a transaction per migration, each under
+    the schema's advisory lock, so concurrent starts apply every migration once."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    def prepare(self) -> None:
+        create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.store.schema))
+        with self.store.transaction() as tx:
+            tx.execute("migrate", Q["migration_lock"], (self.store.schema,))
+            tx.execute("create schema", create)
+            tx.execute("migrate", Q["migrations_table"])
+            tx.execute("migrate", Q["migrations_add_checksum"])
+
+    def applied(self) -> dict[int, str]:
+        return {int(v): str(c) for v, c in self.store._query("migrations_applied")}
+
+    def record_checksum(self, migration: Migration) -> None:
+        with self.store.transaction() as tx:
+            tx.execute("migrate", Q["record_checksum"], (migration.checksum, migration.version))
+
+    def apply(self, migration: Migration, statements: list[str]) -> bool:
+        with self.store.transaction() as tx:
+            tx.execute("migrate", Q["migration_lock"], (self.store.schema,))
+            if tx.execute("migrate", Q["migration_applied"], (migration.version,)):
+                return False
+            tx.execute(f"migration {migration.label}", migration.sql)  # the whole file: PostgreSQL splits it
+            tx.execute("migrate", Q["record_migration"],
+                       (migration.version, migration.name, self.store.clock.now_us(), migration.checksum))
+        return True

@@ -219,3 +219,34 @@ DELETE FROM budgets WHERE scope IN (SELECT ?1 || value FROM json_each(?2));
 
 -- name: delete_runs
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?));
+
+-- Migration bookkeeping (adapters/sqlfiles.migrate); `checksum` is '' for versions applied before it existed.
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_us INTEGER NOT NULL,
+    checksum TEXT NOT NULL DEFAULT ''
+);
+
+-- name: migrations_columns
+SELECT name FROM pragma_table_info('schema_migrations');
+
+-- name: migrations_add_checksum
+ALTER TABLE schema_migrations ADD COLUMN checksum TEXT NOT NULL DEFAULT '';
+
+-- name: migrations_applied
+SELECT version, checksum FROM schema_migrations;
+
+-- name: migration_applied
+SELECT 1 FROM schema_migrations WHERE version = ?;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_us, checksum) VALUES (?, ?, ?, ?);
+
+-- name: record_checksum
+UPDATE schema_migrations SET checksum = ? WHERE version = ? AND checksum = '';
+
+-- name: schema_version
+SELECT max(version) FROM schema_migrations;

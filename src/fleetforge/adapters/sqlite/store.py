@@ -14,8 +14,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters import rows
-from fleetforge.adapters.sqlfiles import load_queries, migrations
+from fleetforge.adapters import rows, sqlfiles
+from fleetforge.adapters.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
@@ -209,36 +209,12 @@ class SqliteStore:
             raise StoreError(f"SQLite query failed: {exc}") from exc
 
     def migrate(self) -> int:
-        conn = self._conn()
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_us INTEGER NOT NULL)"
-            )
-        except sqlite3.Error as exc:
-            raise self._failed("creating schema_migrations failed", exc) from exc
-        for version, name, sql in migrations("fleetforge.adapters.sqlite"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone()
-                if done is None:
-                    for statement in _statements(sql):
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, self.clock.now_us())
-                    )
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                _rollback(conn)
-                raise self._failed(f"migration {version} ({name}) failed", exc) from exc
-            except BaseException:
-                _rollback(conn)
-                raise
+        sqlfiles.migrate(_SqliteMigrations(self), sqlfiles.migrations("fleetforge.adapters.sqlite"))
         return self.schema_version()
 
     def schema_version(self) -> int:
         try:
-            row = self._conn().execute("SELECT max(version) FROM schema_migrations").fetchone()
+            row = self._conn().execute(Q["schema_version"]).fetchone()
         except sqlite3.OperationalError:
             return 0
         return int(row[0] or 0)
@@ -350,7 +326,37 @@ class SqliteStore:
         self._local = threading.local()
 
 
-def _statements(sql: str) -> list[str]:
-    """Split a migration into statements (no semicolons inside our literals)."""
-    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+class _SqliteMigrations:
+    """The SQLite store as a `sqlfiles.MigrationTarget`: one `BEGIN IMMEDIATE` per migration."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def prepare(self) -> None:
+        conn = self.store._conn()
+        try:
+            conn.execute(Q["migrations_table"])
+            if "checksum" not in {r[0] for r in conn.execute(Q["migrations_columns"])}:
+                conn.execute(Q["migrations_add_checksum"])
+        except sqlite3.Error as exc:
+            raise self.store._failed("creating schema_migrations failed", exc) from exc
+
+    def applied(self) -> dict[int, str]:
+        return {int(v): str(c) for v, c in self.store._query(Q["migrations_applied"])}
+
+    def record_checksum(self, migration: Migration) -> None:
+        with self.store.transaction() as tx:
+            tx.c.execute(Q["record_checksum"], (migration.checksum, migration.version))
+
+    def apply(self, migration: Migration, statements: list[str]) -> bool:
+        with self.store.transaction() as tx:
+            if tx.c.execute(Q["migration_applied"], (migration.version,)).fetchone() is not None:
+                return False
+            try:
+                for statement in statements:
+                    tx.c.execute(statement)
+            except sqlite3.Error as exc:
+                raise self.store._failed(f"migration {migration.label} failed", exc) from exc
+            tx.c.execute(Q["record_migration"],
+                         (migration.version, migration.name, self.store.clock.now_us(), migration.checksum))
+        return True

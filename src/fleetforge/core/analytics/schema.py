@@ -2,8 +2,8 @@
 
 Every payload field of a kind becomes a typed column of the kind's raw table (`run_events` for run
 kinds, `step_events` for step kinds). `render_raw_migration()` renders the ingestion migration
-`deploy/clickhouse/migrations/0001_raw_events.sql` from these columns; the unit tests hold the
-checked-in migrations against the catalog, so a new catalog field needs a new migration.
+`adapters/clickhouse/migrations/0001_raw_events.sql` (also in deploy/clickhouse) from these columns; the unit
+tests hold the checked-in migrations against the catalog, so a new catalog field needs a new migration.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ __all__ = ["ToolAclPack", "tool_target"]
 _OPTIONS: Final = ("allow", "deny")
 
 
-def tool_target(step_type: StepType, inputs: dict[str, Any]) -> tuple[str, str] | None:
+def tool_target(step_type: str, inputs: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, name) the ACL applies to: ('tool', inputs['tool']) or ('host', host of inputs['url']).
 
     The name is "" when missing or unparsable; None for step types the ACL does not cover.

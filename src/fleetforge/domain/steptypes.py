@@ -1,0 +1,102 @@
+"""The step-type registry: each step type declares how its inputs are validated and its span kind.
+
+Adding a step type is one module (its executor, in `adapters/executors/`, with a validator here or
+beside it) plus one entry: a `StepTypeSpec` in `STEP_TYPES` (or in the registry handed to
+`parse_spec(step_types=...)`). `domain/spec.py` validates a step's inputs with its type's
+`validate`; the span model reads `step_type_spec(name).span_kind`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+from fleetforge.domain.models import StepType
+
+__all__ = ["HTTP_METHODS", "STEP_TYPES", "InputCheck", "StepTypeSpec", "canonical", "step_type_spec"]
+
+HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+
+
+class InputCheck(Protocol):
+    """What a validator may use of the spec checker: it records problems, never raises."""
+
+    problems: list[str]
+
+    def bad(self, path: str, value: object, expected: str) -> None: ...
+
+    def missing(self, path: str, expected: str) -> None: ...
+
+    def text(self, m: dict[str, Any], key: str, path: str, expected: str, nonempty: bool = True) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepTypeSpec:
+    """One step type: its name, the span kind of its attempts (run | llm | tool | http) and its input check."""
+
+    name: str
+    span_kind: str
+    validate: Callable[[InputCheck, dict[str, Any], str], None]
+
+
+def _llm(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
+    if "prompt" in inputs and "messages" in inputs:
+        check.problems.append(f"{path}: got both prompt and messages, expected exactly one of them")
+    elif "messages" in inputs:
+        _messages(check, inputs["messages"], f"{path}.messages")
+    else:
+        check.text(inputs, "prompt", path, "a string (or inputs.messages: a list of {role, content})", nonempty=False)
+
+
+def _messages(check: InputCheck, value: object, path: str) -> None:
+    if not isinstance(value, list) or not value:
+        check.bad(path, value, "a non-empty list of {role, content} mappings")
+        return
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            check.bad(f"{path}[{index}]", item, "a mapping with role and content")
+            continue
+        check.text(item, "role", f"{path}[{index}]", "a non-empty string such as 'user'")
+        check.text(item, "content", f"{path}[{index}]", "a string", nonempty=False)
+
+
+def _tool(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
+    check.text(inputs, "tool", path, "a tool name (a non-empty string)")
+
+
+def _http(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
+    expected = "an http:// or https:// URL with a host"
+    url = inputs.get("url")
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:
+        parts = None
+    if "url" not in inputs:
+        check.missing(f"{path}.url", expected)
+    elif parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        check.bad(f"{path}.url", url, expected)
+    if "method" in inputs and inputs["method"] not in HTTP_METHODS:
+        check.bad(f"{path}.method", inputs["method"], f"one of {', '.join(HTTP_METHODS)}")
+
+
+STEP_TYPES: Final[Mapping[str, StepTypeSpec]] = MappingProxyType({
+    StepType.LLM: StepTypeSpec(StepType.LLM, "llm", _llm),
+    StepType.TOOL: StepTypeSpec(StepType.TOOL, "tool", _tool),
+    StepType.HTTP: StepTypeSpec(StepType.HTTP, "http", _http),
+})
+
+
+def step_type_spec(name: str, registry: Mapping[str, StepTypeSpec] = STEP_TYPES) -> StepTypeSpec:
+    """The registered step type `name`; KeyError naming the known ones otherwise."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise KeyError(f"unknown step type {name!r}; known: {', '.join(registry)}") from None
+
+
+def canonical(name: str) -> str:
+    """`name` as the built-in `StepType` member when it is one (so `is StepType.X` holds), else as given."""
+    return StepType(name) if name in StepType.__members__.values() else name
