@@ -72,12 +72,13 @@ class OutboxSink:
 
     def __init__(self, store: ReaderStore, writer: EnvelopeWriter, config: SinkConfig | None = None, *,
                  consumer: str = DEFAULT_CONSUMER, holder: str | None = None,
-                 observer: DeliveryObserver | None = None) -> None:
+                 observer: DeliveryObserver | None = None, lease_ttl_ms: int = 10_000) -> None:
         self.store = store
         self.config = config or SinkConfig()
         self.reader = SinkReader(writer, consumer)
         self.loop = ReaderLoop(store, self.reader, holder=holder or new_holder(),
-                               options=reader_options(self.config), observer=observer)
+                               options=replace(reader_options(self.config), lease_ttl_ms=lease_ttl_ms),
+                               observer=observer)
 
     @property
     def name(self) -> str:
