@@ -153,9 +153,10 @@ def trial(mode: str, runs: int, seed: int, server_url: str, plugins: Path) -> di
         def watch() -> None:
             while not done.wait(0.05) and exporters is not None:
                 for e in exporters.exporters:
-                    peak["queue"] = max(peak["queue"], e._queue.qsize())
-                    if e._assembler is not None:
-                        peak["open_runs"] = max(peak["open_runs"], e._assembler.open_runs)
+                    peak["queue"] = max(peak["queue"], len(e.loop._pending))  # events read, not yet delivered
+                    asm = e.reader._asm
+                    if asm is not None:
+                        peak["open_runs"] = max(peak["open_runs"], asm.open_runs)
 
         async def go() -> tuple[float, float, float, int]:
             nonlocal exporters

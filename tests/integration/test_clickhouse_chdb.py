@@ -16,10 +16,10 @@ import pytest
 
 from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
 from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
+from fleetforge.adapters.clickhouse.outbox_reader import OutboxSink
 from fleetforge.adapters.clickhouse.schema import apply_schema, backfill, derived_tables, schema_version
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig
-from fleetforge.adapters.clickhouse.sources import OutboxSource
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.clickhouse.sink import SinkConfig
+from fleetforge.adapters.clickhouse.writer import EnvelopeWriter, WriteResult
 from fleetforge.core.analytics.schema import ENVELOPE_COLUMNS, payload_columns
 from fleetforge.ports.analytics import AnalyticsError, AnalyticsUnavailable, SourceEvent
 from tests.integration.clickhouse_fleet import assert_exact, derived, open_store, run_fleet
@@ -75,33 +75,20 @@ def test_streamed_fleet_equals_ground_truth(tmp_path: Path, seed: int) -> None:
         assert raw == outbox
 
 
-class _Twice:
-    """A source that delivers every outbox event twice, in separate and in the same batches."""
+class _Twice(EnvelopeWriter):
+    """A writer that gets every outbox event twice, in separate and in the same batches."""
 
-    def __init__(self, inner: OutboxSource) -> None:
-        self.inner = inner
-        self.name = "twice"
-        self._replay: list[SourceEvent] = []
-
-    def poll(self, max_events: int, timeout_s: float) -> list[SourceEvent]:
-        if self._replay:
-            batch, self._replay = self._replay, []
-            return batch
-        got = self.inner.poll(max(1, max_events // 2), timeout_s)
-        self._replay = list(got)
-        return got + got[: len(got) // 2]  # duplicates inside the batch, then the whole batch again
-
-    def commit(self, events: Sequence[SourceEvent]) -> None:
-        self.inner.commit(events)
-
-    def close(self) -> None:
-        self.inner.close()
+    def write(self, events: Sequence[SourceEvent]) -> WriteResult:
+        events = list(events)
+        first = super().write(events + events[: len(events) // 2])  # duplicates inside the batch
+        again = super().write(events)  # then the whole batch again
+        return WriteResult(first.inserted + again.inserted, first.duplicates + again.duplicates)
 
 
 def test_every_event_delivered_twice_changes_no_number(tmp_path: Path, chdb: ChdbAnalytics) -> None:
     store = open_store(tmp_path / "state.db")
     run_fleet(store, runs=30, seed=5)
-    sink = Sink(_Twice(OutboxSource(store)), EnvelopeWriter(chdb), SinkConfig(batch_size=200))
+    sink = OutboxSink(store, _Twice(chdb), SinkConfig(batch_size=200))
     sink.drain()
     assert sink.stats.duplicates > sink.stats.inserted // 2
     assert_exact(store, chdb)
@@ -114,22 +101,21 @@ class _CrashAfterInsert(Exception):
 def test_crash_between_insert_and_cursor_commit_changes_no_number(tmp_path: Path, chdb: ChdbAnalytics) -> None:
     store = open_store(tmp_path / "state.db")
     run_fleet(store, runs=30, seed=8)
-    source = OutboxSource(store)
-    original = source.commit
+    original = store.set_cursor
     crashes = 0
 
-    def crash(events: Sequence[SourceEvent]) -> None:
+    def crash(consumer: str, position: Any) -> None:
         nonlocal crashes
         crashes += 1
         raise _CrashAfterInsert
 
-    source.commit = crash  # type: ignore[method-assign]
-    sink = Sink(source, EnvelopeWriter(chdb), SinkConfig(batch_size=150))
+    store.set_cursor = crash  # type: ignore[method-assign]
+    sink = OutboxSink(store, EnvelopeWriter(chdb), SinkConfig(batch_size=150))
     with pytest.raises(_CrashAfterInsert):
         sink.drain()  # the first batch is stored, its cursor never committed
     assert crashes == 1 and store.get_cursor("clickhouse-sink") == (0, 0)
-    source.commit = original  # type: ignore[method-assign]
-    restarted = Sink(OutboxSource(store), EnvelopeWriter(chdb), SinkConfig(batch_size=150))
+    store.set_cursor = original  # type: ignore[method-assign]
+    restarted = OutboxSink(store, EnvelopeWriter(chdb), SinkConfig(batch_size=150))
     restarted.drain()  # re-delivers the first batch: all of it is skipped
     assert restarted.stats.duplicates == 150
     assert_exact(store, chdb)
@@ -140,7 +126,7 @@ def test_crash_between_insert_and_cursor_commit_changes_no_number(tmp_path: Path
 def test_backfill_twice_and_since_never_double(tmp_path: Path, chdb: ChdbAnalytics) -> None:
     store = open_store(tmp_path / "state.db")
     run_fleet(store, runs=25, seed=13)
-    Sink(OutboxSource(store), EnvelopeWriter(chdb)).drain()
+    OutboxSink(store, EnvelopeWriter(chdb)).drain()
     before = derived(chdb)
     for table in GUIDE_TABLES:  # the views only see new inserts: start from nothing
         chdb.execute(f"TRUNCATE TABLE {table}")
@@ -197,8 +183,8 @@ def test_analytics_down_runtime_keeps_running_and_recovers_exactly(tmp_path: Pat
     store = open_store(tmp_path / "state.db")
     flaky = _Flaky(chdb)
     flaky.down.set()
-    sink = Sink(OutboxSource(store), EnvelopeWriter(flaky),
-                SinkConfig(flush_interval_s=0.05, retry_initial_s=0.05, retry_max_s=0.2))
+    sink = OutboxSink(store, EnvelopeWriter(flaky),
+                      SinkConfig(flush_interval_s=0.05, retry_initial_s=0.05, retry_max_s=0.2))
     stop = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     thread.start()

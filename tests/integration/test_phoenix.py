@@ -171,5 +171,5 @@ def test_phoenix_refuses_a_wrong_key_and_the_exporter_parks(tmp_path: Path, phoe
         running.stop(5)
     assert sum("refused the credentials" in r.getMessage() for r in caplog.records) == 1
     assert wrong not in caplog.text
-    assert store.get_cursor("exporter-phoenix.delivered") == (0, 0)
+    assert store.get_cursor("exporter-phoenix") == (0, 0)
     assert phoenix.spans(project) == []

@@ -15,8 +15,11 @@ machinery:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,9 +30,14 @@ from fleetforge.domain.errors import FleetForgeError
 from fleetforge.ports.readers import DeliveryObserver, ReaderStore
 from fleetforge.ports.store import OutboxPosition, OutboxRecord
 
-__all__ = ["OutboxReader", "ReaderLoop", "ReaderOptions", "ReaderStats"]
+__all__ = ["OutboxReader", "ReaderLoop", "ReaderOptions", "ReaderStats", "new_holder"]
 
 log = logging.getLogger("fleetforge.readers")
+
+
+def new_holder() -> str:
+    """A lease holder name unique to this loop: host, pid and a random suffix (two loops of one process differ)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class OutboxReader(Protocol):
@@ -103,6 +111,7 @@ class ReaderLoop:
         self._pending: list[OutboxRecord] = []
         self._first_at = 0.0
         self._backlog_at = -1e18
+        self._draining = False
         self.wake = threading.Event()
 
     @property
@@ -143,7 +152,7 @@ class ReaderLoop:
         if not self._pending:
             return False
         full = len(self._pending) >= self.options.batch_size
-        return full or self.clock() - self._first_at >= self.options.linger_s
+        return full or self._draining or self.clock() - self._first_at >= self.options.linger_s
 
     def _handle(self) -> int:
         batch = self._pending
@@ -185,11 +194,17 @@ class ReaderLoop:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, until_idle: bool = False) -> ReaderStats:
-        """Loop until `stop` is set (or, with `until_idle`, until caught up); release the lease at the end."""
+    def run(self, stop: threading.Event, *, until_idle: bool = False,
+            drain: threading.Event | None = None) -> ReaderStats:
+        """Loop until `stop` is set (or, with `until_idle`, until caught up); release the lease at the end.
+
+        Once `drain` is set the loop reads to the end of the outbox without lingering and ends there; a
+        standby (another process holds the lease) ends at once. A clean stop that leaves nothing behind.
+        """
         self.lease.start_renewing()
         try:
             while not stop.is_set():
+                self._draining = drain is not None and drain.is_set()
                 try:
                     handled = self.step()
                     self.backoff.reset()
@@ -199,6 +214,8 @@ class ReaderLoop:
                 if handled:
                     continue
                 if until_idle and self.holding and not self._pending:
+                    break
+                if self._draining and not (self.holding and self._pending):
                     break
                 wait = self.options.poll_s if self.holding else self.lease.ttl_s / 3
                 if self._pending:

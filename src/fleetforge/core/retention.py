@@ -31,7 +31,7 @@ from fleetforge.ports.retention import RetentionStore
 from fleetforge.ports.store import OutboxPosition
 
 __all__ = [
-    "COMPANION_SUFFIX",
+    "COMPANION_SUFFIXES",
     "DEFAULT_SETTINGS",
     "LEASE_NAME",
     "ReaderStatus",
@@ -45,9 +45,10 @@ log = logging.getLogger("fleetforge.retention")
 
 LEASE_NAME: Final = "retention"
 """Name of the outbox lease (table outbox_leases) the pruning process holds."""
-COMPANION_SUFFIX: Final = ".delivered"
-"""Trace exporters keep a second cursor `<name>.delivered` (always ahead of `<name>`); it is not reported
-on its own and is forgotten with its reader."""
+COMPANION_SUFFIXES: Final = (".open", ".delivered")
+"""Trace exporters keep a second cursor `<name>.open` (the resume point of their oldest open run, at most
+`<name>`; `<name>.delivered` before the reader loop): it bounds pruning like any cursor, is not reported on
+its own and is forgotten with its reader."""
 UNBOUNDED: Final[OutboxPosition] = (2**63 - 1, 2**63 - 1)
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class Retention:
         now = self.clock.now_us() if now_us is None else now_us
         found = []
         for c in self.store.list_cursors():
-            if c.name.endswith(COMPANION_SUFFIX):
+            if c.name.endswith(COMPANION_SUFFIXES):
                 continue
             first = self.store.first_unread(c.position)
             lag = 0.0 if first is None else max(0.0, (now - first) / 1e6)

@@ -6,7 +6,7 @@ import datetime as dt
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -15,9 +15,9 @@ import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out
 from fleetforge.adapters.clickhouse.backends import open_analytics
+from fleetforge.adapters.clickhouse.outbox_reader import DEFAULT_CONSUMER, OutboxSink
 from fleetforge.adapters.clickhouse.schema import apply_schema, backfill
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig
-from fleetforge.adapters.clickhouse.sources import DEFAULT_CONSUMER, OutboxSource
+from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig, SinkStats
 from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
 from fleetforge.domain.errors import ConfigError
 from fleetforge.ports.analytics import AnalyticsStore, EventSource
@@ -98,12 +98,7 @@ def _sql(ctx: typer.Context, query: str, data_dir: Path | None, url: str | None,
     sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
 
 
-def _source(kind: str, store_url: str | None, data_dir: Path | None, consumer: str,
-            bootstrap: str | None, topic: str, group: str) -> EventSource:
-    if kind == "outbox":
-        from fleetforge.adapters.cli.wiring import store_for
-
-        return OutboxSource(store_for(store_url, data_dir), consumer, owns_store=True)
+def _kafka_source(kind: str, bootstrap: str | None, topic: str, group: str) -> EventSource:
     if kind == "kafka":
         if not bootstrap:
             raise ConfigError("--source kafka needs --bootstrap-servers (or FLEETFORGE_KAFKA_BOOTSTRAP_SERVERS), "
@@ -117,6 +112,47 @@ def _source(kind: str, store_url: str | None, data_dir: Path | None, consumer: s
         props = load_bus_config(os.environ.get("FLEETFORGE_KAFKA_CONFIG") or None).consumer_props
         return KafkaSource.connect(bootstrap, topic, group, dict(props) or None)
     raise ConfigError(f"--source: got {kind!r}, expected outbox or kafka")
+
+
+def _run_until_stopped(run: Callable[[threading.Event], object], what: str) -> None:
+    """Run `run(stop)` until SIGTERM or Ctrl-C (then once more with `stop` set: it drains and ends)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    err.print(f"sink: {what}; Ctrl-C stops")
+    try:
+        run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+        run(stop)
+
+
+def _sink_outbox(analytics: AnalyticsStore, store_url: str | None, data_dir: Path | None, consumer: str,
+                 config: SinkConfig, once: bool) -> SinkStats:
+    from fleetforge.adapters.cli.wiring import store_for
+
+    store = store_for(store_url, data_dir)
+    try:
+        sink = OutboxSink(store, EnvelopeWriter(analytics), config, consumer=consumer)
+        if once:
+            sink.drain()
+        else:
+            _run_until_stopped(sink.run, f"outbox:{consumer} -> ClickHouse ({analytics.backend}), lease "
+                                    f"{sink.loop.lease.holder}")
+        return sink.stats
+    finally:
+        store.close()
+
+
+def _sink_kafka(analytics: AnalyticsStore, source: EventSource, config: SinkConfig, once: bool) -> SinkStats:
+    try:
+        sink = Sink(source, EnvelopeWriter(analytics), config)
+        if once:
+            sink.drain()
+        else:
+            _run_until_stopped(sink.run, f"{source.name} -> ClickHouse ({analytics.backend})")
+        return sink.stats
+    finally:
+        source.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -146,7 +182,8 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDirOpt = None,
         clickhouse_url: UrlOpt = None,
         consumer: Annotated[str, typer.Option(envvar="FLEETFORGE_SINK_CONSUMER",
-                                              help="Outbox cursor name of this sink.")] = DEFAULT_CONSUMER,
+                                              help="Outbox cursor and lease name of this sink: one process per name "
+                                                   "writes, others stand by.")] = DEFAULT_CONSUMER,
         bootstrap_servers: Annotated[str | None, typer.Option(
             envvar="FLEETFORGE_KAFKA_BOOTSTRAP_SERVERS", show_default=False,
             help="Kafka bootstrap servers (with --source kafka).")] = None,
@@ -162,25 +199,13 @@ def register(app: typer.Typer) -> None:
                                            help="Store what is there now, then exit.")] = False,
     ) -> None:
         """Stream events into the ClickHouse raw tables (and so the derived ones) until interrupted."""
+        config = SinkConfig(batch_size=batch_size, flush_interval_s=flush_interval)
         with guard():
-            src = _source(source, store, data_dir, consumer, bootstrap_servers, topic, group_id)
-            try:
-                with _store(ctx, data_dir, clickhouse_url) as analytics:
-                    apply_schema(analytics)
-                    sink = Sink(src, EnvelopeWriter(analytics),
-                                SinkConfig(batch_size=batch_size, flush_interval_s=flush_interval))
-                    if once:
-                        sink.drain()
-                    else:
-                        stop = threading.Event()
-                        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-                        err.print(f"sink: {src.name} -> ClickHouse ({analytics.backend}); Ctrl-C stops")
-                        try:
-                            sink.run(stop)
-                        except KeyboardInterrupt:
-                            stop.set()
-                            sink.run(stop)
-            finally:
-                src.close()
-        s = sink.stats
+            src = None if source == "outbox" else _kafka_source(source, bootstrap_servers, topic, group_id)
+            with _store(ctx, data_dir, clickhouse_url) as analytics:
+                apply_schema(analytics)
+                if src is None:
+                    s = _sink_outbox(analytics, store, data_dir, consumer, config, once)
+                else:
+                    s = _sink_kafka(analytics, src, config, once)
         out.print(f"stored {s.inserted} events ({s.duplicates} duplicates skipped) in {s.flushes} inserts")

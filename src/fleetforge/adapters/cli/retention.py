@@ -20,7 +20,7 @@ from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard, out, print_json
 from fleetforge.core.retention import (
-    COMPANION_SUFFIX,
+    COMPANION_SUFFIXES,
     DEFAULT_SETTINGS,
     Retention,
     RetentionReport,
@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _forget(store: RetentionStore, name: str, as_json: bool) -> None:
-    names = [name] if name.endswith(COMPANION_SUFFIX) else [name, name + COMPANION_SUFFIX]
+    names = [name] if name.endswith(COMPANION_SUFFIXES) else [name, *(name + s for s in COMPANION_SUFFIXES)]
     forgotten = [n for n in names if store.forget_cursor(n)]
     if not forgotten:
         known = ", ".join(c.name for c in store.list_cursors()) or "none"

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 
 from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
+from fleetforge.adapters.clickhouse.outbox_reader import DEFAULT_CONSUMER, OutboxSink
 from fleetforge.adapters.clickhouse.schema import ApplyReport, apply_schema
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig, SinkStats
-from fleetforge.adapters.clickhouse.sources import DEFAULT_CONSUMER, OutboxSource
+from fleetforge.adapters.clickhouse.sink import SinkConfig, SinkStats
 from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
 from fleetforge.ports.analytics import AnalyticsUnavailable
 from fleetforge.ports.store import Store
@@ -53,7 +53,7 @@ class EmbeddedAnalytics:
         self._identity = _identity(self.data_dir)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._sink: Sink | None = None
+        self._sink: OutboxSink | None = None
 
     def check_data_dir(self) -> None:
         """Raise `AnalyticsUnavailable` when the data dir was deleted or replaced since it was opened.
@@ -72,8 +72,8 @@ class EmbeddedAnalytics:
         """Create or upgrade the schema and the derived tables (idempotent)."""
         return apply_schema(self.analytics)
 
-    def _new_sink(self, store: Store) -> Sink:
-        return Sink(OutboxSource(store, self.consumer), EnvelopeWriter(self.analytics), self.config)
+    def _new_sink(self, store: Store) -> OutboxSink:
+        return OutboxSink(store, EnvelopeWriter(self.analytics), self.config, consumer=self.consumer)
 
     def sink_outbox(self, store: Store) -> int:
         """Store every outbox event after this consumer's cursor; returns events inserted."""
@@ -95,7 +95,7 @@ class EmbeddedAnalytics:
         return self._sink.stats if self._sink is not None else None
 
     def stop(self, timeout_s: float = 60.0) -> SinkStats | None:
-        """Drain everything committed to the outbox so far, then stop the thread."""
+        """Drain everything committed to the outbox so far, then stop the thread (at most `timeout_s`)."""
         thread, self._thread = self._thread, None
         if thread is None:
             return self.stats

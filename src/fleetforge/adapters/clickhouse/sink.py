@@ -1,5 +1,7 @@
-"""The ClickHouse sink: polls an event source, batches by size or time, writes, then commits.
+"""The ClickHouse sink over a consumer-group source (Kafka): polls, batches by size or time, writes, commits.
 
+From the outbox the sink is an outbox reader on the core reader loop instead (`outbox_reader`); Kafka has
+its own group protocol and offsets, so this loop stays for it, with the same stats and the one `Backoff`.
 Batches follow ClickHouse's insert guidance: large (up to `batch_size` events, default 50,000) and
 infrequent (at most one flush per `flush_interval_s`, default 1 s, unless a batch fills up). The
 source's position is committed only after a successful insert; when the store is unavailable the
@@ -15,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.clickhouse.writer import EnvelopeWriter, WriteResult
+from fleetforge.core.backoff import Backoff
 from fleetforge.domain.errors import FleetForgeError
 from fleetforge.ports.analytics import AnalyticsError, EventSource, SourceEvent
 
-__all__ = ["Sink", "SinkConfig", "SinkStats"]
+__all__ = ["Sink", "SinkConfig", "SinkStats", "record_flush"]
 
 log = logging.getLogger("fleetforge.analytics.sink")
 
@@ -43,6 +46,17 @@ class SinkStats:
     last_error: str = ""
     last_flush_monotonic: float = 0.0
     flush_sizes: list[int] = field(default_factory=list)
+
+
+def record_flush(stats: SinkStats, result: WriteResult, size: int, now: float) -> None:
+    """Count one successful insert of `size` events in `stats`."""
+    stats.inserted += result.inserted
+    stats.duplicates += result.duplicates
+    stats.flushes += 1
+    stats.flush_sizes.append(size)
+    del stats.flush_sizes[:-100]
+    stats.last_flush_monotonic = now
+    stats.last_error = ""
 
 
 class Sink:
@@ -94,13 +108,7 @@ class Sink:
             raise
         self.source.commit(batch)
         self._buffer = []
-        self.stats.inserted += result.inserted
-        self.stats.duplicates += result.duplicates
-        self.stats.flushes += 1
-        self.stats.flush_sizes.append(len(batch))
-        del self.stats.flush_sizes[:-100]
-        self.stats.last_flush_monotonic = self.clock()
-        self.stats.last_error = ""
+        record_flush(self.stats, result, len(batch), self.clock())
         if self.on_flush is not None:
             self.on_flush(batch)
         return result.inserted
@@ -121,7 +129,7 @@ class Sink:
         While the store is down the batch is retried with backoff; once stopping, retries go on for
         at most `drain_timeout_s`, after which the uncommitted events stay in the source.
         """
-        delay = self.config.retry_initial_s
+        backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
         deadline: float | None = None
         while True:
             try:
@@ -133,8 +141,9 @@ class Sink:
                     self.poll_once()
                 if self.due():
                     self.flush()
-                delay = self.config.retry_initial_s
+                backoff.reset()
             except Exception as exc:  # the store or the source failed: back off and retry, never die
+                delay = backoff.next_delay()
                 if isinstance(exc, FleetForgeError):
                     log.warning("analytics sink: %s; %d events wait (retry in %.1fs)", exc, self.pending, delay)
                 else:
@@ -149,4 +158,3 @@ class Sink:
                     time.sleep(min(delay, left))
                 else:
                     stop.wait(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
