@@ -219,3 +219,10 @@ DELETE FROM budgets WHERE scope IN (SELECT ?1 || value FROM json_each(?2));
 
 -- name: delete_runs
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?));
+
+-- name: get_reader_state
+SELECT state FROM reader_state WHERE name = ?;
+
+-- name: set_reader_state
+INSERT INTO reader_state (name, state, updated_us) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_us = excluded.updated_us;
