@@ -7,11 +7,11 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import NoOpMeter
+from opentelemetry.metrics import NoOpMeter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -38,6 +38,7 @@ from fleetforge.adapters.otel.settings import (
 )
 from fleetforge.adapters.otel.spans import EventIdGenerator, SpanRecorder
 from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.names import Metric
 from fleetforge.ports.readers import ReaderStateStore
 
 __all__ = ["Telemetry"]
@@ -126,6 +127,15 @@ class Telemetry:
                    prometheus_port=settings.prometheus_port, owns_providers=True, push_readers=push)
         made.settings, made._resource = settings, resource
         return made
+
+    def observe_inflight(self, count: Callable[[], int]) -> None:
+        """Publish `count()` as this process's `fleetforge.worker.inflight_steps` gauge."""
+        if self.meter_provider is None:
+            return
+        meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        meter.create_observable_gauge(str(Metric.WORKER_INFLIGHT_STEPS),
+                                      [lambda options: [Observation(count())]], unit="{step}",
+                                      description="Steps this worker process executes now")
 
     # -- the telemetry reader -----------------------------------------------------------------
 
