@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator

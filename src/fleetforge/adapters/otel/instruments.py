@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, ObservableCounter, Observation, _Gauge
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -13,13 +13,13 @@ from fleetforge.domain.names import Metric
 
 __all__ = [
     "BUCKETS",
+    "BUDGET_FIELDS",
     "DURATION_BUCKETS",
     "GENAI_DURATION_BUCKETS",
     "GENAI_TOKEN_BUCKETS",
+    "INSTRUMENT_METRICS",
     "METER_NAME",
     "QUEUE_LAG_BUCKETS",
-    "BUDGET_FIELDS",
-    "INSTRUMENT_METRICS",
     "Callback",
     "RunInstruments",
     "metric_views",
@@ -114,7 +114,7 @@ class RunInstruments:
         return replace(self, **_budget_instruments(budget_meter))
 
 
-def _budget_instruments(b: Meter) -> dict[str, Histogram | _Gauge]:
+def _budget_instruments(b: Meter) -> dict[str, Any]:
     return {
         "tokens_remaining": _histogram(b, Metric.BUDGET_TOKENS_REMAINING, "{token}",
                                        "Tokens left under the tightest limit after each step of a budgeted run"),

@@ -16,6 +16,7 @@ import json
 import math
 import threading
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from fleetforge.domain.names import Attr
 
-__all__ = ["GaugeTally", "HistogramTally", "Ledger", "Tally", "TalliedGauge", "TalliedHistogram"]
+__all__ = ["GaugeTally", "HistogramTally", "Ledger", "TalliedGauge", "TalliedHistogram", "Tally"]
 
 AttrValue = str | int | float | bool
 AttrKey = tuple[tuple[str, AttrValue], ...]
@@ -120,7 +121,7 @@ class HistogramTally:
                 for _ in range(n):
                     record(mean, attrs)
 
-    def forget(self, runs: set[str]) -> None:
+    def forget(self, runs: AbstractSet[str]) -> None:
         self._series = {k: b for k, b in self._series.items() if _run_of(k) not in runs}
 
     def __len__(self) -> int:
@@ -147,7 +148,7 @@ class GaugeTally:
         for key, value in self._values.items():
             set_(value, dict(key))
 
-    def forget(self, runs: set[str]) -> None:
+    def forget(self, runs: AbstractSet[str]) -> None:
         self._values = {k: v for k, v in self._values.items() if _run_of(k) not in runs}
 
     def dump(self) -> list[Any]:
@@ -207,7 +208,7 @@ class Ledger:
         """Runs that ended more than `retention_s` ago."""
         return {r for r, at in self.ended.items() if now_s - at >= retention_s}
 
-    def forget(self, runs: set[str]) -> None:
+    def forget(self, runs: AbstractSet[str]) -> None:
         """Drop every series of `runs`."""
         if not runs:
             return

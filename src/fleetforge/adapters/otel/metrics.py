@@ -9,7 +9,7 @@ from typing import Any, Final
 from opentelemetry.metrics import Meter
 
 from fleetforge.adapters.otel.instruments import BUCKETS, BUDGET_FIELDS, INSTRUMENT_METRICS, RunInstruments
-from fleetforge.adapters.otel.ledger import GaugeTally, HistogramTally, Ledger, Tally, TalliedGauge, TalliedHistogram
+from fleetforge.adapters.otel.ledger import GaugeTally, HistogramTally, Ledger, TalliedGauge, TalliedHistogram, Tally
 from fleetforge.adapters.otel.settings import RunIdMode
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.names import Attr, Metric
