@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -156,14 +156,6 @@ class GaugeTally:
 
     def load(self, raw: Iterable[Any]) -> None:
         self._values = {_load_key(k): float(v) for k, v in raw}
-
-
-class _Histogram(Protocol):
-    def record(self, amount: float, attributes: dict[str, AttrValue] | None = None) -> None: ...
-
-
-class _Gauge(Protocol):
-    def set(self, amount: float, attributes: dict[str, AttrValue] | None = None) -> None: ...
 
 
 @dataclass(slots=True)
