@@ -1,32 +1,33 @@
-"""Runtime throughput with telemetry off versus on, same script, same workload, alternating rounds.
+"""Worker throughput with the telemetry reader off versus on, and the reader's own cost; plus a soak.
 
-Workload: runs of 3 simulated LLM steps and 1 tool step in a chain (no simulated sleeps), with a
-token and cost budget and the PII pack, so every event kind that feeds metrics occurs (budget
-reservations and reconciliations, policy decisions, step starts, GenAI usage). Each round stores
-`--runs` runs in a fresh SQLite file, then one in-process worker drains them; steps/s is completed
-attempts over the drain time. Modes:
+Telemetry is a reader of the outbox (adapters/otel/reader.py), not a callback in the worker: the worker's
+hot path is the same in every mode. Workload: runs of 3 simulated LLM steps and 1 tool step in a chain (no
+simulated sleeps), with a token and cost budget and the PII pack. Each round stores `--runs` runs in a fresh
+SQLite file, then one in-process worker drains them; steps/s is completed attempts over the drain time.
+Modes:
 
-- off:      Runtime(observer=None), the baseline;
-- metrics:  Telemetry.from_env() defaults (OpenTelemetry metrics through the Prometheus reader);
-- +spans:   metrics plus a span per run, attempt and tool call through a BatchSpanProcessor into an
-            exporter that drops them (the SDK's full cost, minus the network).
+- off:       the worker alone;
+- reader:    the worker, and the telemetry reader (metrics + spans into an exporter that drops them) in a
+             thread of the same process, as `fleetforge worker` runs it by default (same GIL);
 
-Printed per mode (medians): steps/s (wall clock; noisy on a shared machine), process CPU time per step
-(all threads), the observer's CPU time per event, and the observer's share: its CPU time over the rest of
-the same round's CPU time (the least noisy figure: both come from one round). Then one Prometheus
-scrape of the last metrics round.
+Printed per mode (medians): worker steps/s, and the reader's CPU time (its thread) beside the worker
+thread's CPU time for the same round, and per event. Then, with `--soak N[,N...]`, runs are worked and
+read in chunks with a short per-run series retention (`--series-retention`, seconds) and the scrape size,
+series count and RSS are printed at each checkpoint.
 
-Run `python bench/telemetry/bench.py --help`; the defaults finish in well under a minute.
+Run `python bench/telemetry/bench.py --help`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from fleetforge.adapters.executors.registry import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.otel import EventIdGenerator, Telemetry
+from fleetforge.adapters.otel.reader import TelemetryReader
 from fleetforge.adapters.sqlite.store import SqliteStore
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
+from fleetforge.core.readers import ReaderLoop, ReaderOptions
 from fleetforge.core.runtime import Runtime
-from fleetforge.domain.envelope import Envelope
-
-Observer = Callable[[list[Envelope]], None]
+from fleetforge.ports.store import OutboxRecord
 
 
 def spec(i: int) -> dict[str, Any]:
@@ -72,50 +73,115 @@ class DropSpans(SpanExporter):
         pass
 
 
-class Timed:
-    """Wraps an observer and accumulates the CPU time of the calling thread spent in it."""
+class TimedReader(TelemetryReader):
+    """Accumulates the CPU time of the reader's thread spent handling batches."""
 
-    def __init__(self, inner: Observer) -> None:
-        self.inner = inner
-        self.seconds = 0.0
-        self.events = 0
+    seconds = 0.0
+    events = 0
 
-    def __call__(self, events: list[Envelope]) -> None:
+    def handle(self, records: Sequence[OutboxRecord]) -> None:
         t0 = time.thread_time()
-        self.inner(events)
+        super().handle(records)
         self.seconds += time.thread_time() - t0
-        self.events += len(events)
+        self.events += len(records)
 
 
-async def one_round(runs: int, concurrency: int, observer: Observer | None, db: Path) -> tuple[int, float, float]:
-    """Store `runs` runs, then drain them: (attempts completed, wall seconds, process CPU seconds)."""
-    store = SqliteStore(db)
-    store.migrate()
-    async with httpx.AsyncClient() as client:
-        executors = build_executors(client=client, tools=register_demo_tools(ToolRegistry()), prices=PriceTable(),
-                                    llm_base_url=None, llm_api_key=None, sim_sleep=False)
-        runtime = Runtime(store, executors=executors, packs=default_packs(), observer=observer)
-        for i in range(runs):
-            runtime.submit(spec(i))
-        worker = runtime.worker("bench", concurrency=concurrency, poll_interval_s=0.01)
-        t0, c0 = time.perf_counter(), time.process_time()
-        await worker.run(until_idle=True)
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    store.close()
-    return worker.completed, elapsed, cpu
-
-
-def make(mode: str) -> tuple[Observer | None, Telemetry | None, DropSpans | None]:
-    if mode == "off":
-        return None, None, None
-    base = Telemetry.from_env(env={})
-    if mode == "metrics":
-        return Timed(base.observer), base, None
+def telemetry_with_spans() -> tuple[Telemetry, DropSpans]:
+    base = Telemetry.from_env(env={"OTEL_EXPORTER_PROMETHEUS_PORT": "0"})
     spans = DropSpans()
     provider = TracerProvider(id_generator=EventIdGenerator())
     provider.add_span_processor(BatchSpanProcessor(spans))
     full = Telemetry(meter_provider=base.meter_provider, tracer_provider=provider, registry=base.registry)
-    return Timed(full.observer), full, spans
+    full.settings = base.settings
+    return full, spans
+
+
+def reader_for(store: SqliteStore, telemetry: Telemetry, retention_s: float) -> TimedReader:
+    reader = TimedReader(store, telemetry.meter_generation, spans=telemetry.spans, series_retention_s=retention_s,
+                         sweep_every_s=min(5.0, retention_s))
+    assert telemetry.registry is not None
+    reader.expose_on(telemetry.registry)
+    return reader
+
+
+async def work(store: SqliteStore, first: int, runs: int, concurrency: int) -> tuple[int, float, float]:
+    """Store runs first..first+runs, then drain them: (attempts completed, wall s, process CPU s)."""
+    async with httpx.AsyncClient() as client:
+        executors = build_executors(client=client, tools=register_demo_tools(ToolRegistry()), prices=PriceTable(),
+                                    llm_base_url=None, llm_api_key=None, sim_sleep=False)
+        runtime = Runtime(store, executors=executors, packs=default_packs())
+        for i in range(first, first + runs):
+            runtime.submit(spec(i))
+        worker = runtime.worker("bench", concurrency=concurrency, poll_interval_s=0.01)
+        t0, c0 = time.perf_counter(), time.process_time()
+        await worker.run(until_idle=True)
+        return worker.completed, time.perf_counter() - t0, time.process_time() - c0
+
+
+def one_round(runs: int, concurrency: int, mode: str, db: Path) -> tuple[int, float, float, TimedReader | None]:
+    store = SqliteStore(db)
+    store.migrate()
+    reader: TimedReader | None = None
+    stop = threading.Event()
+    thread = None
+    telemetry = None
+    if mode == "reader":
+        telemetry, _ = telemetry_with_spans()
+        reader = reader_for(store, telemetry, 900.0)
+        loop = ReaderLoop(store, reader, holder="bench", options=ReaderOptions(batch_size=2000))
+        reader.lease_valid = loop.lease.valid
+        thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+        thread.start()
+    done, elapsed, cpu = asyncio.run(work(store, 0, runs, concurrency))
+    if thread is not None and reader is not None:
+        while store.outbox_backlog(reader.name)[0]:  # let the reader finish what the round wrote
+            time.sleep(0.05)
+        stop.set()
+        thread.join()
+    if telemetry is not None:
+        telemetry.shutdown()
+    store.close()
+    return done, elapsed, cpu, reader
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def soak(points: list[int], concurrency: int, retention_s: float, db: Path) -> None:
+    store = SqliteStore(db)
+    store.migrate()
+    telemetry, _ = telemetry_with_spans()
+    reader = reader_for(store, telemetry, retention_s)
+    loop = ReaderLoop(store, reader, holder="bench", options=ReaderOptions(batch_size=2000))
+    reader.lease_valid = loop.lease.valid
+    loop.lease.start_renewing()
+    address = telemetry.start_prometheus(port=0)
+    assert address is not None
+    print(f"soak: per-run series retention {retention_s:g}s; checkpoints {points}")
+    print(f"{'runs':>8}{'scrape KiB':>12}{'series':>9}{'RSS MiB':>9}{'ledger KiB':>12}{'reader us/event':>17}")
+    done = 0
+    chunk = 1000
+    for target in points:
+        while done < target:
+            n = min(chunk, target - done)
+            asyncio.run(work(store, done, n, concurrency))
+            done += n
+            while loop.step():
+                pass
+        time.sleep(retention_s)  # the runs of the last chunk leave their window
+        reader.sweep(force=True)
+        body = httpx.get(f"http://{address[0]}:{address[1]}/metrics").text
+        series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+        print(f"{done:>8}{len(body) / 1024:>12.0f}{series:>9}{rss_mib():>9.0f}{len(reader.checkpoint()) / 1024:>12.0f}"
+              f"{reader.seconds / max(1, reader.events) * 1e6:>17.1f}")
+    loop.lease.release()
+    telemetry.shutdown()
+    store.close()
 
 
 def main() -> None:
@@ -123,63 +189,42 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=150, help="runs per round (4 steps each)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode, alternating modes")
     parser.add_argument("--concurrency", type=int, default=16, help="worker concurrency")
+    parser.add_argument("--soak", default="", help="comma-separated run counts to report at, e.g. 1000,10000,100000")
+    parser.add_argument("--series-retention", type=float, default=5.0, help="per-run series retention in the soak (s)")
     args = parser.parse_args()
-    modes = ("off", "metrics", "+spans")
+    modes = ("off", "reader")
     rates: dict[str, list[float]] = {m: [] for m in modes}
-    cpu_per_step: dict[str, list[float]] = {m: [] for m in modes}
-    per_event: dict[str, list[float]] = {m: [] for m in modes}
-    share: dict[str, list[float]] = {m: [] for m in modes}  # observer CPU / the rest of the round's CPU
-    last: Telemetry | None = None
-    spans_seen = 0
+    worker_cpu: dict[str, list[float]] = {m: [] for m in modes}
+    reader_cpu: list[float] = []
+    per_event: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds + 1):  # round 0 warms up and is not counted
+        if args.rounds:
+            for r in range(args.rounds + 1):  # round 0 warms up and is not counted
+                for mode in modes:
+                    db = Path(tmp) / f"{mode}-{r}.db"
+                    done, elapsed, cpu, reader = one_round(args.runs, args.concurrency, mode, db)
+                    if r == 0:
+                        continue
+                    rates[mode].append(done / elapsed)
+                    worker_cpu[mode].append(cpu - (reader.seconds if reader is not None else 0.0))
+                    if reader is not None and reader.events:
+                        reader_cpu.append(reader.seconds)
+                        per_event.append(reader.seconds / reader.events * 1e6)
+            base = statistics.median(rates["off"])
+            print(f"workload: {args.runs} runs x 4 steps, concurrency {args.concurrency}, {args.rounds} rounds per "
+                  "mode (median), SQLite, simulated LLM without sleeps")
+            print(f"{'mode':<8}{'steps/s':>9}{'vs off':>9}{'worker CPU s':>14}{'reader CPU s':>14}"
+                  f"{'reader us/event':>17}   rounds (steps/s)")
             for mode in modes:
-                observer, telemetry, spans = make(mode)
-                done, elapsed, cpu = asyncio.run(one_round(args.runs, args.concurrency, observer,
-                                                      Path(tmp) / f"{mode}-{r}.db"))
-                if r == 0:
-                    if telemetry is not None:
-                        telemetry.shutdown()
-                    continue
-                rates[mode].append(done / elapsed)
-                cpu_per_step[mode].append(cpu / done * 1e6)
-                if isinstance(observer, Timed) and observer.events:
-                    per_event[mode].append(observer.seconds / observer.events * 1e6)
-                    share[mode].append(observer.seconds / (cpu - observer.seconds) * 100)
-                if telemetry is not None:
-                    telemetry.force_flush()
-                    if spans is not None:
-                        spans_seen = spans.count
-                    if mode == "metrics":
-                        if last is not None:
-                            last.shutdown()
-                        last = telemetry
-                    else:
-                        telemetry.shutdown()
-    base = statistics.median(rates["off"])
-    base_cpu = statistics.median(cpu_per_step["off"])
-    print(f"workload: {args.runs} runs x 4 steps, concurrency {args.concurrency}, {args.rounds} rounds per mode "
-          "(median), SQLite, simulated LLM without sleeps")
-    print(f"{'mode':<9}{'steps/s':>9}{'vs off':>9}{'CPU us/step':>13}{'vs off':>9}{'observer us/event':>19}"
-          f"{'observer share':>16}   rounds (steps/s)")
-    for mode in modes:
-        med, cpu = statistics.median(rates[mode]), statistics.median(cpu_per_step[mode])
-        cost = f"{statistics.median(per_event[mode]):.1f}" if per_event[mode] else "-"
-        part = f"{statistics.median(share[mode]):.1f}%" if share[mode] else "-"
-        delta = "baseline" if mode == "off" else f"{(med / base - 1) * 100:+.1f}%"
-        cpu_delta = "baseline" if mode == "off" else f"{(cpu / base_cpu - 1) * 100:+.1f}%"
-        print(f"{mode:<9}{med:>9.0f}{delta:>9}{cpu:>13.0f}{cpu_delta:>9}{cost:>19}{part:>16}   "
-              f"{', '.join(f'{x:.0f}' for x in rates[mode])}")
-    print(f"spans exported in the last +spans round: {spans_seen}")
-    if last is not None:
-        address = last.start_prometheus(port=0)
-        assert address is not None
-        t0 = time.perf_counter()
-        body = httpx.get(f"http://{address[0]}:{address[1]}/metrics").text
-        series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
-        print(f"one scrape after {args.runs} runs: {len(body) / 1024:.0f} KiB, {series} series, "
-              f"{(time.perf_counter() - t0) * 1000:.0f} ms")
-        last.shutdown()
+                med = statistics.median(rates[mode])
+                delta = "baseline" if mode == "off" else f"{(med / base - 1) * 100:+.1f}%"
+                rcpu = f"{statistics.median(reader_cpu):.2f}" if mode == "reader" and reader_cpu else "-"
+                rev = f"{statistics.median(per_event):.1f}" if mode == "reader" and per_event else "-"
+                print(f"{mode:<8}{med:>9.0f}{delta:>9}{statistics.median(worker_cpu[mode]):>14.2f}{rcpu:>14}{rev:>17}"
+                      f"   {', '.join(f'{x:.0f}' for x in rates[mode])}")
+        if args.soak:
+            soak([int(x) for x in args.soak.split(",")], args.concurrency, args.series_retention,
+                 Path(tmp) / "soak.db")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,15 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fleetforge.core.backoff import Backoff
 from fleetforge.core.lease import LeaseKeeper
 from fleetforge.domain.errors import FleetForgeError
-from fleetforge.ports.readers import DeliveryObserver, ReaderStore
+from fleetforge.ports.readers import DeliveryObserver, ReaderStateStore, ReaderStore
 from fleetforge.ports.store import OutboxPosition, OutboxRecord
 
-__all__ = ["OutboxReader", "ReaderLoop", "ReaderOptions", "ReaderStats", "new_holder"]
+__all__ = ["CheckpointingReader", "OutboxReader", "ReaderLoop", "ReaderOptions", "ReaderStats", "new_holder"]
 
 log = logging.getLogger("fleetforge.readers")
 
@@ -58,6 +58,16 @@ class OutboxReader(Protocol):
 
     def stop(self) -> None:
         """The lease was lost or the loop ends: drop whatever was not handled."""
+        ...
+
+
+@runtime_checkable
+class CheckpointingReader(Protocol):
+    """A reader that keeps state beside its cursor: after each handled batch the loop saves
+    `checkpoint()` and the new cursor in one transaction (`ReaderStateStore.set_cursor_and_state`)."""
+
+    def checkpoint(self) -> str:
+        """The state after the last handled batch (opaque text)."""
         ...
 
 
@@ -169,7 +179,11 @@ class ReaderLoop:
             self._drop()
             raise LeaseLost(f"{self.name}: lease lost while handling a batch; it will be read again")
         position = batch[-1].position
-        self.store.set_cursor(self.name, position)
+        if isinstance(self.reader, CheckpointingReader):
+            store: ReaderStateStore = self.store  # type: ignore[assignment]
+            store.set_cursor_and_state(self.name, position, self.reader.checkpoint())
+        else:
+            self.store.set_cursor(self.name, position)
         self._after, self._pending = position, []
         self.stats.sent += len(batch)
         self.stats.batches += 1

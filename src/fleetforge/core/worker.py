@@ -61,6 +61,11 @@ class Worker:
         self._wake = asyncio.Event()
         self.completed = 0
 
+    @property
+    def inflight(self) -> int:
+        """Steps executing now."""
+        return len(self._inflight)
+
     async def _call(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn)
 

@@ -202,6 +202,7 @@ class Metric(StrEnum):
     RETENTION_READER_LAG = "fleetforge.retention.reader_lag_seconds"
     RETENTION_BLOCKED = "fleetforge.retention.blocked"
     RETENTION_PRUNED = "fleetforge.retention.pruned"
+    WORKER_INFLIGHT_STEPS = "fleetforge.worker.inflight_steps"
 
 
 class Attr(StrEnum):

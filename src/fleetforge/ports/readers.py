@@ -6,7 +6,7 @@ from typing import Protocol
 
 from fleetforge.ports.store import OutboxPosition, OutboxRecord
 
-__all__ = ["DeliveryObserver", "LeaseStore", "ReaderStore"]
+__all__ = ["DeliveryObserver", "LeaseStore", "ReaderStateStore", "ReaderStore"]
 
 
 class LeaseStore(Protocol):
@@ -31,6 +31,15 @@ class ReaderStore(LeaseStore, Protocol):
     def set_cursor(self, consumer: str, position: OutboxPosition) -> None: ...
     def outbox_backlog(self, consumer: str) -> tuple[int, int | None]:
         """(rows after the consumer's cursor, created_us of the oldest of them or None)."""
+        ...
+
+
+class ReaderStateStore(ReaderStore, Protocol):
+    """A reader's own checkpoint (opaque text, e.g. JSON) kept beside its cursor."""
+
+    def get_reader_state(self, name: str) -> str | None: ...
+    def set_cursor_and_state(self, consumer: str, position: OutboxPosition, state: str) -> None:
+        """Move the cursor and replace the checkpoint in one transaction."""
         ...
 
 

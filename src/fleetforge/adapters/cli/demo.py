@@ -22,18 +22,17 @@ from fleetforge.adapters.cli.dashboard import (
     allowed_hosts,
     serve_until_interrupted,
 )
+from fleetforge.adapters.cli.telemetry import start_telemetry
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
 from fleetforge.adapters.clickhouse.backends import chdb_dir
 from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
 from fleetforge.adapters.dashboard.server import Dashboard
 from fleetforge.adapters.exporters import start_exporters
-from fleetforge.adapters.otel import Telemetry
 from fleetforge.adapters.sqlite.store import SqliteStore
 from fleetforge.adapters.webhook import WebhookServer
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.summary import summary_from_store
 from fleetforge.core.worker import Observer
-from fleetforge.domain.errors import ConfigError
 
 __all__ = ["register", "run_demo"]
 
@@ -122,17 +121,6 @@ def _print_summary(s: dict[str, Any], data_dir: Path) -> None:
               f"[cyan]fleetforge runs list --data-dir {data_dir}[/]")
 
 
-def _serve_metrics(telemetry: Telemetry) -> None:
-    """Expose the Prometheus endpoint while the demo runs and serves; a busy port is only a warning."""
-    try:
-        address = telemetry.start_prometheus()
-    except ConfigError as exc:
-        err.print(f"[yellow]warning:[/] no Prometheus endpoint: {exc}", highlight=False)
-        return
-    if address:
-        err.print(f"Prometheus metrics on http://{address[0]}:{address[1]}/metrics", highlight=False)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
@@ -163,16 +151,23 @@ def register(app: typer.Typer) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             if not keep:
                 _reset(folder)
-            with EmbeddedAnalytics(chdb_dir(folder)) as analytics, Telemetry.from_env() as telemetry:
-                _serve_metrics(telemetry)
-                summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
-                                               concurrency=concurrency, progress=not as_json,
-                                               observer=telemetry.observer))
-                if as_json:
-                    print_json(summary)
-                else:
-                    _print_summary(summary, folder)
-                if not no_serve:
-                    store = SqliteStore(folder / "state.db")
-                    serve_until_interrupted(Dashboard(analytics.analytics, store), host, port,
-                                            allowed_hosts(allowed_host))
+            state = SqliteStore(folder / "state.db")
+            state.migrate()
+            telemetry = start_telemetry(state, "demo", service_name="fleetforge-demo")
+            try:
+                with EmbeddedAnalytics(chdb_dir(folder)) as analytics:
+                    summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
+                                                   concurrency=concurrency, progress=not as_json))
+                    if telemetry.service is not None and not telemetry.service.caught_up(60.0):
+                        err.print("[yellow]warning:[/] the telemetry reader has not caught up yet", highlight=False)
+                    if as_json:
+                        print_json(summary)
+                    else:
+                        _print_summary(summary, folder)
+                    if not no_serve:
+                        store = SqliteStore(folder / "state.db")
+                        serve_until_interrupted(Dashboard(analytics.analytics, store), host, port,
+                                                allowed_hosts(allowed_host))
+            finally:
+                telemetry.stop()
+                state.close()

@@ -21,6 +21,7 @@ from fleetforge import __version__
 from fleetforge.adapters.cli import demo
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
+from fleetforge.core.worker import Worker
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
 
@@ -37,7 +38,7 @@ runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=Tr
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
-_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor", "retention")
+_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor", "retention", "telemetry")
 
 
 def _version(value: bool) -> None:
@@ -119,15 +120,27 @@ def worker(
         help="Prune the outbox and finished runs in the background (one worker of the fleet at a time; "
              "settings from FLEETFORGE_OUTBOX_RETENTION, FLEETFORGE_RUN_RETENTION, ... see "
              "docs/retention.md).")] = True,
+    telemetry: Annotated[bool, typer.Option(
+        "--telemetry/--no-telemetry", envvar="FLEETFORGE_TELEMETRY",
+        help="Run the telemetry reader: the worker holding its lease publishes the fleet's metrics and spans "
+             "(Prometheus on OTEL_EXPORTER_PROMETHEUS_PORT, default 9464; OTLP with "
+             "OTEL_EXPORTER_OTLP_ENDPOINT); every worker publishes its own process metrics. "
+             "See docs/telemetry.md.")] = True,
 ) -> None:
     """Claim and execute ready steps until interrupted (SIGINT/SIGTERM finish what is in flight)."""
     from fleetforge.adapters.cli.retention import service_from_env
+    from fleetforge.adapters.cli.telemetry import start_telemetry
+    from fleetforge.adapters.exporters import start_exporters
 
     with guard():
         registry = tools_registry(tools or ())
         st = store_for(store, data_dir)
         wid = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         pruning = service_from_env(st, wid) if retention else None
+        running: list[Worker] = []
+        metrics = start_telemetry(st, wid, reader=telemetry, service_name="fleetforge-worker",
+                                  inflight=lambda: running[0].inflight if running else 0)
+        exporters = start_exporters(st)  # FLEETFORGE_TRACE_EXPORTERS and manifests; nothing when unset
 
         async def go() -> None:
             stop = asyncio.Event()
@@ -137,6 +150,7 @@ def worker(
             async with httpx.AsyncClient() as client:
                 w = build_runtime(st, client, tools=registry).worker(
                     wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
+                running.append(w)
                 await w.run(stop=stop, until_idle=until_idle)
 
         if pruning is not None:
@@ -146,6 +160,8 @@ def worker(
         finally:
             if pruning is not None:
                 pruning.stop()
+            exporters.stop(10.0)
+            metrics.stop()
 
 
 @app.command()

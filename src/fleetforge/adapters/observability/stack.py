@@ -29,6 +29,7 @@ from fleetforge.adapters.observability.chrunner import QueryRunner
 from fleetforge.adapters.observability.otlp import OtelWriter, OtlpGrpcServer, OtlpHttpServer, OtlpSink
 from fleetforge.adapters.observability.prombridge import PrometheusBridge
 from fleetforge.adapters.otel.exporters import PrometheusServer
+from fleetforge.adapters.otel.service import RunningTelemetry, start_telemetry
 from fleetforge.adapters.sqlfiles import package_text, split_statements
 from fleetforge.ports.store import Store
 
@@ -94,6 +95,7 @@ class _OutboxFollower:
         self.path = Path(store_url.removeprefix("sqlite:///")) if store_url.startswith("sqlite:///") else None
         self._identity: tuple[int, int] | None = None
         self._store: Store | None = None
+        self._telemetry: RunningTelemetry | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="outbox-follower", daemon=True)
         self.error = ""
@@ -114,10 +116,15 @@ class _OutboxFollower:
             return
         self._store = store
         self.analytics.start(store)
+        # the telemetry reader beside it: publishes the fleet's metrics while no worker holds its lease
+        self._telemetry = start_telemetry(store, f"observability-{os.getpid()}", service_name="fleetforge-stack")
         self.error = ""
         log.info("streaming the outbox of %s into ClickHouse", self.store_url)
 
     def _close(self) -> None:
+        if self._telemetry is not None:
+            self._telemetry.stop()
+            self._telemetry = None
         self.analytics.stop()
         if self._store is not None:
             self._store.close()

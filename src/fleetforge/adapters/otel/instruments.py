@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, ObservableCounter, Observation, _Gauge
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -13,9 +13,11 @@ from fleetforge.domain.names import Metric
 
 __all__ = [
     "BUCKETS",
+    "BUDGET_FIELDS",
     "DURATION_BUCKETS",
     "GENAI_DURATION_BUCKETS",
     "GENAI_TOKEN_BUCKETS",
+    "INSTRUMENT_METRICS",
     "METER_NAME",
     "QUEUE_LAG_BUCKETS",
     "Callback",
@@ -86,21 +88,12 @@ class RunInstruments:
     genai_duration: Histogram
 
     @classmethod
-    def create(cls, meter: Meter, *, retries: Callback, policy_events: Callback) -> RunInstruments:
-        """The instruments; the two counters are asynchronous, reporting the totals their callbacks return."""
+    def create(cls, meter: Meter, *, retries: Callback, policy_events: Callback,
+               budget_meter: Meter | None = None) -> RunInstruments:
+        """The instruments; the two counters are asynchronous, reporting the totals their callbacks return.
+        The per-run budget instruments are made on `budget_meter` when given (so they can be replaced)."""
         return cls(
-            tokens_remaining=_histogram(meter, Metric.BUDGET_TOKENS_REMAINING, "{token}",
-                                        "Tokens left under the tightest limit after each step of a budgeted run"),
-            cost_remaining=_histogram(meter, Metric.BUDGET_COST_REMAINING, "{USD}",
-                                      "USD left under the tightest limit after each step of a budgeted run"),
-            tokens_projected_burn=_histogram(meter, Metric.BUDGET_TOKENS_PROJECTED_BURN, "{token}",
-                                             "Tokens used + reserved, recorded before each step executes"),
-            cost_projected_burn=_histogram(meter, Metric.BUDGET_COST_PROJECTED_BURN, "{USD}",
-                                           "USD used + reserved, recorded before each step executes"),
-            tokens_limit=meter.create_gauge(str(Metric.BUDGET_TOKENS_LIMIT), unit="{token}",
-                                            description="The tightest token limit of the run"),
-            cost_limit=meter.create_gauge(str(Metric.BUDGET_COST_LIMIT), unit="{USD}",
-                                          description="The tightest cost limit of the run"),
+            **_budget_instruments(budget_meter or meter),
             queue_lag=_histogram(meter, Metric.QUEUE_LAG_SECONDS, "s",
                                  "How long a step waited in the scheduler queue before a worker claimed it"),
             retries=meter.create_observable_counter(
@@ -115,3 +108,40 @@ class RunInstruments:
                                     "Input and output tokens used by LLM calls"),
             genai_duration=_histogram(meter, Metric.GENAI_OPERATION_DURATION, "s", "Duration of LLM calls"),
         )
+
+    def with_budget(self, budget_meter: Meter) -> RunInstruments:
+        """These instruments with the per-run budget ones made anew on `budget_meter`."""
+        return replace(self, **_budget_instruments(budget_meter))
+
+
+def _budget_instruments(b: Meter) -> dict[str, Any]:
+    return {
+        "tokens_remaining": _histogram(b, Metric.BUDGET_TOKENS_REMAINING, "{token}",
+                                       "Tokens left under the tightest limit after each step of a budgeted run"),
+        "cost_remaining": _histogram(b, Metric.BUDGET_COST_REMAINING, "{USD}",
+                                     "USD left under the tightest limit after each step of a budgeted run"),
+        "tokens_projected_burn": _histogram(b, Metric.BUDGET_TOKENS_PROJECTED_BURN, "{token}",
+                                            "Tokens used + reserved, recorded before each step executes"),
+        "cost_projected_burn": _histogram(b, Metric.BUDGET_COST_PROJECTED_BURN, "{USD}",
+                                          "USD used + reserved, recorded before each step executes"),
+        "tokens_limit": b.create_gauge(str(Metric.BUDGET_TOKENS_LIMIT), unit="{token}",
+                                       description="The tightest token limit of the run"),
+        "cost_limit": b.create_gauge(str(Metric.BUDGET_COST_LIMIT), unit="{USD}",
+                                     description="The tightest cost limit of the run"),
+    }
+
+
+BUDGET_FIELDS: Final = ("tokens_remaining", "cost_remaining", "tokens_projected_burn", "cost_projected_burn",
+                        "tokens_limit", "cost_limit")
+"""The RunInstruments fields that carry `run_id` (per-run series)."""
+
+INSTRUMENT_METRICS: Final[dict[str, Metric]] = {
+    "tokens_remaining": Metric.BUDGET_TOKENS_REMAINING, "cost_remaining": Metric.BUDGET_COST_REMAINING,
+    "tokens_projected_burn": Metric.BUDGET_TOKENS_PROJECTED_BURN,
+    "cost_projected_burn": Metric.BUDGET_COST_PROJECTED_BURN, "tokens_limit": Metric.BUDGET_TOKENS_LIMIT,
+    "cost_limit": Metric.BUDGET_COST_LIMIT, "queue_lag": Metric.QUEUE_LAG_SECONDS,
+    "run_duration": Metric.RUN_DURATION, "step_duration": Metric.STEP_DURATION,
+    "genai_tokens": Metric.GENAI_TOKEN_USAGE, "genai_duration": Metric.GENAI_OPERATION_DURATION,
+}
+"""RunInstruments field -> metric name, for the histograms and gauges."""
+

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter
 
-from fleetforge.adapters.otel.instruments import RunInstruments
+from fleetforge.adapters.otel.instruments import BUCKETS, BUDGET_FIELDS, INSTRUMENT_METRICS, RunInstruments
+from fleetforge.adapters.otel.ledger import GaugeTally, HistogramTally, Ledger, TalliedGauge, TalliedHistogram, Tally
 from fleetforge.adapters.otel.settings import RunIdMode
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.names import Attr
+from fleetforge.domain.names import Attr, Metric
 from fleetforge.domain.names import EventKind as K
 
 __all__ = ["GENAI_OPERATION", "MetricsRecorder", "Tally"]
@@ -30,25 +31,6 @@ _OPERATION, _PROVIDER, _MODEL, _TOKEN_TYPE = (
     str(Attr.GENAI_OPERATION), str(Attr.GENAI_PROVIDER), str(Attr.GENAI_MODEL), str(Attr.GENAI_TOKEN_TYPE))
 
 
-class Tally:
-    """Counts per attribute set, reported by an asynchronous counter: a dict update per event instead of an
-    SDK measurement (the SDK's per-measurement cost dominates the observer otherwise)."""
-
-    def __init__(self) -> None:
-        self._counts: dict[AttrKey, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, key: AttrKey) -> None:
-        """Count one for the attribute set `key`: (name, value) pairs, always in one order per caller."""
-        with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
-
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            items = list(self._counts.items())
-        return [Observation(n, dict(key)) for key, n in items]
-
-
 def _num(payload: dict[str, Any], key: str) -> float:
     value = payload.get(key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
@@ -62,11 +44,19 @@ class MetricsRecorder:
     token limit applies, cost metrics when a cost limit applies.
     """
 
-    def __init__(self, meter: Meter, *, run_id_mode: RunIdMode = RunIdMode.BUDGET) -> None:
-        self.retries = Tally()
-        self.policy_events = Tally()
+    def __init__(self, meter: Meter, *, run_id_mode: RunIdMode = RunIdMode.BUDGET,
+                 budget_meter: Meter | None = None, ledger: Ledger | None = None,
+                 visible: Callable[[], bool] = lambda: True) -> None:
+        self.retries = Tally(visible)
+        self.policy_events = Tally(visible)
         self.instruments = RunInstruments.create(meter, retries=self.retries.observe,
-                                                 policy_events=self.policy_events.observe)
+                                                 policy_events=self.policy_events.observe,
+                                                 budget_meter=budget_meter)
+        self.ledger = ledger
+        if ledger is not None:  # keep every value, so a new lease holder can continue the series
+            ledger.counters[str(Metric.STEP_RETRIES)] = self.retries
+            ledger.counters[str(Metric.POLICY_EVENTS)] = self.policy_events
+            self.instruments = self._tallied(self.instruments, INSTRUMENT_METRICS)
         self.run_id_mode = run_id_mode
         self._run_id_all = run_id_mode is RunIdMode.ALL
         self._run_id_budget = run_id_mode is RunIdMode.BUDGET
@@ -83,6 +73,36 @@ class MetricsRecorder:
             K.RUN_FAILED: self._run_done,
             K.RUN_CANCELED: self._run_done,
         }
+
+    def _tallied(self, i: RunInstruments, fields: Any) -> RunInstruments:
+        assert self.ledger is not None
+        wrapped: dict[str, Any] = {}
+        for f in fields:
+            name = str(INSTRUMENT_METRICS[f])
+            sdk = getattr(i, f)
+            if f.endswith("_limit"):
+                wrapped[f] = TalliedGauge(sdk, self.ledger.gauges.setdefault(name, GaugeTally()))
+            else:
+                bounds = BUCKETS[INSTRUMENT_METRICS[f]]
+                wrapped[f] = TalliedHistogram(sdk, self.ledger.histograms.setdefault(name, HistogramTally(bounds)))
+        return replace(i, **wrapped)
+
+    def replay(self, fields: Sequence[str] = tuple(INSTRUMENT_METRICS)) -> None:
+        """Record the ledger's tallies into the current SDK instruments (after a takeover or a rebind)."""
+        for f in fields:
+            inst = getattr(self.instruments, f)
+            if isinstance(inst, TalliedHistogram):
+                inst.tally.replay(inst.sdk.record)
+            elif isinstance(inst, TalliedGauge):
+                inst.tally.replay(inst.sdk.set)
+
+    def rebind_budget(self, budget_meter: Meter) -> None:
+        """Make the per-run budget instruments anew on `budget_meter` and replay what the ledger still holds
+        of them (series of runs it forgot are gone)."""
+        fresh = self.instruments.with_budget(budget_meter)
+        self.instruments = self._tallied(fresh, BUDGET_FIELDS) if self.ledger is not None else fresh
+        self._limits.clear()
+        self.replay(BUDGET_FIELDS)
 
     def record(self, events: Sequence[Envelope]) -> None:
         """Record every metric the events imply."""
@@ -189,3 +209,5 @@ class MetricsRecorder:
         if e.kind is K.RUN_FAILED:
             attrs[_ERROR] = p.get("error_kind", "")
         self.instruments.run_duration.record(_num(p, "duration_ms") / 1000, attrs)
+        if self.ledger is not None:
+            self.ledger.run_ended(e.run_id, e.occurred_us / 1e6)

@@ -7,11 +7,11 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import NoOpMeter
+from opentelemetry.metrics import NoOpMeter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -24,6 +24,12 @@ from fleetforge.adapters.otel.delivery import DeliveryMetrics
 from fleetforge.adapters.otel.exporters import PrometheusServer, otlp_metric_exporter, otlp_span_exporter
 from fleetforge.adapters.otel.instruments import METER_NAME, metric_views
 from fleetforge.adapters.otel.metrics import MetricsRecorder
+from fleetforge.adapters.otel.reader import (
+    DEFAULT_SERIES_RETENTION_S,
+    READER_NAME,
+    MeterGeneration,
+    TelemetryReader,
+)
 from fleetforge.adapters.otel.settings import (
     DEFAULT_PROMETHEUS_HOST,
     DEFAULT_PROMETHEUS_PORT,
@@ -32,6 +38,8 @@ from fleetforge.adapters.otel.settings import (
 )
 from fleetforge.adapters.otel.spans import EventIdGenerator, SpanRecorder
 from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.names import Metric
+from fleetforge.ports.readers import ReaderStateStore
 
 __all__ = ["Telemetry"]
 
@@ -76,6 +84,8 @@ class Telemetry:
         self._lock = threading.Lock()
         self._last_error_log = 0.0
         self.errors = 0
+        self.settings: TelemetrySettings | None = None
+        self._resource: Resource | None = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -112,9 +122,43 @@ class Telemetry:
                 tracer_provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter(settings.traces)))
             if settings.console_traces:
                 tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
-        return cls(meter_provider=meter_provider, tracer_provider=tracer_provider, registry=registry,
+        made = cls(meter_provider=meter_provider, tracer_provider=tracer_provider, registry=registry,
                    run_id_mode=settings.run_id_mode, prometheus_host=settings.prometheus_host,
                    prometheus_port=settings.prometheus_port, owns_providers=True, push_readers=push)
+        made.settings, made._resource = settings, resource
+        return made
+
+    def observe_inflight(self, count: Callable[[], int]) -> None:
+        """Publish `count()` as this process's `fleetforge.worker.inflight_steps` gauge."""
+        if self.meter_provider is None:
+            return
+        meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        meter.create_observable_gauge(str(Metric.WORKER_INFLIGHT_STEPS),
+                                      [lambda options: [Observation(count())]], unit="{step}",
+                                      description="Steps this worker process executes now")
+
+    # -- the telemetry reader -----------------------------------------------------------------
+
+    def meter_generation(self) -> MeterGeneration:
+        """A new MeterProvider for fleet series: scraped through a private registry (shown on this process's
+        endpoint by the reader while it holds the lease) and pushed over OTLP when configured."""
+        registry = CollectorRegistry(auto_describe=False)
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=registry, disable_target_info=True)]
+        if self.settings is not None and self.settings.metrics is not None:
+            readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(self.settings.metrics)))
+        provider = MeterProvider(metric_readers=readers, resource=self._resource or Resource.create({}),
+                                 views=metric_views(), shutdown_on_exit=False)
+        return MeterGeneration(provider, registry)
+
+    def reader(self, store: ReaderStateStore, *, series_retention_s: float = DEFAULT_SERIES_RETENTION_S,
+               name: str = READER_NAME) -> TelemetryReader:
+        """A telemetry reader recording into this object's spans and fresh fleet meter generations, its
+        series shown on this object's Prometheus registry."""
+        reader = TelemetryReader(store, self.meter_generation, spans=self.spans, run_id_mode=self.run_id_mode,
+                                 series_retention_s=series_retention_s, name=name)
+        if self.registry is not None:
+            reader.expose_on(self.registry)
+        return reader
 
     # -- the observer -------------------------------------------------------------------------
 

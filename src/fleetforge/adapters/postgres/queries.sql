@@ -414,3 +414,10 @@ WITH doomed AS MATERIALIZED (
 )
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed)
 RETURNING id;
+
+-- name: get_reader_state
+SELECT state FROM reader_state WHERE name = %s;
+
+-- name: set_reader_state
+INSERT INTO reader_state (name, state, updated_us) VALUES (%s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_us = excluded.updated_us;

@@ -423,6 +423,17 @@ class PostgresStore:
     def set_cursor(self, consumer: str, position: OutboxPosition) -> None:
         self._query_none("set_cursor", (consumer, position[0], position[1], self.clock.now_us()))
 
+    def get_reader_state(self, name: str) -> str | None:
+        found = self._query("get_reader_state", (name,))
+        return str(found[0][0]) if found else None
+
+    def set_cursor_and_state(self, consumer: str, position: OutboxPosition, state: str) -> None:
+        """Move the cursor and replace the reader's checkpoint in one transaction."""
+        now = self.clock.now_us()
+        with self.transaction() as tx:
+            tx.execute("set_cursor", Q["set_cursor"], (consumer, position[0], position[1], now))
+            tx.execute("set_reader_state", Q["set_reader_state"], (consumer, state, now))
+
     def _query_none(self, name: str, params: Any) -> None:
         with self._pool.connection() as conn:
             try:

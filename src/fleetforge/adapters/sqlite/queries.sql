@@ -250,3 +250,10 @@ UPDATE schema_migrations SET checksum = ? WHERE version = ? AND checksum = '';
 
 -- name: schema_version
 SELECT max(version) FROM schema_migrations;
+
+-- name: get_reader_state
+SELECT state FROM reader_state WHERE name = ?;
+
+-- name: set_reader_state
+INSERT INTO reader_state (name, state, updated_us) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_us = excluded.updated_us;

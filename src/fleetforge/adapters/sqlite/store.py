@@ -263,6 +263,17 @@ class SqliteStore:
         with self.transaction() as tx:
             tx.c.execute(Q["set_cursor"], (consumer, position[0], position[1], self.clock.now_us()))
 
+    def get_reader_state(self, name: str) -> str | None:
+        found = self._query(Q["get_reader_state"], (name,))
+        return str(found[0][0]) if found else None
+
+    def set_cursor_and_state(self, consumer: str, position: OutboxPosition, state: str) -> None:
+        """Move the cursor and replace the reader's checkpoint in one transaction."""
+        now = self.clock.now_us()
+        with self.transaction() as tx:
+            tx.c.execute(Q["set_cursor"], (consumer, position[0], position[1], now))
+            tx.c.execute(Q["set_reader_state"], (consumer, state, now))
+
     def try_lease(self, name: str, holder: str, ttl_ms: int) -> int | None:
         """Take or renew lease `name` for `holder`; its epoch while held, else None."""
         with self.transaction() as tx:
