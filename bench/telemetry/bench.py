@@ -38,11 +38,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from fleetforge.adapters.executors.registry import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.otel import EventIdGenerator, Telemetry
-from fleetforge.adapters.otel.reader import TelemetryReader
+from fleetforge.adapters.otel.reader import READER_OPTIONS, TelemetryReader
 from fleetforge.adapters.sqlite.store import SqliteStore
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
-from fleetforge.core.readers import ReaderLoop, ReaderOptions
+from fleetforge.core.readers import ReaderLoop
 from fleetforge.core.runtime import Runtime
 from fleetforge.ports.store import OutboxRecord
 
@@ -128,7 +128,7 @@ def one_round(runs: int, concurrency: int, mode: str, db: Path) -> tuple[int, fl
     if mode == "reader":
         telemetry, _ = telemetry_with_spans()
         reader = reader_for(store, telemetry, 900.0)
-        loop = ReaderLoop(store, reader, holder="bench", options=ReaderOptions(batch_size=2000))
+        loop = ReaderLoop(store, reader, holder="bench", options=READER_OPTIONS)
         reader.lease_valid = loop.lease.valid
         thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
         thread.start()
@@ -157,7 +157,7 @@ def soak(points: list[int], concurrency: int, retention_s: float, db: Path) -> N
     store.migrate()
     telemetry, _ = telemetry_with_spans()
     reader = reader_for(store, telemetry, retention_s)
-    loop = ReaderLoop(store, reader, holder="bench", options=ReaderOptions(batch_size=2000))
+    loop = ReaderLoop(store, reader, holder="bench", options=READER_OPTIONS)
     reader.lease_valid = loop.lease.valid
     loop.lease.start_renewing()
     address = telemetry.start_prometheus(port=0)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from fleetforge.adapters.otel.reader import DEFAULT_SERIES_RETENTION_S, TelemetryService
+from fleetforge.adapters.otel.reader import DEFAULT_SERIES_RETENTION_S, READER_OPTIONS, TelemetryService
 from fleetforge.adapters.otel.telemetry import Telemetry
-from fleetforge.core.readers import ReaderOptions
 from fleetforge.domain.envparse import duration
 from fleetforge.domain.errors import ConfigError
 from fleetforge.ports.readers import ReaderStateStore
@@ -82,6 +81,6 @@ def start_telemetry(store: Store, holder: str, *, reader: bool = True, service_n
     if reader and telemetry.meter_provider is not None:
         rs: ReaderStateStore = store  # both stores implement ReaderStateStore
         service = TelemetryService(rs, telemetry.reader(rs, series_retention_s=retention_s), holder=holder,
-                                   options=ReaderOptions(batch_size=2000, lease_ttl_ms=ttl_ms),
+                                   options=replace(READER_OPTIONS, lease_ttl_ms=ttl_ms),
                                    observer=telemetry.delivery).start()
     return RunningTelemetry(telemetry, service)
