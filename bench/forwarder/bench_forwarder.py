@@ -31,7 +31,7 @@ from tests.fixtures.kafka import TansuBroker, create_topic, envelopes, unique_na
 
 from fleetforge.adapters.kafka.config import BusConfig  # noqa: E402
 from fleetforge.adapters.kafka.forwarder import Forwarder  # noqa: E402
-from fleetforge.adapters.kafka.publishers import Context  # noqa: E402
+from fleetforge.adapters.kafka.publishers import headers  # noqa: E402
 from fleetforge.adapters.sqlite.store import SqliteStore  # noqa: E402
 
 RSS_CHILD = r"""
@@ -75,9 +75,8 @@ def raw_rate(bootstrap: str, path: Path, partitions: int) -> float:
     cfg = BusConfig(bootstrap_servers=bootstrap, topic=unique_name("raw"))
     create_topic(bootstrap, cfg.topic, partitions)
     conf, _ = cfg.producer_config()
-    ctx = Context(store=store, config=cfg, producer_conf=conf, metrics=None,  # type: ignore[arg-type]
-                  lease=None, stop=None)  # type: ignore[arg-type]
-    messages = [ctx.message(r) for r in store.iter_outbox()]
+    messages = [{"topic": cfg.topic, "value": r.envelope, "key": r.run_id, "headers": headers(r)}
+                for r in store.iter_outbox()]
     store.close()
     producer = Producer(conf)
     started = time.perf_counter()

@@ -48,12 +48,17 @@ class OutboxReader(Protocol):
     def start(self, cursor: OutboxPosition) -> OutboxPosition:
         """Called each time the lease is taken, with the durable cursor; returns where to read after.
 
-        A reader that keeps its own checkpoint elsewhere (a Kafka transaction) may return a later position.
+        A reader that keeps its own checkpoint elsewhere (a Kafka transaction) may return a later position;
+        the loop then saves it as the cursor at once.
         """
         ...
 
     def handle(self, records: Sequence[OutboxRecord]) -> None:
-        """Deliver `records` (commit order). Raise to have the same batch retried after a backoff."""
+        """Deliver `records` (commit order). Raise to have the same batch retried after a backoff.
+
+        An exception with a str attribute `error_kind` names the failure in the `failed` counter
+        (otherwise its class name does).
+        """
         ...
 
     def stop(self) -> None:
@@ -142,7 +147,10 @@ class ReaderLoop:
             if not self.lease.try_once():
                 return 0
             cursor = self.store.get_cursor(self.name)
-            self._after = self.reader.start(cursor)
+            after = self.reader.start(cursor)
+            if after != cursor:  # the reader's own checkpoint is ahead: the cursor follows it
+                self.store.set_cursor(self.name, after)
+            self._after = after
             self.stats.takeovers += 1
             log.info("%s: reading after %s as %s", self.name, self._after, self.lease.holder)
         assert self._after is not None
@@ -173,7 +181,8 @@ class ReaderLoop:
             self.stats.failed += len(batch)
             self.stats.last_error = str(exc)
             if self.observer is not None:
-                self.observer.failed(self.name, len(batch), type(exc).__name__)
+                kind = getattr(exc, "error_kind", None)
+                self.observer.failed(self.name, len(batch), kind if isinstance(kind, str) else type(exc).__name__)
             raise
         if not self.lease.valid():  # a standby may have taken over meanwhile: do not move its cursor
             self._drop()
@@ -197,6 +206,11 @@ class ReaderLoop:
             self.reader.stop()
         self._after, self._pending = None, []
 
+    def report_backlog(self) -> None:
+        """Report the backlog if due; for a reader that waits long inside `handle`. Never raises on store errors."""
+        with _suppress_store_errors(self.name):
+            self._report_backlog()
+
     def _report_backlog(self, force: bool = False) -> None:
         if self.observer is None:
             return
@@ -214,8 +228,12 @@ class ReaderLoop:
 
         Once `drain` is set the loop reads to the end of the outbox without lingering and ends there; a
         standby (another process holds the lease) ends at once. A clean stop that leaves nothing behind.
+
+        An exception that escapes (a BaseException out of `handle`, e.g. a crash) ends the loop without
+        handing the pending batch again.
         """
         self.lease.start_renewing()
+        clean = False
         try:
             while not stop.is_set():
                 self._draining = drain is not None and drain.is_set()
@@ -236,8 +254,10 @@ class ReaderLoop:
                     wait = min(wait, max(0.0, self._first_at + self.options.linger_s - self.clock()))
                 if self.wake.wait(wait):
                     self.wake.clear()
+            clean = True
         finally:
-            self._drain_on_stop()
+            if clean:
+                self._drain_on_stop()
             self._drop()
             self.lease.release()
         return self.stats

@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
                 telemetry.shutdown()
                 st.close()
         out.print(f"forwarded {stats.sent} events in {stats.batches} batches "
-                  f"({stats.failed} failed deliveries, {stats.retried} events resent)", highlight=False)
+                  f"({stats.failed} events in failed batches, {stats.retried} events resent)", highlight=False)
 
     @app.command("check-transactional-forwarder")
     def check_transactional_forwarder(

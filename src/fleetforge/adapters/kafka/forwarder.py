@@ -1,8 +1,9 @@
 """The outbox forwarder: relays outbox rows to Kafka, at-least-once or transactionally.
 
-One forwarder at a time publishes for an outbox consumer (a store lease); others wait as standby.
-The forwarder only reads the outbox and writes its own cursor, so nothing it does (or a broker
-outage) can block or slow the runtime: back-pressure stays in the outbox.
+It is an outbox reader run by the one reader loop (`core.readers.ReaderLoop`): one forwarder at a
+time publishes for an outbox consumer (the lease is named after it); others wait as standby. The
+forwarder only reads the outbox and writes its own cursor, so nothing it does (or a broker outage)
+can block or slow the runtime: back-pressure stays in the outbox.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from confluent_kafka import KafkaException
@@ -19,16 +21,11 @@ from opentelemetry.metrics import MeterProvider, NoOpMeter
 from fleetforge import __version__
 from fleetforge.adapters.kafka.config import BusConfig
 from fleetforge.adapters.kafka.logs import QUIET
-from fleetforge.adapters.kafka.publishers import (
-    AtLeastOncePublisher,
-    Context,
-    ForwarderStats,
-    TransactionalPublisher,
-)
+from fleetforge.adapters.kafka.publishers import AtLeastOnceReader, TransactionalReader
 from fleetforge.adapters.otel.delivery import DeliveryMetrics
-from fleetforge.core.forwarding import Backoff, DeliveryMode, ForwarderStore
-from fleetforge.core.lease import LeaseKeeper
-from fleetforge.domain.errors import StoreError
+from fleetforge.core.backoff import Backoff
+from fleetforge.core.forwarding import DeliveryMode, ForwarderStore
+from fleetforge.core.readers import ReaderLoop, ReaderOptions
 from fleetforge.ports.store import OutboxPosition
 
 __all__ = ["AT_LEAST_ONCE_WARNING", "METER_NAME", "Forwarder", "ForwarderStats", "ensure_topic"]
@@ -75,12 +72,26 @@ def ensure_topic(config: BusConfig, stop: threading.Event, backoff: Backoff | No
     return False
 
 
-class Forwarder:
-    """Relay `store`'s outbox to `config.topic` until stopped.
+@dataclass(frozen=True, slots=True)
+class ForwarderStats:
+    """What one forwarder did (events are outbox rows)."""
 
-    Metrics go through `meter_provider` (or an existing `delivery_metrics`); `after_publish` is
-    called with the last position of each acknowledged (at-least-once) or committed
-    (transactional) batch before the cursor moves there.
+    sent: int = 0
+    failed: int = 0  # events of batches that failed
+    retried: int = 0  # events handed to the broker again after a failure
+    batches: int = 0
+    recovered: int = 0  # times the transactional checkpoint was ahead of the cursor
+    producers: int = 0  # producers created (recreations after fatal errors included)
+
+
+class Forwarder:
+    """Relay `store`'s outbox to `config.topic` until stopped, on the one reader loop.
+
+    The lease and the cursor are named `config.outbox_consumer`. At-least-once hands the reader
+    batches of `max_in_flight` rows, transactional mode batches of `batch_size` rows (one
+    transaction each). Metrics go through `meter_provider` (or an existing `delivery_metrics`);
+    `after_publish` is called with the last position of each acknowledged (at-least-once) or
+    committed (transactional) batch before the cursor moves there.
     """
 
     def __init__(
@@ -91,7 +102,6 @@ class Forwarder:
         meter_provider: MeterProvider | None = None,
         delivery_metrics: DeliveryMetrics | None = None,
         after_publish: Callable[[OutboxPosition], None] | None = None,
-        backoff: Backoff | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -100,14 +110,33 @@ class Forwarder:
                      else NoOpMeter(METER_NAME))
             delivery_metrics = DeliveryMetrics(meter)
         self.metrics = delivery_metrics
-        self.after_publish = after_publish
-        self.backoff = backoff or Backoff()
         self.producer_conf, self.overrides = config.producer_config()
-        self.stats = ForwarderStats()
+        transactional = config.mode is DeliveryMode.TRANSACTIONAL
+        reader_type = TransactionalReader if transactional else AtLeastOnceReader
+        self.reader: AtLeastOnceReader | TransactionalReader = reader_type(store, config, self.producer_conf,
+                                                                           after_publish)
+        options = ReaderOptions(batch_size=config.batch_size if transactional else config.max_in_flight,
+                                poll_s=config.poll_interval_ms / 1000, lease_ttl_ms=config.lease_ttl_ms,
+                                backoff_initial_s=0.1, backoff_max_s=10.0)
+        self.loop = ReaderLoop(store, self.reader, holder=config.holder, options=options, observer=self.metrics)
+        self.reader.holding = self.loop.lease.valid
+        self.reader.waiting = self.loop.report_backlog
 
     @property
     def mode(self) -> DeliveryMode:
         return self.config.mode
+
+    @property
+    def backoff(self) -> Backoff:
+        """The loop's backoff (also used while waiting for the broker at start-up)."""
+        return self.loop.backoff
+
+    @property
+    def stats(self) -> ForwarderStats:
+        """A snapshot of what this forwarder did so far."""
+        s, r = self.loop.stats, self.reader
+        return ForwarderStats(sent=s.sent, failed=s.failed, retried=r.resent, batches=s.batches,
+                              recovered=r.recovered, producers=r.producers)
 
     def run(self, stop: threading.Event | None = None, *, until_idle: bool = False) -> ForwarderStats:
         """Forward until `stop` is set or, with `until_idle`, until the outbox is drained."""
@@ -120,31 +149,12 @@ class Forwarder:
         else:
             log.info("transactional mode: transactional.id=%s, checkpoint group %s", cfg.transactional_id,
                      cfg.checkpoint_group_id)
-        lease = LeaseKeeper(self.store, cfg.outbox_consumer, cfg.holder, cfg.lease_ttl_ms)
-        ctx = Context(store=self.store, config=cfg, producer_conf=self.producer_conf, metrics=self.metrics,
-                      lease=lease, stop=stop, after_publish=self.after_publish, stats=self.stats,
-                      backoff=self.backoff, until_idle=until_idle)
+        self.reader.stopping = stop
         if not ensure_topic(cfg, stop, self.backoff):
             return self.stats
         self.backoff.reset()
         try:
-            while not stop.is_set() and lease.acquire(stop):
-                publisher: AtLeastOncePublisher | TransactionalPublisher
-                if self.mode is DeliveryMode.TRANSACTIONAL:
-                    publisher = TransactionalPublisher(ctx)
-                else:
-                    publisher = AtLeastOncePublisher(ctx)
-                drained = False
-                try:
-                    drained = publisher.run()
-                except StoreError as exc:
-                    log.warning("state store failed (%s); restarting the publisher", exc)
-                    ctx.pause()
-                finally:
-                    publisher.close()
-                if until_idle and drained:
-                    break
+            self.loop.run(stop, until_idle=until_idle)
         finally:
-            ctx.report_backlog(force=True)
-            lease.release()
+            self.reader.stop()  # also after a start that failed half-way
         return self.stats

@@ -1,11 +1,13 @@
-"""The two ways the forwarder publishes outbox rows: at-least-once (pipelined) and transactional.
+"""The forwarder's two outbox readers: at-least-once and transactional publishing to Kafka.
 
-Both read the outbox after the consumer's cursor and move the cursor only after the broker
-acknowledged (at-least-once) or the transaction committed (transactional). The transactional
-publisher also commits, inside each transaction, the last row's outbox sequence as the offset of
-a consumer group (`BusConfig.checkpoint_group_id`); the broker applies that offset only if the
-transaction commits, so at start-up and after any uncertain failure the publisher moves the
-cursor forward to it and never re-publishes a committed batch.
+Both run on `core.readers.ReaderLoop`, which owns the lease, the cursor, paging and the backoff:
+`handle(batch)` returns only once the batch is acknowledged (at-least-once) or committed
+(transactional), and raises otherwise, so the loop hands the same batch again. The transactional
+reader also commits, inside each transaction, the batch's last outbox sequence as the offset of a
+consumer group (`BusConfig.checkpoint_group_id`); the broker applies it only if the transaction
+commits. `start` returns that checkpoint when it is ahead of the cursor, and after any uncertain
+failure the next `handle` reads it again and skips what it covers, so a committed batch is never
+published twice.
 """
 
 from __future__ import annotations
@@ -14,18 +16,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from fleetforge.adapters.kafka.config import BusConfig
+from fleetforge.adapters.kafka.errors import DeliveryFailed
 from fleetforge.adapters.kafka.logs import QUIET, RDKAFKA_LOG
-from fleetforge.adapters.otel.delivery import DeliveryMetrics
+from fleetforge.core.backoff import Backoff
 from fleetforge.core.forwarding import (
-    Backoff,
     ForwarderStore,
     TxnAction,
     classify_txn_error,
@@ -33,110 +34,21 @@ from fleetforge.core.forwarding import (
     parse_position,
     traceparent_of,
 )
-from fleetforge.core.lease import LeaseKeeper
-from fleetforge.domain.errors import StoreError
 from fleetforge.domain.names import KafkaHeader
 from fleetforge.ports.store import OutboxPosition, OutboxRecord
 
-__all__ = ["AtLeastOncePublisher", "Context", "ForwarderStats", "TransactionalPublisher", "kafka_action"]
+__all__ = ["AtLeastOnceReader", "KafkaReader", "TransactionalReader", "headers", "kafka_action"]
 
 log = logging.getLogger("fleetforge.kafka.forwarder")
 
 _EVENT_ID, _KIND, _TRACEPARENT, _POSITION = (str(h) for h in KafkaHeader)
-_BACKLOG_INTERVAL_S: Final = 5.0
 _STOP_GRACE_S: Final = 5.0
 _COMMIT_RETRIES: Final = 3
 _TIMEOUTS: Final = frozenset({KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT_QUEUE})
 
 
-@dataclass(slots=True)
-class ForwarderStats:
-    """What one forwarder did (events are outbox rows)."""
-
-    sent: int = 0
-    failed: int = 0
-    retried: int = 0
-    batches: int = 0
-    recovered: int = 0  # times the cursor moved forward to the transactional checkpoint
-    producers: int = 0  # producers created (recreations after fatal errors included)
-
-
-@dataclass(slots=True)
-class Context:
-    """Everything a publisher shares with the forwarder."""
-
-    store: ForwarderStore
-    config: BusConfig
-    producer_conf: dict[str, str]
-    metrics: DeliveryMetrics
-    lease: LeaseKeeper
-    stop: threading.Event
-    after_publish: Callable[[OutboxPosition], None] | None = None
-    stats: ForwarderStats = field(default_factory=ForwarderStats)
-    backoff: Backoff = field(default_factory=Backoff)
-    until_idle: bool = False
-    _backlog_at: float = 0.0
-
-    @property
-    def consumer(self) -> str:
-        return self.config.outbox_consumer
-
-    def running(self) -> bool:
-        return not self.stop.is_set() and self.lease.valid()
-
-    def pause(self) -> None:
-        """Wait the next backoff delay (returns early on stop)."""
-        self.stop.wait(self.backoff.next_delay())
-
-    def read(self, after: OutboxPosition, limit: int) -> list[OutboxRecord] | None:
-        """Rows after `after`, or None when the store failed (logged; the caller backs off)."""
-        try:
-            return self.store.read_outbox(after, limit)
-        except StoreError as exc:
-            log.warning("reading the outbox failed (%s); retrying", exc)
-            return None
-
-    def save_cursor(self, position: OutboxPosition) -> bool:
-        """Move the cursor; retries while the store fails and the forwarder runs. True once saved."""
-        while True:
-            try:
-                self.store.set_cursor(self.consumer, position)
-                return True
-            except StoreError as exc:
-                log.warning("saving the outbox cursor failed (%s); retrying", exc)
-                if self.stop.is_set():
-                    return False
-                self.pause()
-
-    def report_backlog(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._backlog_at < _BACKLOG_INTERVAL_S:
-            return
-        self._backlog_at = now
-        try:
-            rows, oldest = self.store.outbox_backlog(self.consumer)
-        except StoreError as exc:
-            log.debug("backlog query failed: %s", exc)
-            return
-        self.metrics.backlog(self.consumer, rows, oldest)
-
-    def message(self, r: OutboxRecord) -> dict[str, Any]:
-        """produce() keyword arguments for one outbox row."""
-        return {"topic": self.config.topic, "value": r.envelope, "key": r.run_id, "headers": _headers(r)}
-
-    def send(self, producer: Producer, r: OutboxRecord) -> None:
-        """Hand one outbox row to `producer`, serving delivery reports while its local queue is full."""
-        while True:
-            try:
-                producer.produce(self.config.topic, r.envelope, r.run_id, headers=_headers(r))
-                return
-            except BufferError:
-                producer.poll(0.05)
-                if self.stop.is_set():
-                    raise
-
-
-def _headers(r: OutboxRecord) -> list[tuple[str, str | bytes | None]]:
+def headers(r: OutboxRecord) -> list[tuple[str, str | bytes | None]]:
+    """The Kafka headers of one outbox row."""
     return [(_EVENT_ID, r.event_id), (_KIND, r.kind), (_TRACEPARENT, traceparent_of(r.envelope)),
             (_POSITION, f"{r.position[0]}:{r.position[1]}")]
 
@@ -158,6 +70,12 @@ def _describe(exc: KafkaException) -> str:
 def _error_name(exc: KafkaException) -> str:
     error = exc.args[0] if exc.args else None
     return str(error.name()) if isinstance(error, KafkaError) else "unknown"
+
+
+def _discard(producer: Producer) -> None:
+    """Serve what callbacks are ready and let the producer go; a failed producer may raise here."""
+    with contextlib.suppress(KafkaException):
+        producer.flush(0)
 
 
 class _Watchdog:
@@ -195,170 +113,197 @@ class _Watchdog:
             raise value
         return value
 
+    def owns(self, producer: Producer) -> bool:
+        """Whether `producer` was abandoned to a stuck call (it must then never be flushed or closed)."""
+        return any(p is producer for p in self.abandoned)
 
-def _discard(producer: Producer) -> None:
-    """Serve what callbacks are ready and let the producer go; a failed producer may raise here."""
-    with contextlib.suppress(KafkaException):
-        producer.flush(0)
+
+class KafkaReader:
+    """What both readers share: settings, the run's stop event and lease check, and counters.
+
+    `after_publish` is called with the last position of each acknowledged or committed batch,
+    before the loop moves the cursor there. `stopping` and `holding` are wired by the forwarder.
+    """
+
+    def __init__(self, store: ForwarderStore, config: BusConfig, producer_conf: dict[str, str],
+                 after_publish: Callable[[OutboxPosition], None] | None = None) -> None:
+        self.name = config.outbox_consumer
+        self.store = store
+        self.config = config
+        self.producer_conf = producer_conf
+        self.after_publish = after_publish
+        self.stopping = threading.Event()
+        self.holding: Callable[[], bool] = lambda: True
+        self.waiting: Callable[[], None] = lambda: None  # called while waiting on the broker
+        self.producers = 0  # producers created (recreations after fatal errors included)
+        self.recovered = 0  # times the transactional checkpoint was ahead of the cursor
+        self.resent = 0  # events of failed batches, handed to the broker again
+
+    def _refuse_if_stopping(self, records: Sequence[OutboxRecord]) -> None:
+        if self.stopping.is_set():  # the loop's last try at a stop: no new delivery, the next holder sends it
+            raise DeliveryFailed(f"stopping: {len(records)} events left for the next start", "stopping")
+
+    def _send(self, producer: Producer, r: OutboxRecord) -> None:
+        """Hand one outbox row to `producer`, serving delivery reports while its local queue is full."""
+        while True:
+            try:
+                producer.produce(self.config.topic, r.envelope, r.run_id, headers=headers(r))
+                return
+            except BufferError:
+                producer.poll(0.05)
+                if self.stopping.is_set() or not self.holding():
+                    raise
+
+    def _published(self, records: Sequence[OutboxRecord]) -> None:
+        if self.after_publish is not None:
+            self.after_publish(records[-1].position)
 
 
 # -- at-least-once --------------------------------------------------------------------------------
 
 
-class AtLeastOncePublisher:
-    """Chunked publishing: up to `max_in_flight` rows go to the producer, then the forwarder waits
-    for the broker's acknowledgements and moves the cursor past the chunk.
+class AtLeastOnceReader(KafkaReader):
+    """Sends a batch and waits for every acknowledgement; a failed delivery fails the whole batch.
 
     Only failures are reported back (`delivery.report.only.error`), which keeps the per-event cost
-    low. A failed delivery (after librdkafka's own retries) sends the whole chunk again after a
-    backoff, so a row is never skipped; rows of that chunk may be published twice.
+    low. A failed delivery (after librdkafka's own retries) fails `handle`, so the loop sends the
+    whole batch again after a backoff: a row is never skipped, rows of that batch may be published twice.
     """
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    def __init__(self, store: ForwarderStore, config: BusConfig, producer_conf: dict[str, str],
+                 after_publish: Callable[[OutboxPosition], None] | None = None) -> None:
+        super().__init__(store, config, producer_conf, after_publish)
+        self.producer: Producer | None = None
         self._errors: list[str] = []
-        conf: dict[str, Any] = {**ctx.producer_conf, "delivery.report.only.error": True,
-                                "on_delivery": self._failed, "logger": RDKAFKA_LOG}
-        self.producer = Producer(conf)
-        ctx.stats.producers += 1
 
     def _failed(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self._errors.append(str(err.name()))
 
-    def run(self) -> bool:
-        """Publish until stopped, the lease is lost, or (with until_idle) the outbox is drained (True)."""
-        ctx, cfg = self.ctx, self.ctx.config
-        cursor = ctx.store.get_cursor(ctx.consumer)
-        while ctx.running():
-            started = time.monotonic()
-            produced, end, store_failed = 0, cursor, False
-            while produced < cfg.max_in_flight:
-                records = ctx.read(end, min(cfg.batch_size, cfg.max_in_flight - produced))
-                if not records:
-                    store_failed = records is None
-                    break
-                for r in records:
-                    ctx.send(self.producer, r)
-                produced += len(records)
-                end = records[-1].position
-                self.producer.poll(0)
-            ctx.report_backlog()
-            if produced == 0:
-                if store_failed:
-                    ctx.pause()
-                elif ctx.until_idle:
-                    return True
-                else:
-                    ctx.stop.wait(cfg.poll_interval_ms / 1000)
-                continue
-            if not self._settle():
-                break
-            if self._errors:
-                self._resend(produced)
-                continue
-            ctx.stats.sent += produced
-            ctx.stats.batches += 1
-            ctx.metrics.sent(ctx.consumer, produced)
-            ctx.metrics.batch(ctx.consumer, produced, time.monotonic() - started)
-            if ctx.after_publish is not None:
-                ctx.after_publish(end)
-            if ctx.save_cursor(end):
-                cursor = end
-                ctx.backoff.reset()
-        return False
+    def start(self, cursor: OutboxPosition) -> OutboxPosition:
+        if self.producer is None:
+            conf: dict[str, Any] = {**self.producer_conf, "delivery.report.only.error": True,
+                                    "on_delivery": self._failed, "logger": RDKAFKA_LOG}
+            self.producer = Producer(conf)
+            self.producers += 1
+        return cursor
 
-    def _settle(self) -> bool:
-        """Wait until every produced row is acknowledged or failed; False if the lease is lost or stopped."""
-        ctx = self.ctx
+    def handle(self, records: Sequence[OutboxRecord]) -> None:
+        self._refuse_if_stopping(records)
+        producer = self.producer
+        assert producer is not None, "handle before start"
+        self._errors = []
+        try:
+            for i, r in enumerate(records):
+                self._send(producer, r)
+                if i % 1000 == 999:
+                    producer.poll(0)
+        except BufferError:
+            raise DeliveryFailed("stopped or lost the lease while the producer queue was full", "stopping") from None
+        self._settle(producer, len(records))
+        if self._errors:
+            errors, self._errors = self._errors, []
+            self.resent += len(records)
+            log.warning("%d deliveries failed (%s); sending the %d events of the batch again",
+                        len(errors), errors[0], len(records))
+            raise DeliveryFailed(f"{len(errors)} of {len(records)} deliveries failed ({errors[0]})", errors[0])
+        self._published(records)
+
+    def _settle(self, producer: Producer, size: int) -> None:
+        """Wait until every produced row is acknowledged or failed; raise if the lease is lost or stopped."""
         deadline: float | None = None
-        while self.producer.flush(0.5) > 0:
-            ctx.report_backlog()
-            if not ctx.lease.valid():
-                return False
-            if ctx.stop.is_set():  # a clean stop still waits a little, to avoid sending the chunk twice
+        while producer.flush(0.5) > 0:
+            self.waiting()
+            if not self.holding():
+                raise DeliveryFailed(f"lease lost with {size} events unacknowledged", "lease_lost")
+            if self.stopping.is_set():  # a clean stop still waits a little, to avoid sending the batch twice
                 deadline = deadline or time.monotonic() + _STOP_GRACE_S
                 if time.monotonic() > deadline:
-                    return False
-        return True
+                    raise DeliveryFailed(f"stopped with {size} events unacknowledged", "stopping")
 
-    def _resend(self, produced: int) -> None:
-        ctx = self.ctx
-        errors, self._errors = self._errors, []
-        kind = errors[0]
-        ctx.metrics.failed(ctx.consumer, len(errors), kind)
-        ctx.metrics.retried(ctx.consumer, produced)
-        ctx.stats.failed += len(errors)
-        ctx.stats.retried += produced
-        log.warning("%d deliveries failed (%s); sending the %d events of the chunk again",
-                    len(errors), kind, produced)
-        ctx.pause()
-
-    def close(self) -> None:
-        _discard(self.producer)
+    def stop(self) -> None:
+        if self.producer is not None:
+            _discard(self.producer)
+        self.producer = None
 
 
 # -- transactional --------------------------------------------------------------------------------
 
 
-class TransactionalPublisher:
+class TransactionalReader(KafkaReader):
     """One producer transaction per outbox batch, with the batch's checkpoint committed inside it."""
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    def __init__(self, store: ForwarderStore, config: BusConfig, producer_conf: dict[str, str],
+                 after_publish: Callable[[OutboxPosition], None] | None = None) -> None:
+        super().__init__(store, config, producer_conf, after_publish)
         self.producer: Producer | None = None
-        self._checkpoint = Consumer({**ctx.config.connection_config(), **QUIET,
-                                     "group.id": ctx.config.checkpoint_group_id, "enable.auto.commit": "false"})
-        self._checkpoint_tp = TopicPartition(ctx.config.topic, 0)
-        self._timeout_s = ctx.config.call_timeout_ms / 1000
+        self._checkpoint: Consumer | None = None
+        self._checkpoint_tp = TopicPartition(config.topic, 0)
+        self._timeout_s = config.call_timeout_ms / 1000
         self._watchdog = _Watchdog(grace_s=5.0)
+        self._uncertain = False  # a transaction failed: read the checkpoint before sending again
+        self._pause = Backoff()
 
-    # producer life cycle
+    # life cycle
 
-    def _open(self) -> bool:
-        """A new producer with `init_transactions` done (fencing any older instance); False if stopped."""
-        ctx = self.ctx
-        while not ctx.stop.is_set():
-            producer = Producer({**ctx.producer_conf, "logger": RDKAFKA_LOG})
-            ctx.stats.producers += 1
-            try:
-                self._watchdog.call("init_transactions", partial(producer.init_transactions, self._timeout_s),
-                                    self._timeout_s, producer)
-            except KafkaException as exc:
-                log.warning("init_transactions failed (%s); retrying", _describe(exc))
-                _discard(producer)
-                ctx.pause()
-                continue
-            self.producer = producer
-            return True
-        return False
+    def start(self, cursor: OutboxPosition) -> OutboxPosition:
+        """Fence older instances (init_transactions), then read from the later of the checkpoint and `cursor`."""
+        self._ensure_producer()
+        committed = self._committed(cursor)
+        self._uncertain = False
+        if committed is None:
+            return cursor
+        log.warning("outbox cursor %s is behind the last committed transaction (%s): moving it forward; "
+                    "the events in between were already published", format_position(cursor),
+                    format_position(committed))
+        self.recovered += 1
+        return committed
 
-    def _recreate(self) -> bool:
-        if self.producer is not None and not any(p is self.producer for p in self._watchdog.abandoned):
+    def stop(self) -> None:
+        if self.producer is not None and not self._watchdog.owns(self.producer):
             _discard(self.producer)
-            self.producer = None
-        return self._open()
+        self.producer = None
+        if self._checkpoint is not None:
+            self._checkpoint.close()
+            self._checkpoint = None
 
-    def recover(self) -> bool:
-        """Move the cursor forward to the last committed checkpoint; False when the broker did not answer."""
-        ctx = self.ctx
+    def _ensure_producer(self) -> Producer:
+        """The producer, new with `init_transactions` done (fencing any older instance) when needed."""
+        if self.producer is not None:
+            return self.producer
+        producer = Producer({**self.producer_conf, "logger": RDKAFKA_LOG})
+        self.producers += 1
+        try:
+            self._watchdog.call("init_transactions", partial(producer.init_transactions, self._timeout_s),
+                                self._timeout_s, producer)
+        except KafkaException as exc:
+            if not self._watchdog.owns(producer):
+                _discard(producer)
+            raise DeliveryFailed(f"init_transactions failed ({_describe(exc)})", _error_name(exc)) from exc
+        self.producer = producer
+        return producer
+
+    def _drop_producer(self) -> None:
+        if self.producer is not None and not self._watchdog.owns(self.producer):
+            _discard(self.producer)
+        self.producer = None
+
+    # the checkpoint
+
+    def _committed(self, cursor: OutboxPosition) -> OutboxPosition | None:
+        """The position of the last committed checkpoint when it lies ahead of `cursor`, else None."""
+        if self._checkpoint is None:
+            self._checkpoint = Consumer({**self.config.connection_config(), **QUIET,
+                                         "group.id": self.config.checkpoint_group_id, "enable.auto.commit": "false"})
         try:
             found = self._checkpoint.committed([self._checkpoint_tp], timeout=self._timeout_s)[0]
         except KafkaException as exc:
-            log.warning("reading the transactional checkpoint failed (%s); retrying", _describe(exc))
-            return False
+            raise DeliveryFailed(f"reading the transactional checkpoint failed ({_describe(exc)})",
+                                 _error_name(exc)) from exc
         if found.offset < 0:
-            return True
-        cursor = ctx.store.get_cursor(ctx.consumer)
+            return None
         target = self._locate(found.offset, found.metadata, cursor)
-        if target is not None and target > cursor:
-            log.warning("outbox cursor %s is behind the last committed transaction (%s): moving it forward; "
-                        "the events in between were already published", format_position(cursor),
-                        format_position(target))
-            if not ctx.save_cursor(target):
-                return False
-            ctx.stats.recovered += 1
-        return True
+        return target if target is not None and target > cursor else None
 
     def _locate(self, seq: int, metadata: str | None, cursor: OutboxPosition) -> OutboxPosition | None:
         """The outbox position of checkpoint `seq` if it lies ahead of `cursor`, else None."""
@@ -372,9 +317,9 @@ class TransactionalPublisher:
         if cursor[1] == seq:
             return None
         after, scanned = cursor, 0
-        limit = max(10 * self.ctx.config.batch_size, 10_000)
+        limit = max(10 * self.config.batch_size, 10_000)
         while scanned < limit:
-            page = self.ctx.store.read_outbox(after, min(5_000, limit - scanned))
+            page = self.store.read_outbox(after, min(5_000, limit - scanned))
             for r in page:
                 if r.position[1] == seq:
                     return r.position
@@ -386,50 +331,42 @@ class TransactionalPublisher:
                  seq, format_position(cursor))
         return None
 
-    # the loop
+    def _not_yet_committed(self, records: Sequence[OutboxRecord]) -> Sequence[OutboxRecord]:
+        """After an uncertain failure, the part of `records` the last committed transaction does not cover."""
+        if not self._uncertain:
+            return records
+        committed = self._committed(self.store.get_cursor(self.name))
+        self._uncertain = False
+        if committed is None:
+            return records
+        done = next((i + 1 for i, r in enumerate(records) if r.position == committed),
+                    len(records) if committed > records[-1].position else 0)
+        if done:
+            log.warning("the failed transaction had committed up to %s: %d events of the batch are not sent "
+                        "again", format_position(committed), done)
+            self.recovered += 1
+        return records[done:]
 
-    def run(self) -> bool:
-        """Publish until stopped, the lease is lost, or (with until_idle) the outbox is drained (True)."""
-        ctx, cfg = self.ctx, self.ctx.config
-        if self.producer is None and not self._open():
-            return False
-        while not self.recover():
-            if ctx.stop.is_set():
-                return False
-            ctx.pause()
-        while ctx.running():
-            cursor = ctx.store.get_cursor(ctx.consumer)
-            records = ctx.read(cursor, cfg.batch_size)
-            if records is None:
-                ctx.pause()
-                continue
-            ctx.report_backlog()
-            if not records:
-                if ctx.until_idle:
-                    return True
-                ctx.stop.wait(cfg.poll_interval_ms / 1000)
-                continue
-            if self._publish(records):
-                last = records[-1].position
-                if ctx.after_publish is not None:
-                    ctx.after_publish(last)
-                ctx.save_cursor(last)
-                ctx.backoff.reset()
-        return False
+    # one batch
 
-    def _publish(self, records: list[OutboxRecord]) -> bool:
-        """Send `records` in one transaction; True once committed. On failure, recover and return False."""
-        ctx = self.ctx
-        producer = self.producer
-        assert producer is not None
-        started = time.monotonic()
+    def handle(self, records: Sequence[OutboxRecord]) -> None:
+        self._refuse_if_stopping(records)
+        producer = self._ensure_producer()
+        todo = self._not_yet_committed(records)
+        if todo:
+            self._transaction(producer, todo)
+        self._published(records)
+
+    def _transaction(self, producer: Producer, records: Sequence[OutboxRecord]) -> None:
+        """Send `records` in one transaction with their checkpoint; raise DeliveryFailed unless committed."""
         stage = "begin"
         try:
             producer.begin_transaction()
             # The checkpoint goes first: AddOffsetsToTxn then never waits behind in-flight batches.
             stage = "checkpoint"
             last = records[-1].position
-            offsets = [TopicPartition(ctx.config.topic, 0, last[1], format_position(last))]
+            offsets = [TopicPartition(self.config.topic, 0, last[1], format_position(last))]
+            assert self._checkpoint is not None
             metadata = self._checkpoint.consumer_group_metadata()
             self._watchdog.call(
                 "send_offsets_to_transaction",
@@ -437,25 +374,23 @@ class TransactionalPublisher:
                 self._timeout_s, producer)
             stage = "produce"
             for r in records:
-                ctx.send(producer, r)
+                self._send(producer, r)
             stage = "commit"
             self._commit(producer)
         except KafkaException as exc:
-            self._failed(records, stage, exc)
-            return False
-        except BufferError:  # stopped while the local queue was full
-            self._abort(producer)
-            return False
-        ctx.stats.sent += len(records)
-        ctx.stats.batches += 1
-        ctx.metrics.sent(ctx.consumer, len(records))
-        ctx.metrics.batch(ctx.consumer, len(records), time.monotonic() - started)
-        return True
+            self._fail(producer, records, stage, exc)
+            raise DeliveryFailed(f"transaction failed at {stage} ({_describe(exc)})", _error_name(exc)) from exc
+        except BufferError:  # stopped or lost the lease while the local queue was full
+            self._uncertain = True
+            if not self._abort(producer):
+                self._drop_producer()
+            raise DeliveryFailed("stopped or lost the lease while the producer queue was full", "stopping") from None
 
     def _commit(self, producer: Producer) -> None:
         attempts = 0
+        self._pause.reset()
         while True:
-            if not self.ctx.lease.valid():
+            if not self.holding():
                 raise KafkaException(KafkaError(KafkaError._STATE, "outbox lease lost before commit",
                                                 txn_requires_abort=True))
             try:
@@ -467,25 +402,17 @@ class TransactionalPublisher:
                 if kafka_action(exc) is not TxnAction.RETRY or attempts > _COMMIT_RETRIES:
                     raise
                 log.warning("commit_transaction: %s; retrying", _describe(exc))
-                self.ctx.pause()
+                self.stopping.wait(self._pause.next_delay())
 
-    def _failed(self, records: list[OutboxRecord], stage: str, exc: KafkaException) -> None:
-        ctx = self.ctx
+    def _fail(self, producer: Producer, records: Sequence[OutboxRecord], stage: str, exc: KafkaException) -> None:
+        """Abort, or drop the producer (the next batch makes a new one); the checkpoint is read again first."""
         action = kafka_action(exc)
         log.warning("transaction failed at %s (%s): %s; the batch of %d events will be sent again",
                     stage, _describe(exc), action.value, len(records))
-        ctx.metrics.failed(ctx.consumer, len(records), _error_name(exc))
-        ctx.metrics.retried(ctx.consumer, len(records))
-        ctx.stats.failed += len(records)
-        ctx.stats.retried += len(records)
-        producer = self.producer
-        aborted = action is not TxnAction.RECREATE and producer is not None and self._abort(producer)
-        if not aborted and not self._recreate():
-            return
-        ctx.pause()
-        # The commit may have succeeded even though the call failed: trust the checkpoint.
-        while not self.recover() and not ctx.stop.is_set():
-            ctx.pause()
+        self.resent += len(records)
+        self._uncertain = True  # the commit may have succeeded even though the call failed
+        if action is TxnAction.RECREATE or not self._abort(producer):
+            self._drop_producer()
 
     def _abort(self, producer: Producer) -> bool:
         try:
@@ -495,9 +422,3 @@ class TransactionalPublisher:
         except KafkaException as exc:
             log.warning("abort_transaction failed (%s); recreating the producer", _describe(exc))
             return False
-
-    def close(self) -> None:
-        if self.producer is not None and not any(p is self.producer for p in self._watchdog.abandoned):
-            _discard(self.producer)
-        self.producer = None
-        self._checkpoint.close()
