@@ -4,7 +4,7 @@
 Needs grafana-foundation-sdk (in the dev extras). `--check` exits 1 when a committed file is stale.
 """
 
-from fleetforge.adapters.grafana.generate import main
+from fleetforge.adapters.views.grafana.generate import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

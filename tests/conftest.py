@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from fleetforge.adapters.postgres.store import PostgresStore
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.postgres.store import PostgresStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.ports.clock import Clock
 from fleetforge.ports.store import Store
 from tests.support import need

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from fleetforge.adapters.executors.registry import build_executors
+from fleetforge.adapters.devstack.webhook import WebhookServer
+from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
-from fleetforge.adapters.sqlite.store import SqliteStore
-from fleetforge.adapters.webhook import WebhookServer
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable

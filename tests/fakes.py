@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.runtime import Runtime

@@ -26,11 +26,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
-from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
-from fleetforge.adapters.clickhouse.schema import apply_schema
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.clickhouse.chdb_backend import ChdbAnalytics
+from fleetforge.adapters.readers.clickhouse.embedded import EmbeddedAnalytics
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.envelope import Envelope
 from fleetforge.ports.analytics import SourceEvent
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
-from fleetforge.adapters.clickhouse.schema import apply_schema
-from fleetforge.adapters.dashboard.server import Dashboard
+from fleetforge.adapters.readers.clickhouse.chdb_backend import ChdbAnalytics
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema
+from fleetforge.adapters.views.dashboard.app import Dashboard
 from fleetforge.core.panels import PanelQuery, expand
 
 HERE = Path(__file__).resolve().parent

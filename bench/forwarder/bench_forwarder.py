@@ -29,16 +29,16 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Producer  # noqa: E402
 from tests.fixtures.kafka import TansuBroker, create_topic, envelopes, unique_name  # noqa: E402
 
-from fleetforge.adapters.kafka.config import BusConfig  # noqa: E402
-from fleetforge.adapters.kafka.forwarder import Forwarder  # noqa: E402
-from fleetforge.adapters.kafka.publishers import headers  # noqa: E402
-from fleetforge.adapters.sqlite.store import SqliteStore  # noqa: E402
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig  # noqa: E402
+from fleetforge.adapters.readers.kafka.forwarder import Forwarder  # noqa: E402
+from fleetforge.adapters.readers.kafka.publishers import headers  # noqa: E402
+from fleetforge.adapters.stores.sqlite.store import SqliteStore  # noqa: E402
 
 RSS_CHILD = r"""
 import sys, time
-from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.forwarder import Forwarder
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig
+from fleetforge.adapters.readers.kafka.forwarder import Forwarder
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 
 def hwm_mb():
     for line in open("/proc/self/status"):

@@ -51,8 +51,8 @@ import psycopg
 from psycopg import sql
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.postgres.store import PostgresStore
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.postgres.store import PostgresStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.runtime import Runtime
 from fleetforge.ports.store import Store

@@ -1,6 +1,6 @@
 """Worker throughput with the telemetry reader off versus on, and the reader's own cost; plus a soak.
 
-Telemetry is a reader of the outbox (adapters/otel/reader.py), not a callback in the worker: the worker's
+Telemetry is a reader of the outbox (adapters/readers/telemetry/reader.py), not a callback in the worker: the worker's
 hot path is the same in every mode. Workload: runs of 3 simulated LLM steps and 1 tool step in a chain (no
 simulated sleeps), with a token and cost budget and the PII pack. Each round stores `--runs` runs in a fresh
 SQLite file, then one in-process worker drains them; steps/s is completed attempts over the drain time.
@@ -35,11 +35,11 @@ import httpx
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from fleetforge.adapters.executors.registry import build_executors
+from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
-from fleetforge.adapters.otel import EventIdGenerator, Telemetry
-from fleetforge.adapters.otel.reader import READER_OPTIONS, TelemetryReader
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.telemetry import EventIdGenerator, Telemetry
+from fleetforge.adapters.readers.telemetry.reader import READER_OPTIONS, TelemetryReader
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
 from fleetforge.core.readers import ReaderLoop

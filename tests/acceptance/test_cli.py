@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.summary import summary_from_events, summary_from_store
 from tests.fakes import check_envelope
 

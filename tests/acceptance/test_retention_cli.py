@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from tests.acceptance.test_cli import cli
 
 

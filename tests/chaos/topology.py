@@ -25,7 +25,7 @@ import httpx
 import psycopg
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.postgres.store import PostgresStore
+from fleetforge.adapters.stores.postgres.store import PostgresStore
 from tests.fixtures.kafka import TANSU_GROUP_PROPS, TansuBroker, TcpProxy, free_port, tansu_binary
 
 __all__ = ["PG_ADMIN", "Topology", "admin_dsn", "pg_available", "submit_specs"]

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters.clickhouse.backends import open_analytics
-from fleetforge.adapters.clickhouse.kafka_source import KafkaSource
-from fleetforge.adapters.clickhouse.schema import apply_schema
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
-from fleetforge.adapters.postgres.store import PostgresStore
+from fleetforge.adapters.readers.clickhouse.backends import open_analytics
+from fleetforge.adapters.readers.clickhouse.kafka_source import KafkaSource
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema
+from fleetforge.adapters.readers.clickhouse.sink import Sink, SinkConfig
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.stores.postgres.store import PostgresStore
 from tests.fixtures.kafka import TANSU_GROUP_PROPS
 from tests.integration.clickhouse_fleet import derived, truth
 

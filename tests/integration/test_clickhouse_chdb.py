@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
-from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
-from fleetforge.adapters.clickhouse.outbox_reader import OutboxSink
-from fleetforge.adapters.clickhouse.schema import apply_schema, backfill, derived_tables, schema_version
-from fleetforge.adapters.clickhouse.sink import SinkConfig
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter, WriteResult
-from fleetforge.core.analytics.schema import ENVELOPE_COLUMNS, payload_columns
+from fleetforge.adapters.readers.clickhouse.chdb_backend import ChdbAnalytics
+from fleetforge.adapters.readers.clickhouse.embedded import EmbeddedAnalytics
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema, backfill, derived_tables, schema_version
+from fleetforge.adapters.readers.clickhouse.sink import SinkConfig
+from fleetforge.adapters.readers.clickhouse.sink_reader import OutboxSink
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter, WriteResult
+from fleetforge.core.analytics.tables import ENVELOPE_COLUMNS, payload_columns
 from fleetforge.ports.analytics import AnalyticsError, AnalyticsUnavailable, SourceEvent
 from tests.integration.clickhouse_fleet import assert_exact, derived, open_store, run_fleet
 
@@ -211,7 +211,7 @@ def test_a_second_process_cannot_take_the_data_dir(tmp_path: Path, chdb: ChdbAna
     import subprocess
     import sys
 
-    code = ("import sys\nfrom fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics\n"
+    code = ("import sys\nfrom fleetforge.adapters.readers.clickhouse.chdb_backend import ChdbAnalytics\n"
             "from fleetforge.ports.analytics import AnalyticsUnavailable\n"
             f"try:\n    ChdbAnalytics({str(tmp_path / 'clickhouse')!r})\n"
             "except AnalyticsUnavailable as exc:\n    print(exc)\n    sys.exit(3)\n")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
-from fleetforge.adapters.clickhouse.schema import apply_schema
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.readers.clickhouse.chdb_backend import ChdbAnalytics
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter
 from fleetforge.ports.analytics import SourceEvent
 from tests.integration.clickhouse_fleet import assert_exact, open_store, run_fleet
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from fleetforge.adapters.clickhouse.chdb_backend import ChdbAnalytics
-from fleetforge.adapters.clickhouse.kafka_source import KafkaSource
-from fleetforge.adapters.clickhouse.schema import apply_schema
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.readers.clickhouse.chdb_backend import ChdbAnalytics
+from fleetforge.adapters.readers.clickhouse.kafka_source import KafkaSource
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema
+from fleetforge.adapters.readers.clickhouse.sink import Sink, SinkConfig
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter
 from fleetforge.domain.names import KafkaHeader
 from fleetforge.ports.analytics import SourceEvent
 from tests.fixtures.kafka import (  # noqa: F401 (tansu_broker is a fixture)

@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, quote
 
 import pytest
 
-from fleetforge.adapters.dashboard.server import Dashboard, DashboardServer
 from fleetforge.adapters.http.server import BackgroundServer, Receive, Scope, Send
+from fleetforge.adapters.views.dashboard.app import Dashboard, DashboardServer
 from tests.browser import dump_dom, need_chromium
 from tests.integration.test_observability_stack import Stack
 

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from fleetforge.adapters.postgres.store import PostgresStore
-from fleetforge.core.doctor import Check, Verdict, age_verdict, exit_code, overall
+from fleetforge.adapters.stores.postgres.store import PostgresStore
+from fleetforge.core.diagnosis import Check, Verdict, age_verdict, exit_code, overall
 from tests.chaos.topology import PG_ADMIN, pg_available, submit_specs
 from tests.fixtures.kafka import create_topic, free_port, tansu_broker  # noqa: F401
 from tests.integration.clickhouse_fleet import fleet_specs

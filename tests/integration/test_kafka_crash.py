@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from fleetforge.adapters.kafka.consumer import EventConsumer
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.kafka.consumer import EventConsumer
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.names import KafkaHeader
 from tests.fixtures import kafka as kafka_fixtures
 from tests.fixtures.kafka import (
@@ -42,9 +42,9 @@ CONSUMER = "kafka-forwarder"
 
 CHILD = r"""
 import os, signal, sys
-from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.forwarder import Forwarder
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig
+from fleetforge.adapters.readers.kafka.forwarder import Forwarder
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 
 path, bootstrap, topic, tid, kill_after = sys.argv[1:6]
 commits = 0

@@ -15,9 +15,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.consumer import ConsumedEvent, EventConsumer
-from fleetforge.adapters.kafka.forwarder import Forwarder
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig
+from fleetforge.adapters.readers.kafka.consumer import ConsumedEvent, EventConsumer
+from fleetforge.adapters.readers.kafka.forwarder import Forwarder
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.names import KafkaHeader, Metric
 from fleetforge.ports.clock import SystemClock

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.forwarder import Forwarder
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig
+from fleetforge.adapters.readers.kafka.forwarder import Forwarder
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.names import KafkaHeader
 from fleetforge.ports.store import OutboxPosition
 from tests.fixtures.kafka import MockCluster, envelopes, read_topic, unique_name

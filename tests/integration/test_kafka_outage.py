@@ -20,9 +20,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.kafka.config import BusConfig
-from fleetforge.adapters.kafka.forwarder import Forwarder
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig
+from fleetforge.adapters.readers.kafka.forwarder import Forwarder
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.names import KafkaHeader, Metric
 from tests.fixtures.kafka import TansuBroker, TcpProxy, free_port, read_topic, tansu_binary, unique_name
 from tests.support import need

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters.exporters import ExporterSet, start_exporters
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.traces import ExporterSet, start_exporters
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.exporting import SpanKind, TraceAssembler
 from fleetforge.domain.envelope import Envelope
 from tests.exporters_support import (

@@ -26,8 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from fleetforge.adapters.dashboard.server import Dashboard, DashboardServer
-from fleetforge.adapters.observability.otlp import MAX_MESSAGE, OtlpGrpcServer, OtlpHttpServer, OtlpSink
+from fleetforge.adapters.devstack.otlp_receiver import MAX_MESSAGE, OtlpGrpcServer, OtlpHttpServer, OtlpSink
+from fleetforge.adapters.views.dashboard.app import Dashboard, DashboardServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from fleetforge.adapters.observability.native import CUSTOM_SERIALIZATION_REVISION
+from fleetforge.adapters.devstack.native import CUSTOM_SERIALIZATION_REVISION
 from fleetforge.core.panels import PanelQuery, expand
 
 pytestmark = pytest.mark.timeout(300)

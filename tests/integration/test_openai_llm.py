@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.openai_llm import OpenAICompatibleLLM
-from fleetforge.adapters.executors.registry import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry
 from fleetforge.core.pricing import PriceTable
 from fleetforge.domain.models import ErrorKind, StepSpec, StepType

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from fleetforge.adapters.exporters import ExporterSet, start_exporters
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.traces import ExporterSet, start_exporters
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan
 from fleetforge.domain.envelope import Envelope
 from tests.exporters_support import free_port, run_fleet, write_manifests

@@ -22,12 +22,12 @@ import pytest
 import zstandard
 from psycopg import sql
 
-from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
-from fleetforge.adapters.executors.registry import build_executors
+from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolError, ToolRegistry, register_demo_tools
-from fleetforge.adapters.exporters import start_exporters
-from fleetforge.adapters.postgres.store import PostgresStore
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.clickhouse.embedded import EmbeddedAnalytics
+from fleetforge.adapters.readers.traces import start_exporters
+from fleetforge.adapters.stores.postgres.store import PostgresStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
 from fleetforge.core.runtime import Runtime

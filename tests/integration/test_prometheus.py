@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from fleetforge.adapters.otel import Telemetry
+from fleetforge.adapters.readers.telemetry import Telemetry
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.names import EventKind as K
 from tests.support import need

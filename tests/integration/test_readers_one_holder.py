@@ -17,12 +17,12 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from fleetforge.adapters.clickhouse.outbox_reader import OutboxSink
-from fleetforge.adapters.clickhouse.sink import SinkConfig
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter, WriteResult
-from fleetforge.adapters.exporters.pipeline import Exporter
-from fleetforge.adapters.exporters.platforms import PhoenixPlatform
-from fleetforge.adapters.exporters.settings import Delivery, ExporterConfig
+from fleetforge.adapters.readers.clickhouse.sink import SinkConfig
+from fleetforge.adapters.readers.clickhouse.sink_reader import OutboxSink
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter, WriteResult
+from fleetforge.adapters.readers.traces.discovery import Delivery, ExporterConfig
+from fleetforge.adapters.readers.traces.pipeline import Exporter
+from fleetforge.adapters.readers.traces.platforms import PhoenixPlatform
 from fleetforge.core.exporting import TraceAssembler
 from fleetforge.domain.envelope import Envelope
 from fleetforge.ports.analytics import AnalyticsStore, SourceEvent

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from fleetforge.adapters.postgres.store import PostgresStore
+from fleetforge.adapters.stores.postgres.store import PostgresStore
 from fleetforge.core.budgets import app_scope, run_scope
 from fleetforge.core.retention import LEASE_NAME, Retention, RetentionSettings
 from fleetforge.domain.models import BudgetRow, RunStatus, StepStatus

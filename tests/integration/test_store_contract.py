@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from fleetforge.adapters.postgres.store import PostgresStore
-from fleetforge.adapters.sqlite.store import SqliteStore
-from fleetforge.adapters.stores import open_store
+from fleetforge.adapters.stores.factory import open_store
+from fleetforge.adapters.stores.postgres.store import PostgresStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.envelope import Envelope, TraceContext
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
@@ -82,7 +82,7 @@ def read_until(store: Store, after: OutboxPosition, want: int, *, timeout_s: flo
 
 
 def _latest_migration(store: Store) -> int:
-    from fleetforge.adapters.sqlfiles import migrations
+    from fleetforge.adapters.stores.sqlfiles import migrations
 
     return migrations(f"fleetforge.adapters.{store.backend}")[-1].version
 

@@ -24,7 +24,7 @@ import yaml
 from psycopg import sql
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.postgres.store import PostgresStore
+from fleetforge.adapters.stores.postgres.store import PostgresStore
 from fleetforge.domain.names import EventKind as K
 from tests.conftest import PG_DSN, need_postgres
 from tests.integration.test_prometheus import DEPLOY, GUIDE_EXPRESSIONS, PROMETHEUS, _free_port, _wait

@@ -31,8 +31,8 @@ import pytest
 from psycopg import sql
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.postgres.store import PostgresStore
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.postgres.store import PostgresStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import RunStatus, StepStatus
 from fleetforge.domain.names import TERMINAL_ATTEMPT_KINDS, EventKind

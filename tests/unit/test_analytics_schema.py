@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters.clickhouse.chdb_backend import clean_text, param_text
-from fleetforge.adapters.clickhouse.schema import migrations, view_definitions, views_sql
-from fleetforge.adapters.sqlfiles import split_statements
-from fleetforge.core.analytics.schema import (
+from fleetforge.adapters.readers.clickhouse.chdb_backend import clean_text, param_text
+from fleetforge.adapters.readers.clickhouse.schema import migrations, view_definitions, views_sql
+from fleetforge.adapters.stores.sqlfiles import split_statements
+from fleetforge.core.analytics.tables import (
     SCOPE_TABLES,
     column_type,
     kinds_of,
@@ -51,8 +51,9 @@ def test_the_first_migration_is_the_rendering_of_the_catalog() -> None:
     first = migrations()[0]
     assert first.version == 1
     assert first.sql == render_raw_migration(), (
-        "src/fleetforge/adapters/clickhouse/migrations/0001_raw_events.sql differs from the catalog's rendering: "
-        "`python -m fleetforge.core.analytics.schema` renders it; once applied anywhere, add a new "
+        "src/fleetforge/adapters/readers/clickhouse/migrations/0001_raw_events.sql differs from the catalog's "
+        "rendering: "
+        "`python -m fleetforge.core.analytics.tables` renders it; once applied anywhere, add a new "
         "migration instead of changing 0001")
 
 
@@ -100,14 +101,15 @@ def test_split_statements_ignores_semicolons_in_quotes_and_comments() -> None:
 def test_deploy_clickhouse_holds_the_packaged_sql_unchanged() -> None:
     """deploy/clickhouse/ is what the guide names; the package ships the same bytes."""
     deploy = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse"
-    package = Path(__file__).resolve().parents[2] / "src" / "fleetforge" / "adapters" / "clickhouse"
+    package = Path(__file__).resolve().parents[2] / "src" / "fleetforge" / "adapters" / "readers" / "clickhouse"
     files = [Path("materialized_views.sql")] + [p.relative_to(deploy) for p in (deploy / "migrations").glob("*.sql")]
     packaged = {p.relative_to(package) for p in [package / "materialized_views.sql", *package.glob("migrations/*.sql")]}
     assert set(files) == packaged
     for rel in files:
         assert (deploy / rel).read_bytes() == (package / rel).read_bytes(), (
-            f"deploy/clickhouse/{rel} and src/fleetforge/adapters/clickhouse/{rel} differ: "
-            f"edit deploy/clickhouse/{rel}, then `cp deploy/clickhouse/{rel} src/fleetforge/adapters/clickhouse/{rel}`")
+            f"deploy/clickhouse/{rel} and src/fleetforge/adapters/readers/clickhouse/{rel} differ: "
+            f"edit deploy/clickhouse/{rel}, then "
+            f"`cp deploy/clickhouse/{rel} src/fleetforge/adapters/readers/clickhouse/{rel}`")
 
 
 @pytest.mark.parametrize("value,text", [
@@ -125,7 +127,7 @@ def test_clean_text_makes_valid_utf8() -> None:
 
 
 def test_server_urls_are_checked_and_redacted() -> None:
-    from fleetforge.adapters.clickhouse.server_backend import ClickHouseServerAnalytics
+    from fleetforge.adapters.readers.clickhouse.server_backend import ClickHouseServerAnalytics
     from fleetforge.domain.errors import ConfigError
     from fleetforge.domain.secrets import redact_url
 

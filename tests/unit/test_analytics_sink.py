@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter, WriteResult
+from fleetforge.adapters.readers.clickhouse.sink import Sink, SinkConfig
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter, WriteResult
 from fleetforge.ports.analytics import AnalyticsUnavailable, SourceEvent
 
 

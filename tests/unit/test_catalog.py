@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 
 from fleetforge.adapters.cli.wiring import build_runtime, config_from_env
-from fleetforge.adapters.sqlite.store import SqliteStore
-from fleetforge.adapters.webhook import WebhookServer
+from fleetforge.adapters.devstack.webhook import WebhookServer
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.domain.names import CATALOG, EventKind
 

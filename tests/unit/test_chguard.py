@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fleetforge.adapters.observability.chguard import (
+from fleetforge.adapters.devstack.chguard import (
     FILE_SETTINGS,
     Limits,
     Refused,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetforge.core.doctor import Verdict, store_failure
+from fleetforge.core.diagnosis import Verdict, store_failure
 
 
 def test_a_corrupt_sqlite_file_is_named_as_such_with_what_to_do() -> None:

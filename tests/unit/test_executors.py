@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from fleetforge.adapters.executors.build import LLMDispatcher, build_executors
 from fleetforge.adapters.executors.http_step import HttpExecutor, parse_retry_after
-from fleetforge.adapters.executors.registry import LLMDispatcher, build_executors
 from fleetforge.adapters.executors.sim_llm import SimulatedLLM, attempt_rng
 from fleetforge.adapters.executors.tools import (
     ToolError,

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan, guardrail_span_id, unit_span_id
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope

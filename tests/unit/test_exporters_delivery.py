@@ -10,7 +10,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from fleetforge.adapters.exporters.delivery import Outcome, Request, Sender, Warnings, retry_after_s
+from fleetforge.adapters.readers.traces.delivery import Outcome, Request, Sender, Warnings, retry_after_s
 
 SECRET = "sk-lf-very-secret-9876"
 REQ = Request("https://platform.example/v1/traces", b"body", {"Content-Type": "application/x-protobuf"}, 3)

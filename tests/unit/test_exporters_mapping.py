@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters.exporters.langsmith import LangSmithPlatform, langsmith_run, multipart_body, run_uuid
-from fleetforge.adapters.exporters.platforms import (
+from fleetforge.adapters.readers.traces.discovery import discover
+from fleetforge.adapters.readers.traces.langsmith import LangSmithPlatform, langsmith_run, multipart_body, run_uuid
+from fleetforge.adapters.readers.traces.platforms import (
     LangfusePlatform,
     PhoenixPlatform,
     langfuse_attributes,
     phoenix_attributes,
 )
-from fleetforge.adapters.exporters.settings import discover
 from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan
 from fleetforge.domain.envelope import Envelope
 from tests.exporters_support import (

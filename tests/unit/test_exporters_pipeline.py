@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleetforge.adapters.exporters.pipeline import Exporter
-from fleetforge.adapters.exporters.platforms import PhoenixPlatform
-from fleetforge.adapters.exporters.settings import Delivery, ExporterConfig
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.traces.discovery import Delivery, ExporterConfig
+from fleetforge.adapters.readers.traces.pipeline import Exporter
+from fleetforge.adapters.readers.traces.platforms import PhoenixPlatform
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.exporting import TraceAssembler
 from fleetforge.domain.envelope import Envelope
 from tests.exporters_support import otlp_spans, run_fleet

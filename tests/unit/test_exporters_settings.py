@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters.exporters.settings import Delivery, check_url, discover
+from fleetforge.adapters.readers.traces.discovery import Delivery, check_url, discover
 from tests.exporters_support import write_manifests
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from confluent_kafka import KafkaError, KafkaException
 from typer.testing import CliRunner
 
 from fleetforge.adapters.cli.forwarder import check_config, register
-from fleetforge.adapters.kafka.config import BusConfig, load_bus_config, redact_props
-from fleetforge.adapters.kafka.consumer import consumer_config
-from fleetforge.adapters.kafka.publishers import kafka_action
+from fleetforge.adapters.readers.kafka.bus_config import BusConfig, load_bus_config, redact_props
+from fleetforge.adapters.readers.kafka.consumer import consumer_config
+from fleetforge.adapters.readers.kafka.publishers import kafka_action
 from fleetforge.core.forwarding import (
     Backoff,
     DeliveryMode,

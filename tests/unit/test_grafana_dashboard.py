@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetforge.adapters.grafana.spec import (
+from fleetforge.adapters.views.grafana.contents import (
     DASHBOARD_TITLE,
     DASHBOARD_UID,
     DATASOURCE_TYPE,
@@ -32,7 +32,7 @@ ALERTS_YAML = Path("deploy/grafana/provisioning/alerting/fleetforge-alerts.yaml"
 
 def _generator() -> Any:
     try:
-        from fleetforge.adapters.grafana import generate
+        from fleetforge.adapters.views.grafana import generate
     except ImportError:
         need(False, "grafana-foundation-sdk (the dev extras) for the dashboard generator")
     return generate

@@ -115,7 +115,7 @@ def test_collector_configs_wire_otlp_to_clickhouse_and_prometheus() -> None:
 
 
 def test_collector_tables_are_the_embedded_receivers_tables() -> None:
-    ddl = (ROOT / "src/fleetforge/adapters/observability/otel_tables.sql").read_text(encoding="utf-8")
+    ddl = (ROOT / "src/fleetforge/adapters/devstack/otel_tables.sql").read_text(encoding="utf-8")
     tables = set(re.findall(r"CREATE TABLE IF NOT EXISTS telemetry\.(\w+)", ddl))
     for path in COLLECTORS:
         ch = yaml.safe_load(path.read_text(encoding="utf-8"))["exporters"]["clickhouse"]

@@ -11,10 +11,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fleetforge.adapters.observability.native import NativeUnsupported, parse_type, reencode
-from fleetforge.adapters.observability.otlp_rows import any_text, metric_rows, ns_text, parse_json, span_rows
-from fleetforge.adapters.observability.prombridge import PrometheusBridge, prometheus_name, prometheus_unit
-from fleetforge.adapters.observability.sqltext import shape
+from fleetforge.adapters.devstack.native import NativeUnsupported, parse_type, reencode
+from fleetforge.adapters.devstack.otlp_rows import any_text, metric_rows, ns_text, parse_json, span_rows
+from fleetforge.adapters.devstack.prombridge import PrometheusBridge, prometheus_name, prometheus_unit
+from fleetforge.adapters.devstack.sqltext import shape
 
 # -- sqltext ----------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.readers import ReaderLoop, ReaderOptions
 from fleetforge.ports.store import OutboxPosition, OutboxRecord
 from tests.integration.clickhouse_fleet import open_store, run_fleet

@@ -12,12 +12,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from fleetforge.adapters.exporters.langfuse import LangfusePlatform
-from fleetforge.adapters.exporters.langsmith import LangSmithPlatform, langsmith_run, run_uuid
-from fleetforge.adapters.exporters.phoenix import PhoenixPlatform
-from fleetforge.adapters.exporters.registry import platform_for
-from fleetforge.adapters.exporters.settings import ExporterConfig, discover
-from fleetforge.adapters.otel import EventIdGenerator, SpanRecorder
+from fleetforge.adapters.readers.telemetry import EventIdGenerator, SpanRecorder
+from fleetforge.adapters.readers.traces.discovery import ExporterConfig, discover
+from fleetforge.adapters.readers.traces.langfuse import LangfusePlatform
+from fleetforge.adapters.readers.traces.langsmith import LangSmithPlatform, langsmith_run, run_uuid
+from fleetforge.adapters.readers.traces.phoenix import PhoenixPlatform
+from fleetforge.adapters.readers.traces.platform_registry import platform_for
 from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan
 from fleetforge.domain.envelope import Envelope
 from fleetforge.ports.store import OutboxRecord

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters import sqlfiles
-from fleetforge.adapters.sqlfiles import Migration, MigrationChanged
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores import sqlfiles
+from fleetforge.adapters.stores.sqlfiles import Migration, MigrationChanged
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 
-PACKAGES = ["fleetforge.adapters.sqlite", "fleetforge.adapters.postgres", "fleetforge.adapters.clickhouse"]
+PACKAGES = [
+    "fleetforge.adapters.stores.sqlite",
+    "fleetforge.adapters.stores.postgres",
+    "fleetforge.adapters.readers.clickhouse",
+]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -26,7 +30,7 @@ def test_migrate_records_a_checksum_per_migration(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     store.migrate()
     recorded = dict(sqlite3.connect(tmp_path / "s.db").execute("SELECT version, checksum FROM schema_migrations"))
-    assert recorded == {m.version: m.checksum for m in sqlfiles.migrations("fleetforge.adapters.sqlite")}
+    assert recorded == {m.version: m.checksum for m in sqlfiles.migrations("fleetforge.adapters.stores.sqlite")}
 
 
 def test_a_changed_applied_migration_stops_the_store_naming_the_file(
@@ -52,7 +56,7 @@ def test_a_store_migrated_before_checksums_gets_them_recorded(tmp_path: Path) ->
         conn.executescript("CREATE TABLE old AS SELECT version, name, applied_us FROM schema_migrations;"
                            "DROP TABLE schema_migrations; ALTER TABLE old RENAME TO schema_migrations;")
     store = SqliteStore(path)
-    assert store.migrate() == sqlfiles.migrations("fleetforge.adapters.sqlite")[-1].version
+    assert store.migrate() == sqlfiles.migrations("fleetforge.adapters.stores.sqlite")[-1].version
     rows = sqlite3.connect(path).execute("SELECT checksum FROM schema_migrations").fetchall()
     assert rows and all(len(c) == 16 for (c,) in rows)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.domain.errors import StoreError, StoreFull
 
 

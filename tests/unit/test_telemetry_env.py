@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from fleetforge.adapters.otel import DeliveryMetrics, RunIdMode, Telemetry, TelemetrySettings
-from fleetforge.adapters.otel.settings import OtlpTarget
+from fleetforge.adapters.readers.telemetry import DeliveryMetrics, RunIdMode, Telemetry, TelemetrySettings
+from fleetforge.adapters.readers.telemetry.settings import OtlpTarget
 from fleetforge.core.ids import run_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError

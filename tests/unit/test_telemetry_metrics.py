@@ -18,10 +18,10 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
 )
 
-from fleetforge.adapters.executors.registry import build_executors
+from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
-from fleetforge.adapters.otel import QUEUE_LAG_BUCKETS, RunIdMode, Telemetry, metric_views
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.telemetry import QUEUE_LAG_BUCKETS, RunIdMode, Telemetry, metric_views
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
 from fleetforge.core.runtime import Runtime

@@ -9,9 +9,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetforge.adapters.otel import Telemetry
-from fleetforge.adapters.otel.reader import TelemetryReader
-from fleetforge.adapters.sqlite.store import SqliteStore
+from fleetforge.adapters.readers.telemetry import Telemetry
+from fleetforge.adapters.readers.telemetry.reader import TelemetryReader
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.readers import ReaderLoop, ReaderOptions
 from fleetforge.domain.names import EventKind as K
 from tests.unit.test_telemetry_metrics import BUDGET_RUN, llm, run_workload

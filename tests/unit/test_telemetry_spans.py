@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from fleetforge.adapters.otel import EventIdGenerator, SpanRecorder, Telemetry
+from fleetforge.adapters.readers.telemetry import EventIdGenerator, SpanRecorder, Telemetry
 from fleetforge.core.exporting import unit_span_id
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope

@@ -1,5 +1,5 @@
 -- FleetForge analytics, migration 0001: the raw event tables and the ingestion pipeline.
--- Rendered from the event catalog by fleetforge.core.analytics.schema.render_raw_migration.
+-- Rendered from the event catalog by fleetforge.core.analytics.tables.render_raw_migration.
 --
 -- Writers insert (event_id, envelope JSON) rows into telemetry.envelopes_in (engine Null). The
 -- parse view extracts typed columns once per envelope; valid events land in telemetry.run_events or

@@ -6,7 +6,7 @@ zero-length guardrail span under its attempt. Ids are the envelopes' own (`trace
 attempt's. Times: a run spans its submission to its terminal event; an attempt its `step_started` to its
 terminal event (which commits the post-hook decisions and the budget settlement); the unit spans what
 the executor ran (`step_started` plus the terminal event's `duration_ms`); a decision is a point at its
-event. The OTel SDK renderer (adapters/otel/spans) and the LangSmith, Langfuse and Phoenix encoders
+event. The OTel SDK renderer (adapters/readers/telemetry/spans) and the LangSmith, Langfuse and Phoenix encoders
 (adapters/exporters) all render these spans, so every backend shows the same tree with the same times.
 
 A span is complete when its terminal event arrives (run_succeeded/failed/canceled; step_succeeded/

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from fleetforge.domain.errors import StoreError
+from fleetforge.domain.errors import FleetForgeError
 from fleetforge.ports.readers import LeaseStore
 
 __all__ = ["LeaseKeeper"]
@@ -41,7 +41,7 @@ class LeaseKeeper:
         started = self._clock()
         try:
             epoch = self.store.try_lease(self.name, self.holder, self._ttl_ms)
-        except StoreError as exc:
+        except FleetForgeError as exc:
             log.warning("lease %s: renewal failed (%s); retrying", self.name, exc)
             return self.valid()
         with self._lock:
@@ -113,5 +113,5 @@ class LeaseKeeper:
         if held:
             try:
                 self.store.release_lease(self.name, self.holder)
-            except StoreError as exc:
+            except FleetForgeError as exc:
                 log.warning("lease %s: release failed (%s); it expires in %.0f s", self.name, exc, self.ttl_s)

@@ -14,11 +14,11 @@ from typing import Annotated
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out
-from fleetforge.adapters.clickhouse.backends import open_analytics
-from fleetforge.adapters.clickhouse.outbox_reader import DEFAULT_CONSUMER, OutboxSink
-from fleetforge.adapters.clickhouse.schema import apply_schema, backfill
-from fleetforge.adapters.clickhouse.sink import Sink, SinkConfig, SinkStats
-from fleetforge.adapters.clickhouse.writer import EnvelopeWriter
+from fleetforge.adapters.readers.clickhouse.backends import open_analytics
+from fleetforge.adapters.readers.clickhouse.schema import apply_schema, backfill
+from fleetforge.adapters.readers.clickhouse.sink import Sink, SinkConfig, SinkStats
+from fleetforge.adapters.readers.clickhouse.sink_reader import DEFAULT_CONSUMER, OutboxSink
+from fleetforge.adapters.readers.clickhouse.writer import EnvelopeWriter
 from fleetforge.domain.errors import ConfigError
 from fleetforge.ports.analytics import AnalyticsStore, EventSource
 
@@ -105,8 +105,8 @@ def _kafka_source(kind: str, bootstrap: str | None, topic: str, group: str) -> E
                               "e.g. localhost:9092")
         import os
 
-        from fleetforge.adapters.clickhouse.kafka_source import KafkaSource
-        from fleetforge.adapters.kafka.config import load_bus_config
+        from fleetforge.adapters.readers.clickhouse.kafka_source import KafkaSource
+        from fleetforge.adapters.readers.kafka.bus_config import load_bus_config
 
         # consumer settings ([bus.consumer_props]) from the forwarder's TOML, when one is configured
         props = load_bus_config(os.environ.get("FLEETFORGE_KAFKA_CONFIG") or None).consumer_props

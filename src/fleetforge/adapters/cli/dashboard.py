@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
-from fleetforge.adapters.clickhouse.backends import open_analytics
-from fleetforge.adapters.dashboard.server import Dashboard, DashboardServer
-from fleetforge.adapters.stores import open_store
+from fleetforge.adapters.readers.clickhouse.backends import open_analytics
+from fleetforge.adapters.stores.factory import open_store
+from fleetforge.adapters.views.dashboard.app import Dashboard, DashboardServer
 from fleetforge.ports.store import Store
 
 __all__ = ["AllowedHostOpt", "HostOpt", "PortOpt", "allowed_hosts", "register", "serve_until_interrupted"]

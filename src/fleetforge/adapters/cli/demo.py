@@ -24,12 +24,12 @@ from fleetforge.adapters.cli.dashboard import (
 )
 from fleetforge.adapters.cli.telemetry import start_telemetry
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, build_runtime, config_from_env
-from fleetforge.adapters.clickhouse.backends import chdb_dir
-from fleetforge.adapters.clickhouse.embedded import EmbeddedAnalytics
-from fleetforge.adapters.dashboard.server import Dashboard
-from fleetforge.adapters.exporters import start_exporters
-from fleetforge.adapters.sqlite.store import SqliteStore
-from fleetforge.adapters.webhook import WebhookServer
+from fleetforge.adapters.devstack.webhook import WebhookServer
+from fleetforge.adapters.readers.clickhouse.backends import chdb_dir
+from fleetforge.adapters.readers.clickhouse.embedded import EmbeddedAnalytics
+from fleetforge.adapters.readers.traces import start_exporters
+from fleetforge.adapters.stores.sqlite.store import SqliteStore
+from fleetforge.adapters.views.dashboard.app import Dashboard
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.summary import summary_from_store
 from fleetforge.core.worker import Observer

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, out, print_json
-from fleetforge.core.doctor import (
+from fleetforge.core.diagnosis import (
     BACKLOG_FAIL_S,
     BACKLOG_WARN_S,
     Check,
@@ -49,9 +49,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _latest(backend: str) -> int:
-    from fleetforge.adapters.sqlfiles import migrations
+    from fleetforge.adapters.stores.sqlfiles import migrations
 
-    package = "fleetforge.adapters.postgres" if backend == "postgres" else "fleetforge.adapters.sqlite"
+    package = "fleetforge.adapters.stores.postgres" if backend == "postgres" else "fleetforge.adapters.stores.sqlite"
     return max((m.version for m in migrations(package)), default=0)
 
 
@@ -60,10 +60,10 @@ def _open_store(url: str | None, data_dir: Path | None) -> tuple[Store | None, s
     if url:
         scheme = url.partition("://")[0].lower()
         if scheme in {"postgresql", "postgres"}:
-            from fleetforge.adapters.postgres.store import PostgresStore
+            from fleetforge.adapters.stores.postgres.store import PostgresStore
 
             return PostgresStore(url, connect_timeout_s=_TIMEOUT_S, pool_size=1), redact_url(url), None
-        from fleetforge.adapters.stores import open_store
+        from fleetforge.adapters.stores.factory import open_store
 
         path = url.partition("://")[2][1:] if "://" in url else url
         if not Path(path).expanduser().is_file():
@@ -72,7 +72,7 @@ def _open_store(url: str | None, data_dir: Path | None) -> tuple[Store | None, s
         return open_store(url), url, None
     db = (data_dir or Path(".fleetforge")) / "state.db"
     if data_dir is not None and db.is_file():
-        from fleetforge.adapters.sqlite.store import SqliteStore
+        from fleetforge.adapters.stores.sqlite.store import SqliteStore
 
         return SqliteStore(db), str(db), None
     return None, "", Check("state store", SKIP, "no --store given and no embedded store found",
@@ -159,7 +159,7 @@ def retention_checks(store: Store, *, lag_limit_s: float | None = None, now_us: 
 
 def _broker_checks(config: Path | None) -> tuple[list[Check], bool]:
     """(checks, whether a broker is configured)."""
-    from fleetforge.adapters.kafka.config import ENV, load_bus_config
+    from fleetforge.adapters.readers.kafka.bus_config import ENV, load_bus_config
     from fleetforge.core.forwarding import DeliveryMode, config_problems
 
     if config is not None and not config.is_file():
@@ -207,7 +207,7 @@ def _broker_checks(config: Path | None) -> tuple[list[Check], bool]:
 
 
 def _expected_objects() -> tuple[list[str], list[str], list[str]]:
-    from fleetforge.adapters.clickhouse.schema import derived_tables, view_definitions, views_sql
+    from fleetforge.adapters.readers.clickhouse.schema import derived_tables, view_definitions, views_sql
 
     raw = ["telemetry.run_events", "telemetry.step_events"]
     views = [v.view for v in view_definitions(views_sql())]
@@ -216,7 +216,7 @@ def _expected_objects() -> tuple[list[str], list[str], list[str]]:
 
 def _clickhouse_checks(url: str | None, data_dir: Path | None, store: Store | None, consumer: str,
                        warn_s: float, fail_s: float) -> list[Check]:
-    from fleetforge.adapters.clickhouse.backends import chdb_dir, open_analytics
+    from fleetforge.adapters.readers.clickhouse.backends import chdb_dir, open_analytics
 
     if not url:
         folder = chdb_dir(data_dir) if data_dir is not None else None
@@ -321,7 +321,7 @@ def _otlp_check() -> Check:
 def _prometheus_check() -> Check:
     import httpx
 
-    from fleetforge.adapters.otel.settings import TelemetrySettings
+    from fleetforge.adapters.readers.telemetry.settings import TelemetrySettings
 
     try:
         settings = TelemetrySettings.from_env()
@@ -348,7 +348,7 @@ def _prometheus_check() -> Check:
 
 
 def _exporter_checks() -> tuple[list[Check], list[str]]:
-    from fleetforge.adapters.exporters.settings import discover
+    from fleetforge.adapters.readers.traces.discovery import discover
 
     found = discover(os.environ)
     if not found.requested:

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out, print_json
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, store_for
-from fleetforge.adapters.exporters.service import start_exporters
-from fleetforge.adapters.exporters.settings import ENV_EXPORTERS, ENV_PLUGINS_DIR, Discovery, discover
+from fleetforge.adapters.readers.traces.discovery import ENV_EXPORTERS, ENV_PLUGINS_DIR, Discovery, discover
+from fleetforge.adapters.readers.traces.exporter_set import start_exporters
 from fleetforge.domain.envelope import format_ts
 from fleetforge.ports.store import Store
 

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out, print_json
-from fleetforge.adapters.kafka.config import ENV, BusConfig, load_bus_config
+from fleetforge.adapters.readers.kafka.bus_config import ENV, BusConfig, load_bus_config
 from fleetforge.core.forwarding import BROKER_DEFAULT_MAX_TXN_TIMEOUT_MS, DeliveryMode, config_problems
 from fleetforge.domain.errors import ConfigError
 
@@ -135,8 +135,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Relay outbox events to Kafka until interrupted (SIGINT/SIGTERM stop it cleanly)."""
         from fleetforge.adapters.cli.wiring import store_for
-        from fleetforge.adapters.kafka.forwarder import Forwarder
-        from fleetforge.adapters.otel.telemetry import Telemetry
+        from fleetforge.adapters.readers.kafka.forwarder import Forwarder
+        from fleetforge.adapters.readers.telemetry.providers import Telemetry
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         with guard():

@@ -130,7 +130,7 @@ def worker(
     """Claim and execute ready steps until interrupted (SIGINT/SIGTERM finish what is in flight)."""
     from fleetforge.adapters.cli.retention import service_from_env
     from fleetforge.adapters.cli.telemetry import start_telemetry
-    from fleetforge.adapters.exporters import start_exporters
+    from fleetforge.adapters.readers.traces import start_exporters
 
     with guard():
         registry = tools_registry(tools or ())

@@ -21,8 +21,8 @@ import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out, print_json
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR
-from fleetforge.adapters.observability.compose import compose, compose_file, docker_available
-from fleetforge.adapters.observability.stack import STATE_FILE, EmbeddedStack, StackConfig, read_state
+from fleetforge.adapters.devstack.compose import compose, compose_file, docker_available
+from fleetforge.adapters.devstack.stack import STATE_FILE, EmbeddedStack, StackConfig, read_state
 from fleetforge.domain.secrets import redact_url
 
 __all__ = ["register"]

@@ -194,9 +194,9 @@ def _forget(store: RetentionStore, name: str, as_json: bool) -> None:
 
 
 def _watch(worker: Retention, metrics: bool) -> None:
-    from fleetforge.adapters.otel.instruments import METER_NAME
-    from fleetforge.adapters.otel.retention import RetentionMetrics
-    from fleetforge.adapters.otel.telemetry import Telemetry
+    from fleetforge.adapters.readers.telemetry.instruments import METER_NAME
+    from fleetforge.adapters.readers.telemetry.providers import Telemetry
+    from fleetforge.adapters.readers.telemetry.retention_metrics import RetentionMetrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     telemetry = Telemetry.from_env(service_name="fleetforge-retention")

@@ -13,9 +13,9 @@ import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
 from fleetforge.adapters.cli.wiring import store_for
-from fleetforge.adapters.otel.reader import DEFAULT_SERIES_RETENTION_S, READER_NAME
-from fleetforge.adapters.otel.service import DEFAULT_LEASE_MS, ENV, RunningTelemetry
-from fleetforge.adapters.otel.service import start_telemetry as _start
+from fleetforge.adapters.readers.telemetry.reader import DEFAULT_SERIES_RETENTION_S, READER_NAME
+from fleetforge.adapters.readers.telemetry.service import DEFAULT_LEASE_MS, ENV, RunningTelemetry
+from fleetforge.adapters.readers.telemetry.service import start_telemetry as _start
 from fleetforge.domain.envparse import duration, format_duration
 from fleetforge.ports.store import Store
 

@@ -10,7 +10,7 @@ from typing import Final
 
 import httpx
 
-from fleetforge.adapters.executors.registry import build_executors
+from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.policies.registry import default_packs
@@ -30,7 +30,7 @@ DEFAULT_DATA_DIR = Path(".fleetforge")
 
 def store_for(store_url: str | None, data_dir: Path | None) -> Store:
     """The store named by `store_url`, else the embedded SQLite store under `data_dir`; migrated."""
-    from fleetforge.adapters.stores import open_store
+    from fleetforge.adapters.stores.factory import open_store
 
     url = store_url or f"sqlite:///{(data_dir or DEFAULT_DATA_DIR) / 'state.db'}"
     store = open_store(url)

@@ -1,0 +1,1 @@
+"""State stores: SQLite and PostgreSQL behind the store ports, and the SQL they share."""
