@@ -147,14 +147,14 @@ def register(app: typer.Typer) -> None:
                     telemetry.start_prometheus()
                 except ConfigError as exc:
                     err.print(f"warning: metrics not served: {exc}", highlight=False)
-            fwd = Forwarder(st, cfg, meter_provider=telemetry.meter_provider,
-                            delivery_metrics=telemetry.delivery)
-            try:
-                with stop_event() as stop:
+            with stop_event() as stop:
+                fwd = Forwarder(st, cfg, meter_provider=telemetry.meter_provider,
+                                delivery_metrics=telemetry.delivery)
+                try:
                     stats = fwd.run(stop, until_idle=until_idle)
-            finally:
-                telemetry.shutdown()
-                st.close()
+                finally:
+                    telemetry.shutdown()
+                    st.close()
         out.print(f"forwarded {stats.sent} events in {stats.batches} batches "
                   f"({stats.failed} events in failed batches, {stats.retried} events resent)", highlight=False)
 
