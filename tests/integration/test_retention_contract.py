@@ -129,7 +129,7 @@ def test_a_lagging_reader_blocks_pruning_and_is_reported(store: Store, clock: Fa
     assert [r.name for r in report.lagging] == ["exporter-phoenix"]
     assert len(ids(store)) == 4  # what it has not read stays
 
-    from fleetforge.adapters.cli.doctor import retention_checks
+    from fleetforge.adapters.checks import retention_checks
 
     checks = retention_checks(store, lag_limit_s=600.0, now_us=clock.now)
     lagging = [c for c in checks if c.verdict == "WARN"]

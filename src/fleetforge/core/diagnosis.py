@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-__all__ = ["BACKLOG_FAIL_S", "BACKLOG_WARN_S", "Check", "Verdict", "age_verdict", "exit_code", "overall",
-           "sort_checks", "store_failure"]
+__all__ = ["BACKLOG_FAIL_S", "BACKLOG_WARN_S", "Check", "Verdict", "age_verdict", "exit_code", "outbox_consumers",
+           "overall", "sort_checks", "store_failure"]
 
 BACKLOG_WARN_S: Final = 60.0
 """Oldest undelivered outbox row older than this: WARN (the consumer lags or is stopped)."""
@@ -80,3 +80,10 @@ def age_verdict(age_s: float | None, *, warn_s: float = BACKLOG_WARN_S, fail_s: 
     if age_s is None or age_s < warn_s:
         return Verdict.OK
     return Verdict.WARN if age_s < fail_s else Verdict.FAIL
+
+
+def outbox_consumers(bus_configured: bool, exporters: Sequence[str]) -> list[str]:
+    """Outbox cursor names that a deployment with this configuration reads from (the first is the one
+    feeding ClickHouse)."""
+    names = ["kafka-forwarder"] if bus_configured else ["clickhouse-sink"]
+    return names + [f"exporter-{n}" for n in exporters]

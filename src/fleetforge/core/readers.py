@@ -30,14 +30,27 @@ from fleetforge.domain.errors import FleetForgeError
 from fleetforge.ports.readers import DeliveryObserver, ReaderStateStore, ReaderStore
 from fleetforge.ports.store import OutboxPosition, OutboxRecord
 
-__all__ = ["CheckpointingReader", "OutboxReader", "ReaderLoop", "ReaderOptions", "ReaderStats", "new_holder"]
+__all__ = [
+    "CheckpointingReader",
+    "OutboxReader",
+    "ReaderLoop",
+    "ReaderOptions",
+    "ReaderStats",
+    "host_pid",
+    "new_holder",
+]
 
 log = logging.getLogger("fleetforge.readers")
 
 
+def host_pid() -> str:
+    """This process's name, `host-pid`: the default worker id and lease holder of the commands."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def new_holder() -> str:
     """A lease holder name unique to this loop: host, pid and a random suffix (two loops of one process differ)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{host_pid()}-{uuid.uuid4().hex[:8]}"
 
 
 class OutboxReader(Protocol):

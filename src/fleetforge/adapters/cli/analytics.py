@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out
+from fleetforge.adapters.process import stop_event
 from fleetforge.adapters.readers.clickhouse.backends import open_analytics
 from fleetforge.adapters.readers.clickhouse.schema import apply_schema, backfill
 from fleetforge.adapters.readers.clickhouse.sink import Sink, SinkConfig, SinkStats
@@ -116,14 +117,13 @@ def _kafka_source(kind: str, bootstrap: str | None, topic: str, group: str) -> E
 
 def _run_until_stopped(run: Callable[[threading.Event], object], what: str) -> None:
     """Run `run(stop)` until SIGTERM or Ctrl-C (then once more with `stop` set: it drains and ends)."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    err.print(f"sink: {what}; Ctrl-C stops")
-    try:
-        run(stop)
-    except KeyboardInterrupt:
-        stop.set()
-        run(stop)
+    with stop_event((signal.SIGTERM,)) as stop:
+        err.print(f"sink: {what}; Ctrl-C stops")
+        try:
+            run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+            run(stop)
 
 
 def _sink_outbox(analytics: AnalyticsStore, store_url: str | None, data_dir: Path | None, consumer: str,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
+from fleetforge.adapters.process import stop_event
 from fleetforge.adapters.readers.clickhouse.backends import open_analytics
 from fleetforge.adapters.stores.factory import open_store
 from fleetforge.adapters.views.dashboard.app import Dashboard, DashboardServer
@@ -48,10 +47,8 @@ def serve_until_interrupted(
     """Serve `dashboard` until SIGINT or SIGTERM; ConfigError when it cannot listen."""
     server = DashboardServer(dashboard, host, port, allowed_hosts=allowed).start()
     err.print(f"Dashboard on [bold cyan]{server.url}[/] (read-only). Press Ctrl-C to stop.", highlight=False)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    with stop_event() as done:
+        done.wait()
     server.stop()
 
 

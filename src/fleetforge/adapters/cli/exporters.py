@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +12,7 @@ from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out, print_json
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR, store_for
+from fleetforge.adapters.process import stop_event
 from fleetforge.adapters.readers.traces.discovery import ENV_EXPORTERS, ENV_PLUGINS_DIR, Discovery, discover
 from fleetforge.adapters.readers.traces.exporter_set import start_exporters
 from fleetforge.domain.envelope import format_ts
@@ -127,27 +126,24 @@ def register(app: typer.Typer) -> None:
                 why = "; ".join(s.reason for s in found.skipped) or found.summary
                 die(f"no trace exporter is active: {why}", 2)
             st = store_for(store, data_dir)
-            stop = threading.Event()
-            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
-                running = start_exporters(st, env)
-                for e in running.exporters:
-                    err.print(f"exporter {e.name} → {e.config.base_url} (cursor {e.config.consumer})",
-                              highlight=False)
-                ok = True
-                while not stop.is_set():
-                    parked = [e.info.state == "auth_failed" for e in running.exporters]
-                    if all(parked):
-                        ok = False
-                        break
-                    if until_idle and all(p or e.wait_idle(0.3) for p, e in zip(parked, running.exporters,
-                                                                                strict=True)):
-                        break
-                    stop.wait(0.0 if until_idle else 0.5)
-                ok = running.stop(drain_timeout) and ok
+                with stop_event() as stop:
+                    running = start_exporters(st, env)
+                    for e in running.exporters:
+                        err.print(f"exporter {e.name} → {e.config.base_url} (cursor {e.config.consumer})",
+                                  highlight=False)
+                    ok = True
+                    while not stop.is_set():
+                        parked = [e.info.state == "auth_failed" for e in running.exporters]
+                        if all(parked):
+                            ok = False
+                            break
+                        if until_idle and all(p or e.wait_idle(0.3) for p, e in zip(parked, running.exporters,
+                                                                                    strict=True)):
+                            break
+                        stop.wait(0.0 if until_idle else 0.5)
+                    ok = running.stop(drain_timeout) and ok
             finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
                 st.close()
         report = running.status()
         if as_json:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out, print_json
+from fleetforge.adapters.process import stop_event
 from fleetforge.adapters.readers.kafka.bus_config import ENV, BusConfig, load_bus_config
 from fleetforge.core.forwarding import BROKER_DEFAULT_MAX_TXN_TIMEOUT_MS, DeliveryMode, config_problems
 from fleetforge.domain.errors import ConfigError
@@ -148,16 +147,14 @@ def register(app: typer.Typer) -> None:
                     telemetry.start_prometheus()
                 except ConfigError as exc:
                     err.print(f"warning: metrics not served: {exc}", highlight=False)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            fwd = Forwarder(st, cfg, meter_provider=telemetry.meter_provider,
-                            delivery_metrics=telemetry.delivery)
-            try:
-                stats = fwd.run(stop, until_idle=until_idle)
-            finally:
-                telemetry.shutdown()
-                st.close()
+            with stop_event() as stop:
+                fwd = Forwarder(st, cfg, meter_provider=telemetry.meter_provider,
+                                delivery_metrics=telemetry.delivery)
+                try:
+                    stats = fwd.run(stop, until_idle=until_idle)
+                finally:
+                    telemetry.shutdown()
+                    st.close()
         out.print(f"forwarded {stats.sent} events in {stats.batches} batches "
                   f"({stats.failed} events in failed batches, {stats.retried} events resent)", highlight=False)
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
-import signal
-import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +18,7 @@ from fleetforge import __version__
 from fleetforge.adapters.cli import demo
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
+from fleetforge.adapters.process import loop_stop_event, process_id
 from fleetforge.core.worker import Worker
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
@@ -135,7 +133,7 @@ def worker(
     with guard():
         registry = tools_registry(tools or ())
         st = store_for(store, data_dir)
-        wid = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        wid = process_id(worker_id)
         pruning = service_from_env(st, wid) if retention else None
         running: list[Worker] = []
         metrics = start_telemetry(st, wid, reader=telemetry, service_name="fleetforge-worker",
@@ -143,15 +141,12 @@ def worker(
         exporters = start_exporters(st)  # FLEETFORGE_TRACE_EXPORTERS and manifests; nothing when unset
 
         async def go() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            async with httpx.AsyncClient() as client:
-                w = build_runtime(st, client, tools=registry).worker(
-                    wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
-                running.append(w)
-                await w.run(stop=stop, until_idle=until_idle)
+            with loop_stop_event() as stop:
+                async with httpx.AsyncClient() as client:
+                    w = build_runtime(st, client, tools=registry).worker(
+                        wid, concurrency=concurrency, poll_interval_s=poll_ms / 1000)
+                    running.append(w)
+                    await w.run(stop=stop, until_idle=until_idle)
 
         if pruning is not None:
             pruning.start()

@@ -8,27 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard, out, print_json
 from fleetforge.adapters.cli.wiring import DEFAULT_DATA_DIR
 from fleetforge.adapters.devstack.compose import compose, compose_file, docker_available
-from fleetforge.adapters.devstack.stack import STATE_FILE, EmbeddedStack, StackConfig, read_state
+from fleetforge.adapters.devstack.control import ping, running_state, start_detached, stop_running
+from fleetforge.adapters.devstack.stack import EmbeddedStack, StackConfig
+from fleetforge.adapters.process import stop_event
 from fleetforge.domain.secrets import redact_url
 
 __all__ = ["register"]
-
-LOG_FILE = "observability.log"
-
 
 class Mode(StrEnum):
     AUTO = "auto"
@@ -79,36 +74,6 @@ def _stack_dir(stack_dir: Path | None, data_dir: Path | None) -> Path:
     return stack_dir or (data_dir or DEFAULT_DATA_DIR) / "observability"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _running(folder: Path) -> dict[str, Any] | None:
-    """The state of a live embedded stack under `folder`; a stale state file is removed."""
-    state = read_state(folder)
-    if state is None:
-        return None
-    if _alive(int(state.get("pid", 0))):
-        return state
-    (folder / STATE_FILE).unlink(missing_ok=True)
-    return None
-
-
-def _ping(url: str, timeout_s: float = 2.0) -> bool:
-    """Whether the ClickHouse endpoint answers /ping (which needs no credentials, as ClickHouse's)."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=timeout_s) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def _print_addresses(addresses: dict[str, str]) -> None:
     ch = addresses.get("clickhouse_http", "")
     grpc = addresses.get("otlp_grpc", "").replace("http://", "").rstrip("/")
@@ -125,50 +90,31 @@ def _up_embedded(config: StackConfig) -> None:
     stack = EmbeddedStack(config)
     with guard():
         stack.start()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stack.request_stop())
-    err.print(
-        f"Embedded observability stack up (pid {os.getpid()}, data in {config.stack_dir}).", highlight=False
-    )
-    _print_addresses(stack.addresses)
-    if config.store_url:
-        err.print(f"Streaming the outbox of {redact_url(config.store_url)} into ClickHouse.", highlight=False)
-    err.print("Press Ctrl-C to stop (or run `fleetforge observability down`).", highlight=False)
-    try:
-        stack.wait()
-    finally:
-        stack.stop()
-        err.print(f"Stopped. {json.dumps(stack.stats())}", highlight=False)
+    with stop_event() as stop:
+        err.print(
+            f"Embedded observability stack up (pid {os.getpid()}, data in {config.stack_dir}).", highlight=False
+        )
+        _print_addresses(stack.addresses)
+        if config.store_url:
+            err.print(f"Streaming the outbox of {redact_url(config.store_url)} into ClickHouse.", highlight=False)
+        err.print("Press Ctrl-C to stop (or run `fleetforge observability down`).", highlight=False)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            stack.stop()
+            err.print(f"Stopped. {json.dumps(stack.stats())}", highlight=False)
 
 
 def _detach(argv: list[str], folder: Path, wait_s: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / LOG_FILE
-    with open(log_path, "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "fleetforge", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-            die("the embedded stack exited while starting:\n" + "\n".join(tail), 1)
-        state = read_state(folder)
-        if state and state.get("pid") == child.pid and _ping(state["addresses"]["clickhouse_http"]):
-            err.print(
-                f"Embedded observability stack up in the background (pid {child.pid}, log {log_path}).",
-                highlight=False,
-            )
-            _print_addresses(state["addresses"])
-            err.print("Stop it with `fleetforge observability down`.", highlight=False)
-            return
-        time.sleep(0.2)
-    child.terminate()
-    die(f"the embedded stack did not answer within {wait_s:.0f}s; see {log_path}", 1)
+    with guard():
+        started = start_detached(argv, folder, wait_s)
+    err.print(
+        f"Embedded observability stack up in the background (pid {started.pid}, log {started.log_path}).",
+        highlight=False,
+    )
+    _print_addresses(started.state["addresses"])
+    err.print("Stop it with `fleetforge observability down`.", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -316,7 +262,7 @@ def register(app: typer.Typer) -> None:
                 path = compose_file(compose_path)
             raise typer.Exit(compose(path, "up", "-d"))
         folder = _stack_dir(stack_dir, data_dir)
-        running = _running(folder)
+        running = running_state(folder)
         if running:
             die(
                 f"an embedded stack already runs on {folder} (pid {running['pid']}); stop it with "
@@ -393,7 +339,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Stop the stack (`docker compose down`, or the embedded stack's process)."""
         folder = _stack_dir(stack_dir, data_dir)
-        state = _running(folder)
+        state = running_state(folder)
         if state is None and mode is not Mode.EMBEDDED and _resolve(mode) is Mode.COMPOSE:
             with guard():
                 path = compose_file(compose_path)
@@ -401,18 +347,8 @@ def register(app: typer.Typer) -> None:
         if state is None:
             err.print(f"No embedded stack runs on {folder}.", highlight=False)
             return
-        pid = int(state["pid"])
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            die(
-                f"the embedded stack (pid {pid}) did not stop within {timeout_s:.0f}s; it is draining or "
-                f"stuck: see {folder / LOG_FILE}, or end it with `kill -9 {pid}`",
-                1,
-            )
-        (folder / STATE_FILE).unlink(missing_ok=True)
+        with guard():
+            pid = stop_running(folder, state, timeout_s)
         err.print(f"Stopped the embedded stack (pid {pid}).", highlight=False)
 
     @group.command("status")
@@ -425,7 +361,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Is the stack up, and where does it listen? Exit 0 when up, 3 when not."""
         folder = _stack_dir(stack_dir, data_dir)
-        state = _running(folder)
+        state = running_state(folder)
         if state is None and mode is not Mode.EMBEDDED and _resolve(mode) is Mode.COMPOSE:
             with guard():
                 path = compose_file(compose_path)
@@ -437,7 +373,7 @@ def register(app: typer.Typer) -> None:
                 out.print(f"embedded stack: not running (stack dir {folder})")
             raise typer.Exit(3)
         addresses = state.get("addresses", {})
-        answering = _ping(addresses.get("clickhouse_http", ""))
+        answering = ping(addresses.get("clickhouse_http", ""))
         doc = {
             "mode": "embedded",
             "running": True,

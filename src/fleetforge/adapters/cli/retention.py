@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
-import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated
@@ -19,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard, out, print_json
+from fleetforge.adapters.process import process_id, stop_event
 from fleetforge.core.retention import (
     COMPANION_SUFFIXES,
     DEFAULT_SETTINGS,
@@ -158,7 +156,7 @@ def register(app: typer.Typer) -> None:
                 if forget_reader is not None:
                     _forget(rs, forget_reader, as_json)
                     return
-                worker = Retention(rs, settings, holder=holder or f"{socket.gethostname()}-{os.getpid()}")
+                worker = Retention(rs, settings, holder=process_id(holder))
                 if watch:
                     _watch(worker, metrics)
                     return
@@ -208,13 +206,11 @@ def _watch(worker: Retention, metrics: bool) -> None:
             telemetry.start_prometheus()
         except ConfigError as exc:
             err.print(f"warning: metrics not served: {exc}", highlight=False)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    service = RetentionService(worker, observer=observer).start()
-    try:
-        stop.wait()
-    finally:
-        service.stop()
-        telemetry.shutdown()
+    with stop_event() as stop:
+        service = RetentionService(worker, observer=observer).start()
+        try:
+            stop.wait()
+        finally:
+            service.stop()
+            telemetry.shutdown()
     out.print(f"retention: {service.passes} passes", highlight=False)

@@ -3,16 +3,13 @@ use to run it beside their own work (see docs/telemetry.md)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import threading
 from typing import Annotated, Any
 
 import typer
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
 from fleetforge.adapters.cli.wiring import store_for
+from fleetforge.adapters.process import process_id, stop_event
 from fleetforge.adapters.readers.telemetry.reader import DEFAULT_SERIES_RETENTION_S, READER_NAME
 from fleetforge.adapters.readers.telemetry.service import DEFAULT_LEASE_MS, ENV, RunningTelemetry
 from fleetforge.adapters.readers.telemetry.service import start_telemetry as _start
@@ -54,16 +51,14 @@ def register(app: typer.Typer) -> None:
         with guard():
             retention_s = duration(series_retention, "--series-retention", allow_off=False)
             st = store_for(store, data_dir)
-            running = start_telemetry(st, holder or f"{socket.gethostname()}-{os.getpid()}",
+            running = start_telemetry(st, process_id(holder),
                                       service_name="fleetforge-telemetry", series_retention_s=retention_s,
                                       lease_ms=lease_ms, port=port)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            err.print(f"telemetry reader {READER_NAME!r} running; standing by while another process holds it",
-                      highlight=False)
-            try:
-                while not stop.wait(0.5):
-                    pass
-            finally:
-                running.stop()
+            with stop_event() as stop:
+                err.print(f"telemetry reader {READER_NAME!r} running; standing by while another process holds "
+                          "it", highlight=False)
+                try:
+                    while not stop.wait(0.5):
+                        pass
+                finally:
+                    running.stop()

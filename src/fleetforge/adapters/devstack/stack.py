@@ -159,11 +159,10 @@ class _OutboxFollower:
 
 
 class EmbeddedStack:
-    """Start with `start()`, stop with `stop()`; `wait()` blocks until `request_stop()`."""
+    """Start with `start()`, stop with `stop()` (devstack.control stops one in another process)."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self._stopping = threading.Event()
         self._parts: list[Any] = []
         self.analytics: EmbeddedAnalytics | None = None
         self.follower: _OutboxFollower | None = None
@@ -231,13 +230,6 @@ class EmbeddedStack:
         tmp = self.config.stack_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
         tmp.replace(self.config.stack_dir / STATE_FILE)
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    def wait(self) -> None:
-        while not self._stopping.wait(0.5):
-            pass
 
     def stop(self) -> None:
         """Stop serving, drain the outbox sink, release the data dir."""
