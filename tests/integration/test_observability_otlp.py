@@ -71,9 +71,9 @@ def _scalar(stack: Stack, sql: str) -> Any:
 def test_runtime_spans_arrive_in_otel_traces(run: tuple[Stack, dict[str, Any], Path]) -> None:
     stack, summary, data_dir = run
     _, rows = stack.rows(
-        "SELECT SpanName, count(), uniqExact(TraceId), any(ServiceName), any(SpanKind), "
-        "any(length(TraceId)) FROM telemetry.otel_traces WHERE SpanName = 'fleetforge.run' "
-        "GROUP BY SpanName"
+        "SELECT SpanAttributes['fleetforge.span.kind'], count(), uniqExact(TraceId), any(ServiceName), any(SpanKind), "
+        "any(length(TraceId)) FROM telemetry.otel_traces WHERE SpanAttributes['fleetforge.span.kind'] = 'run' "
+        "GROUP BY 1"
     )
     assert rows, "no run span arrived"
     _, n, traces, service, kind, id_len = rows[0]
@@ -89,13 +89,13 @@ def test_runtime_spans_arrive_in_otel_traces(run: tuple[Stack, dict[str, Any], P
         "SELECT DISTINCT trace_id FROM telemetry.run_events ORDER BY trace_id",
     ).stdout.split()
     _, got = stack.rows(
-        "SELECT DISTINCT TraceId FROM telemetry.otel_traces WHERE SpanName = 'fleetforge.run' "
+        "SELECT DISTINCT TraceId FROM telemetry.otel_traces WHERE SpanAttributes['fleetforge.span.kind'] = 'run' "
         "ORDER BY TraceId"
     )
     assert [r[0] for r in got] == demo_traces
     failed = _scalar(
         stack,
-        "SELECT count() FROM telemetry.otel_traces WHERE SpanName = 'fleetforge.run' "
+        "SELECT count() FROM telemetry.otel_traces WHERE SpanAttributes['fleetforge.span.kind'] = 'run' "
         "AND StatusCode = 'Error'",
     )
     assert int(failed) == summary["runs"]["by_status"].get("failed", 0)

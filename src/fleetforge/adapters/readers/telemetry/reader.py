@@ -165,10 +165,11 @@ class TelemetryReader:
             self._close()
 
     def _close(self) -> None:
-        self.recorder = None
+        # shut the generations down (a last push over OTLP) while still visible, then stop exposing
         for g in (self._fleet, self._runs):
             if g is not None:
                 g.shutdown()
+        self.recorder = None
         self._fleet = self._runs = None
 
     # -- bounded per-run series ---------------------------------------------------------------------
