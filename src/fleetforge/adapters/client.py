@@ -4,15 +4,16 @@ a worker with Python tools in-process. The same store and defaults as the comman
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 
@@ -31,6 +32,7 @@ from fleetforge.ports.store import OutboxPosition, Store
 
 __all__ = ["Client", "InProcessWorker", "RunHandle", "RunInfo", "RunResult", "StepResult"]
 
+T = TypeVar("T")
 TERMINAL: Final = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED})
 TERMINAL_EVENTS: Final = frozenset({EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED, EventKind.RUN_CANCELED})
 STATUSES: Final = tuple(s.value for s in RunStatus)
@@ -176,6 +178,8 @@ class Client:
         self.store = store
         self.tools = register_demo_tools(ToolRegistry())
         register_tools(self.tools, list(tools))
+        self._http: httpx.AsyncClient | None = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -185,20 +189,21 @@ class Client:
 
     def close(self) -> None:
         """Close the store's connections."""
+        http, self._http = self._http, None
+        if http is not None:
+            _run_async(http.aclose())
         self.store.close()
 
     def add_tools(self, tools: Iterable[Any]) -> None:
         """Register more tools (decorated with @fleetforge.tool, or typed functions)."""
         register_tools(self.tools, list(tools))
 
-    def _with_runtime(self, fn: Any) -> Any:
-        """Call `fn(runtime)`; the runtime's HTTP client is never used by submit or cancel, then closed."""
-
-        async def go() -> Any:
-            async with httpx.AsyncClient() as http:
-                return fn(build_runtime(self.store, http, tools=self.tools))
-
-        return _run_async(go())
+    def _with_runtime(self, fn: Callable[[Runtime], T]) -> T:
+        """Call `fn` with a runtime on this client's store and tools (submit and cancel send no request)."""
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.AsyncClient()
+        return fn(build_runtime(self.store, self._http, tools=self.tools))
 
     def submit(self, spec: Mapping[str, Any] | str | Path, idempotency_key: str | None = None) -> RunHandle:
         """Validate and store a run; `spec` is a mapping, YAML/JSON text or a file path.
@@ -207,8 +212,7 @@ class Client:
         Raises SpecError naming every problem; nothing is stored then.
         """
         data = _spec_data(spec)
-        run_id: str = self._with_runtime(lambda rt: rt.submit(data, idempotency_key=idempotency_key))
-        return RunHandle(self, run_id)
+        return RunHandle(self, self._with_runtime(lambda rt: rt.submit(data, idempotency_key=idempotency_key)))
 
     def run(self, run_id: str) -> RunHandle:
         """A handle on an existing run; NotFoundError when there is none."""
@@ -296,10 +300,8 @@ class InProcessWorker:
         """Ask the worker to finish what is in flight and stop."""
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the worker has stopped
                 loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:  # the loop closed meanwhile: the worker has already stopped
-                pass
 
     def join(self, timeout: float | None = None) -> int:
         """Wait for the thread to end; the attempts completed. Re-raises what stopped the worker."""
@@ -334,13 +336,13 @@ def _spec_data(spec: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     raise SpecError([f"spec: got {type(spec).__name__}, expected a mapping, YAML/JSON text or a Path"])
 
 
-def _run_async(coro: Any) -> Any:
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` to completion, also when the calling thread already runs an event loop (Jupyter)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
-    box: list[Any] = []
+    box: list[T] = []
     errors: list[BaseException] = []
 
     def target() -> None:

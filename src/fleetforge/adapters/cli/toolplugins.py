@@ -33,7 +33,8 @@ __all__ = ["ENV_VAR", "EXPECTED", "load_tool_plugins", "split_tool_specs"]
 ENV_VAR: Final = "FLEETFORGE_TOOLS"
 EXPECTED: Final = (
     "'module:function' (e.g. 'mytools:register'), where function(registry: ToolRegistry) -> None "
-    "registers tools or function is decorated with @fleetforge.tool; several values are separated by commas or given as repeated --tools"
+    "registers tools or function is decorated with @fleetforge.tool; several values are separated by "
+    "commas or given as repeated --tools"
 )
 
 

@@ -14,8 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, overload
 
-from fleetforge.adapters.executors.toolschema import signature_schema, validate_args
 from fleetforge.adapters.executors.tools import ToolError, ToolRegistry
+from fleetforge.adapters.executors.toolschema import signature_schema, validate_args
 from fleetforge.domain.models import ErrorKind
 
 __all__ = ["FunctionTool", "register_tools", "tool"]

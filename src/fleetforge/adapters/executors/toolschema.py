@@ -198,7 +198,7 @@ def _describe(schema: Mapping[str, Any]) -> str:
     words = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "a boolean",
              "null": "null", "array": "an array", "object": "an object"}
     text = " or ".join(words[k] for k in kinds)
-    if "items" in schema and schema["items"]:
+    if schema.get("items"):
         text += f" (items: {_describe(schema['items'])})"
     return text
 
