@@ -118,7 +118,7 @@ def test_kwargs_allow_extra_arguments_and_positional_only_is_refused() -> None:
 
 
 def test_unannotated_parameters_take_any_value_and_string_annotations_resolve() -> None:
-    def f(a, b: "list[int]") -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    def f(a, b: list[int]) -> None:  # type: ignore[no-untyped-def]
         ...
 
     _, params = signature_schema(f)
