@@ -660,3 +660,20 @@ def test_reread_runs_reads_the_state_again_and_keeps_the_rest(store: Store) -> N
         fresh = tx.reread_runs([stale["r1"], stale["gone"], stale["r2"], stale["r1"]])
         assert fresh == tx.get_runs(["r1", "r2"]) == {"r1": changed, "r2": stale["r2"]}
         assert fresh["r1"] is not stale["r1"] and stale["r1"].status is RunStatus.QUEUED
+
+
+def test_claim_idempotency_key_binds_a_key_to_its_first_run(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.claim_idempotency_key("k1", "r1", T0) == "r1"
+        assert tx.claim_idempotency_key("k1", "r2", T0) == "r1"  # the same transaction sees its own key
+    with store.transaction() as tx:
+        assert tx.claim_idempotency_key("k1", "r3", T0 + 1) == "r1"
+        assert tx.claim_idempotency_key("k2", "r3", T0 + 1) == "r3"
+    try:
+        with store.transaction() as tx:
+            assert tx.claim_idempotency_key("k3", "r4", T0) == "r4"
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    with store.transaction() as tx:  # a rolled-back claim leaves the key free
+        assert tx.claim_idempotency_key("k3", "r5", T0) == "r5"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.policies.pii import redact_spec
@@ -12,7 +12,7 @@ from fleetforge.core.scheduler import Scheduler
 from fleetforge.core.submit import build_run
 from fleetforge.core.worker import Observer, Worker
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.errors import NotFoundError
+from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.models import RunSpec
 from fleetforge.domain.spec import parse_spec, spec_to_dict
 from fleetforge.domain.stored_spec import parse_stored_spec
@@ -21,7 +21,9 @@ from fleetforge.ports.executor import Executor
 from fleetforge.ports.policy import PolicyPack
 from fleetforge.ports.store import Store
 
-__all__ = ["Runtime"]
+__all__ = ["MAX_IDEMPOTENCY_KEY", "Runtime"]
+
+MAX_IDEMPOTENCY_KEY: Final = 255
 
 
 class Runtime:
@@ -51,16 +53,26 @@ class Runtime:
         """Validate a spec mapping; raises SpecError naming every problem."""
         return parse_spec(data, packs=self._validators)
 
-    def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None) -> str:
+    def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None,
+               idempotency_key: str | None = None) -> str:
         """Validate (when given a mapping) and store a run in one transaction; returns its id.
 
         When the run's packs redact PII, its labels and step inputs are redacted first: the clear
-        text is never stored, nor is it in any event.
+        text is never stored, nor is it in any event. With `idempotency_key`, a key already used
+        returns the id of the run it was first used for and stores nothing.
         """
+        if idempotency_key is not None and not (
+                isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
+            raise SpecError([f"idempotency_key: got {idempotency_key!r:.80}, expected a non-empty string of at "
+                             f"most {MAX_IDEMPOTENCY_KEY} characters"])
         parsed = redact_spec(spec if isinstance(spec, RunSpec) else self.parse(spec))
         now = self.clock.now_us()
         run, steps, deps = build_run(parsed, spec_to_dict(parsed), now, run_id)
         with self.store.transaction() as tx:
+            if idempotency_key is not None:
+                holder = tx.claim_idempotency_key(idempotency_key, run.id, now)
+                if holder != run.id:
+                    return holder
             events = self.scheduler.submit(tx, run, steps, deps, parsed, now)
         self._emit(events)
         return run.id

@@ -83,6 +83,13 @@ class Tx(Protocol):
     """Operations inside one transaction. Rows returned by `lock_*` stay locked until commit."""
 
     def insert_run(self, run: RunRow) -> None: ...
+    def claim_idempotency_key(self, key: str, run_id: str, now_us: int) -> str:
+        """Bind `key` to `run_id` unless a run already holds it; the id of the run holding `key`.
+
+        Keys are unique: of concurrent transactions claiming one key, one binds it and the others
+        (waiting for it to commit) get its run id. Retention deletes a run's key with the run.
+        """
+        ...
     def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
         """Insert steps and their edges as (run_id, step_id, depends_on)."""
         ...

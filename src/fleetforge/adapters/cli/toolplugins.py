@@ -9,6 +9,9 @@ ToolRegistry and registers the operator's tools beside the demo tools::
 
     fleetforge worker --tools mytools:register
 
+A value may also name a function decorated with ``@fleetforge.tool``: it is registered as that tool,
+with its schema (``fleetforge worker --tools mytools:lookup``).
+
 The module is imported the way `python -m` would find it: from sys.path (PYTHONPATH, installed
 packages) and then from the current directory.
 """
@@ -21,6 +24,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, Final
 
+from fleetforge.adapters.executors.pytools import FunctionTool
 from fleetforge.adapters.executors.tools import ToolRegistry
 from fleetforge.domain.errors import ConfigError
 
@@ -29,7 +33,8 @@ __all__ = ["ENV_VAR", "EXPECTED", "load_tool_plugins", "split_tool_specs"]
 ENV_VAR: Final = "FLEETFORGE_TOOLS"
 EXPECTED: Final = (
     "'module:function' (e.g. 'mytools:register'), where function(registry: ToolRegistry) -> None "
-    "registers tools; several values are separated by commas or given as repeated --tools"
+    "registers tools or function is decorated with @fleetforge.tool; several values are separated by "
+    "commas or given as repeated --tools"
 )
 
 
@@ -47,6 +52,10 @@ def load_tool_plugins(values: Iterable[str] | None, registry: ToolRegistry) -> l
     loaded: list[str] = []
     for spec in split_tool_specs(values):
         register = _resolve(spec)
+        if isinstance(register, FunctionTool):
+            register.register(registry)
+            loaded.append(spec)
+            continue
         try:
             register(registry)
         except Exception as exc:

@@ -61,6 +61,8 @@ class Tool:
     provider: str = "python"
     wants_context: bool = False
     inline: bool = False
+    parameters: dict[str, Any] | None = None  # JSON Schema of the args object; None: not declared
+    description: str = ""
 
 
 class ToolRegistry:
@@ -79,6 +81,8 @@ class ToolRegistry:
         provider: str = ...,
         wants_context: bool = ...,
         inline: bool = ...,
+        parameters: dict[str, Any] | None = ...,
+        description: str = ...,
     ) -> F: ...
 
     @overload
@@ -91,6 +95,8 @@ class ToolRegistry:
         provider: str = ...,
         wants_context: bool = ...,
         inline: bool = ...,
+        parameters: dict[str, Any] | None = ...,
+        description: str = ...,
     ) -> Callable[[F], F]: ...
 
     def register(
@@ -102,12 +108,15 @@ class ToolRegistry:
         provider: str = "python",
         wants_context: bool = False,
         inline: bool = False,
+        parameters: dict[str, Any] | None = None,
+        description: str = "",
     ) -> F | Callable[[F], F]:
         """Register `fn` as `name` (replacing any previous one); without `fn`, a decorator.
 
         With ``wants_context=True`` the executor adds `_seed`, `_attempt` and `_step` to the args.
         ``inline=True`` (sync tools only) calls it on the event loop, without a thread: only for
         pure computations that return in microseconds, since a timeout cannot interrupt it there.
+        `parameters` (a JSON Schema object) and `description` are what `schema` gives a model.
         """
         if not name:
             raise ValueError("tool name must not be empty")
@@ -117,7 +126,8 @@ class ToolRegistry:
         def add(func: F) -> F:
             if inline and inspect.iscoroutinefunction(func):
                 raise ValueError(f"tool {name}: inline=True is for sync functions, got a coroutine function")
-            self._tools[name] = Tool(name, func, timeout_s, provider, wants_context, inline)
+            self._tools[name] = Tool(name, func, timeout_s, provider, wants_context, inline, parameters,
+                                     description)
             return func
 
         return add if fn is None else add(fn)
@@ -125,6 +135,15 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         """The tool registered as `name`, or None."""
         return self._tools.get(name)
+
+    def schema(self, name: str) -> dict[str, Any] | None:
+        """`{"name", "description", "parameters"}` of tool `name` (the function object of an OpenAI tool
+        definition), None when no such tool; a tool without declared parameters accepts any object."""
+        tool = self._tools.get(name)
+        if tool is None:
+            return None
+        parameters = tool.parameters if tool.parameters is not None else {"type": "object"}
+        return {"name": name, "description": tool.description, "parameters": parameters}
 
     def names(self) -> list[str]:
         """Registered tool names, sorted."""

@@ -7,6 +7,14 @@ INSERT INTO runs (id, workspace, app, status, spec, seed, slo_tier, queue_target
                   created_us, started_us, finished_us, error_kind, labels)
 VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb);
 
+-- name: claim_idempotency_key
+-- A concurrent transaction inserting the same key makes this one wait for it; the select that follows
+-- (a new snapshot under READ COMMITTED) then sees the key it committed.
+INSERT INTO idempotency_keys (key, run_id, created_us) VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING;
+
+-- name: select_idempotency_key
+SELECT run_id FROM idempotency_keys WHERE key = %s;
+
 -- name: update_run
 UPDATE runs SET status = %s, started_us = %s, finished_us = %s, error_kind = %s WHERE id = %s;
 
@@ -411,6 +419,8 @@ WITH doomed AS MATERIALIZED (
     DELETE FROM policy_decisions WHERE run_id IN (SELECT id FROM doomed)
 ), b AS (
     DELETE FROM budgets WHERE scope IN (SELECT %(budget_prefix)s || id FROM doomed)
+), k AS (
+    DELETE FROM idempotency_keys WHERE run_id IN (SELECT id FROM doomed)
 )
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed)
 RETURNING id;

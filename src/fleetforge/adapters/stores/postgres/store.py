@@ -171,6 +171,11 @@ class _PostgresTx:
         params = rows.run_params(run)
         self._run("insert_run", lambda: self.c.execute(Q["insert_run"], params))
 
+    def claim_idempotency_key(self, key: str, run_id: str, now_us: int) -> str:
+        params = (key, run_id, now_us)
+        self._run("claim_idempotency_key", lambda: self.c.execute(Q["claim_idempotency_key"], params))
+        return str(self._tuples("select_idempotency_key", (key,))[0][0])
+
     def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
         self._rows("insert_steps_json", [rows.step_params(s) for s in steps], "insert_step")
         self._many("insert_dep", deps)

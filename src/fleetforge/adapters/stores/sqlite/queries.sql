@@ -23,6 +23,12 @@ FROM runs
 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workspace = ?2)
 ORDER BY created_us DESC LIMIT ?3;
 
+-- name: claim_idempotency_key
+INSERT INTO idempotency_keys (key, run_id, created_us) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING;
+
+-- name: select_idempotency_key
+SELECT run_id FROM idempotency_keys WHERE key = ?;
+
 -- name: count_open_runs
 SELECT count(*) FROM runs WHERE status IN ('queued', 'running');
 
@@ -213,6 +219,9 @@ DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(?));
 
 -- name: delete_run_decisions
 DELETE FROM policy_decisions WHERE run_id IN (SELECT value FROM json_each(?));
+
+-- name: delete_run_keys
+DELETE FROM idempotency_keys WHERE run_id IN (SELECT value FROM json_each(?));
 
 -- name: delete_run_budgets
 DELETE FROM budgets WHERE scope IN (SELECT ?1 || value FROM json_each(?2));

@@ -52,6 +52,10 @@ class _SqliteTx:
     def insert_run(self, run: RunRow) -> None:
         self.c.execute(Q["insert_run"], rows.run_params(run))
 
+    def claim_idempotency_key(self, key: str, run_id: str, now_us: int) -> str:
+        self.c.execute(Q["claim_idempotency_key"], (key, run_id, now_us))
+        return str(self.c.execute(Q["select_idempotency_key"], (key,)).fetchone()[0])
+
     def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
         self.c.executemany(Q["insert_step"], [rows.step_params(s) for s in steps])
         self.c.executemany(Q["insert_dep"], deps)
@@ -324,7 +328,8 @@ class SqliteStore:
             if not ids:
                 return 0
             doc = json.dumps(ids)
-            for name in ("delete_run_deps", "delete_run_steps", "delete_run_attempts", "delete_run_decisions"):
+            for name in ("delete_run_deps", "delete_run_steps", "delete_run_attempts", "delete_run_decisions",
+                         "delete_run_keys"):
                 tx.c.execute(Q[name], (doc,))
             tx.c.execute(Q["delete_run_budgets"], (budget_prefix, doc))
             return int(tx.c.execute(Q["delete_runs"], (doc,)).rowcount)
