@@ -50,7 +50,9 @@ _ERROR_LOG_INTERVAL_S = 60.0
 class Telemetry:
     """Metrics and spans derived from committed events, through OpenTelemetry providers it is given.
 
-    Pass `telemetry.observer` as `Runtime(observer=...)`. Providers are never installed globally.
+    The runtime never calls it: `reader(store)` gives the telemetry reader that derives the metrics and
+    spans from the outbox (`observer` remains for tests that feed events directly). Providers are never
+    installed globally.
     `registry` is the prometheus_client registry a PrometheusMetricReader of `meter_provider` is
     registered on; `start_prometheus` serves it. Providers passed in stay the caller's: `shutdown`
     shuts down only the providers `from_env` built.
