@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS telemetry.run_events
     queue_lag_ms Float64,
     duration_ms Float64,
     queue_target_ms Int64,
+    outputs String,
     error_kind LowCardinality(String),
     attributes Map(LowCardinality(String), String),
     payload String,
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS telemetry.step_events
     priority_boost Int64,
     queue_lag_ms Float64,
     worker LowCardinality(String),
+    inputs String,
     tokens Int64,
     cost_usd Decimal(18, 6),
     duration_ms Float64,
@@ -134,10 +136,12 @@ CREATE TABLE IF NOT EXISTS telemetry.envelopes_parsed
     queue_lag_ms Float64,
     duration_ms Float64,
     queue_target_ms Int64,
+    outputs String,
     error_kind LowCardinality(String),
     step_type LowCardinality(String),
     priority_boost Int64,
     worker LowCardinality(String),
+    inputs String,
     tokens Int64,
     cost_usd Decimal(18, 6),
     tool LowCardinality(String),
@@ -213,9 +217,9 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry.envelopes_parse_mv TO telemetry
 WITH
     JSONExtract(envelope, 'Tuple(id String, kind String, schema_version Int64, occurred_at String, run_id String, step_id String, attempt Int64, workspace String, app String, trace Tuple(trace_id String, span_id String, traceparent String))') AS e,
     JSONExtractRaw(envelope, 'payload') AS payload_raw,
-    JSONExtract(payload_raw, 'Tuple(status String, slo_tier String, steps Int64, budget_tokens Int64, budget_cost_usd Float64, labels String, queue_lag_ms Float64, duration_ms Float64, queue_target_ms Int64, error_kind String, step_type String, priority_boost Int64, worker String, tokens Int64, cost_usd Float64, tool String, provider String, model String, input_tokens Int64, output_tokens Int64, cached_tokens Int64, recovered_after_ms Float64, error String, final Bool, next_attempt Int64, backoff_ms Float64, reason String, delay_ms Float64, pack String, hook String, effect String, raw String, source String, tokens_limit Int64, cost_limit_usd Float64, tokens_remaining Int64, cost_remaining_usd Float64, tokens_projected_burn Int64, cost_projected_burn_usd Float64, budget_active Bool, tokens_reserved Int64, tokens_used Int64, cost_reserved_usd Float64, cost_used_usd Float64, ok Bool, latency_ms Float64)') AS p,
+    JSONExtract(payload_raw, 'Tuple(status String, slo_tier String, steps Int64, budget_tokens Int64, budget_cost_usd Float64, labels String, queue_lag_ms Float64, duration_ms Float64, queue_target_ms Int64, outputs String, error_kind String, step_type String, priority_boost Int64, worker String, inputs String, tokens Int64, cost_usd Float64, tool String, provider String, model String, input_tokens Int64, output_tokens Int64, cached_tokens Int64, recovered_after_ms Float64, error String, final Bool, next_attempt Int64, backoff_ms Float64, reason String, delay_ms Float64, pack String, hook String, effect String, raw String, source String, tokens_limit Int64, cost_limit_usd Float64, tokens_remaining Int64, cost_remaining_usd Float64, tokens_projected_burn Int64, cost_projected_burn_usd Float64, budget_active Bool, tokens_reserved Int64, tokens_used Int64, cost_reserved_usd Float64, cost_used_usd Float64, ok Bool, latency_ms Float64)') AS p,
     parseDateTime64BestEffortOrNull(e.occurred_at, 6, 'UTC') AS ts,
-    ['backoff_ms', 'budget_active', 'budget_cost_usd', 'budget_tokens', 'cached_tokens', 'cost_limit_usd', 'cost_projected_burn_usd', 'cost_remaining_usd', 'cost_reserved_usd', 'cost_usd', 'cost_used_usd', 'delay_ms', 'duration_ms', 'effect', 'error', 'error_kind', 'final', 'hook', 'input_tokens', 'labels', 'latency_ms', 'model', 'next_attempt', 'ok', 'output_tokens', 'pack', 'priority_boost', 'provider', 'queue_lag_ms', 'queue_target_ms', 'raw', 'reason', 'recovered_after_ms', 'slo_tier', 'source', 'status', 'step_type', 'steps', 'tokens', 'tokens_limit', 'tokens_projected_burn', 'tokens_remaining', 'tokens_reserved', 'tokens_used', 'tool', 'worker'] AS typed_fields
+    ['backoff_ms', 'budget_active', 'budget_cost_usd', 'budget_tokens', 'cached_tokens', 'cost_limit_usd', 'cost_projected_burn_usd', 'cost_remaining_usd', 'cost_reserved_usd', 'cost_usd', 'cost_used_usd', 'delay_ms', 'duration_ms', 'effect', 'error', 'error_kind', 'final', 'hook', 'input_tokens', 'inputs', 'labels', 'latency_ms', 'model', 'next_attempt', 'ok', 'output_tokens', 'outputs', 'pack', 'priority_boost', 'provider', 'queue_lag_ms', 'queue_target_ms', 'raw', 'reason', 'recovered_after_ms', 'slo_tier', 'source', 'status', 'step_type', 'steps', 'tokens', 'tokens_limit', 'tokens_projected_burn', 'tokens_remaining', 'tokens_reserved', 'tokens_used', 'tool', 'worker'] AS typed_fields
 SELECT
     event_id,
     e.kind AS kind,
@@ -238,10 +242,12 @@ SELECT
     if(isFinite(p.queue_lag_ms), p.queue_lag_ms, 0) AS queue_lag_ms,
     if(isFinite(p.duration_ms), p.duration_ms, 0) AS duration_ms,
     p.queue_target_ms AS queue_target_ms,
+    p.outputs AS outputs,
     p.error_kind AS error_kind,
     p.step_type AS step_type,
     p.priority_boost AS priority_boost,
     p.worker AS worker,
+    p.inputs AS inputs,
     p.tokens AS tokens,
     if(isFinite(p.cost_usd) AND abs(p.cost_usd) < 1e12, CAST(toDecimal128(toInt64(round(p.cost_usd * 1000000)), 6) / 1000000 AS Decimal(18, 6)), toDecimal64(0, 6)) AS cost_usd,
     p.tool AS tool,
@@ -283,11 +289,11 @@ SELECT
 FROM telemetry.envelopes_in;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry.run_events_mv TO telemetry.run_events AS
-SELECT event_id, kind, schema_version, occurred_at, run_id, attempt, workspace, app, trace_id, span_id, traceparent, status, slo_tier, steps, budget_tokens, budget_cost_usd, labels, queue_lag_ms, duration_ms, queue_target_ms, error_kind, attributes, payload
+SELECT event_id, kind, schema_version, occurred_at, run_id, attempt, workspace, app, trace_id, span_id, traceparent, status, slo_tier, steps, budget_tokens, budget_cost_usd, labels, queue_lag_ms, duration_ms, queue_target_ms, outputs, error_kind, attributes, payload
 FROM telemetry.envelopes_parsed
 WHERE reject_reason = '' AND scope = 'run';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry.step_events_mv TO telemetry.step_events AS
-SELECT event_id, kind, schema_version, occurred_at, run_id, step_id, attempt, workspace, app, trace_id, span_id, traceparent, step_type, slo_tier, queue_target_ms, priority_boost, queue_lag_ms, worker, tokens, cost_usd, duration_ms, tool, provider, model, input_tokens, output_tokens, cached_tokens, recovered_after_ms, error_kind, error, final, next_attempt, backoff_ms, reason, delay_ms, pack, hook, effect, raw, source, tokens_limit, cost_limit_usd, tokens_remaining, cost_remaining_usd, tokens_projected_burn, cost_projected_burn_usd, budget_active, tokens_reserved, tokens_used, cost_reserved_usd, cost_used_usd, ok, latency_ms, attributes, payload
+SELECT event_id, kind, schema_version, occurred_at, run_id, step_id, attempt, workspace, app, trace_id, span_id, traceparent, step_type, slo_tier, queue_target_ms, priority_boost, queue_lag_ms, worker, inputs, tokens, cost_usd, duration_ms, tool, provider, model, input_tokens, output_tokens, cached_tokens, recovered_after_ms, error_kind, error, final, next_attempt, backoff_ms, reason, delay_ms, pack, hook, effect, raw, source, tokens_limit, cost_limit_usd, tokens_remaining, cost_remaining_usd, tokens_projected_burn, cost_projected_burn_usd, budget_active, tokens_reserved, tokens_used, cost_reserved_usd, cost_used_usd, ok, latency_ms, attributes, payload
 FROM telemetry.envelopes_parsed
 WHERE reject_reason = '' AND scope = 'step';
