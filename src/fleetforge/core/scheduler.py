@@ -411,10 +411,11 @@ class Scheduler:
             return dict(spec.inputs), f"step {spec.id!r} after resolving references: " + "; ".join(problems)
         return inputs, None
 
-    def _run_outputs(self, tx: Tx, run: RunRow) -> dict[str, Any]:
+    def _run_outputs(self, tx: Tx, b: _Batch, run: RunRow) -> dict[str, Any]:
         """The run's `outputs` resolved (a missing path gives null), redacted as its labels are."""
         spec = self.run_spec(run)
         outputs = {s.step_id: s.output for s in tx.get_steps(run.id)}
+        outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)  # not yet written
         out: dict[str, Any] = {}
         for name, template in spec.outputs.items():
             try:
@@ -618,7 +619,7 @@ class Scheduler:
             run.finished_us = now
             b.runs[rid] = run
             if not failed:
-                run.outputs = self._run_outputs(tx, run) if self.run_spec(run).outputs else {}
+                run.outputs = self._run_outputs(tx, b, run) if self.run_spec(run).outputs else {}
             extra: dict[str, Any] = {"error_kind": run.error_kind} if failed else {"outputs": run.outputs}
             b.events.append(run_event(K.RUN_FAILED if failed else K.RUN_SUCCEEDED, run, now,
                                       duration_ms=(now - run.created_us) / 1000,
