@@ -213,7 +213,8 @@ def test_a_retried_step_resolves_again(tmp_path: Path) -> None:
 
     ex = ScriptedExecutor({"plan": [Ok({"v": [5]})], "next": [Fail(ErrorKind.TIMEOUT)]})
     h = Harness(tmp_path / "s.db", executor=ex)
-    rid = h.submit(tool("plan"), tool("next", "plan", execution={"retry_backoff_ms": 0}, v="${{ steps.plan.output.v[0] }}"))
+    rid = h.submit(tool("plan"), tool("next", "plan", execution={"retry_backoff_ms": 0},
+                                      v="${{ steps.plan.output.v[0] }}"))
     h.drain()
     assert h.status(rid)[0] == "succeeded"
     assert [c.inputs["v"] for c in ex.started("next")] == [5, 5]

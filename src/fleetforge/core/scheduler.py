@@ -11,9 +11,9 @@ from typing import Any
 
 from fleetforge.core import budgets as B
 from fleetforge.core.config import RuntimeConfig
+from fleetforge.core.dataflow import has_refs, resolve_step_inputs, run_outputs
 from fleetforge.core.events import run_event, step_event
-from fleetforge.core.policies.pii import redact_json, redact_pii, redaction_kinds, step_redaction_kinds
-from fleetforge.domain import dataflow as flow
+from fleetforge.core.policies.pii import redact_json, redact_pii, step_redaction_kinds
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import (
     TERMINAL_RUN,
@@ -31,8 +31,6 @@ from fleetforge.domain.models import (
 )
 from fleetforge.domain.money import to_micros, to_usd
 from fleetforge.domain.names import EventKind as K
-from fleetforge.domain.spec import check_step_inputs
-from fleetforge.domain.steptypes import STEP_TYPES
 from fleetforge.ports.executor import ExecutionResult, Executor, StepFailure
 from fleetforge.ports.policy import Effect, Hook, PolicyContext, PolicyPack
 from fleetforge.ports.store import AttemptRow, DecisionRow, Tx
@@ -141,7 +139,7 @@ class _ParsedRun:
         self.depended_on = frozenset(d for s in spec.steps for d in s.depends_on)
         self.redacts = {sid: kinds for sid, s in self.steps.items()
                         for kinds in [step_redaction_kinds(spec, s)] if kinds}
-        self.flows = frozenset(sid for sid, s in self.steps.items() if flow.has_refs(s.inputs))
+        self.flows = frozenset(sid for sid, s in self.steps.items() if has_refs(s.inputs))
 
 
 def _moves_budgets(o: Outcome) -> bool:
@@ -397,35 +395,13 @@ class Scheduler:
 
     def _resolve(self, tx: Tx, run: RunRow, spec: StepSpec) -> tuple[dict[str, Any], str | None]:
         """`spec`'s inputs with their references resolved, or (inputs as written, why they cannot be)."""
-        outputs = {s.step_id: s.output for s in tx.get_steps(run.id)}
-        try:
-            inputs = flow.resolve(spec.inputs, lambda ref: _value(ref, self.run_spec(run), outputs))
-        except flow.ResolveError as exc:
-            return dict(spec.inputs), f"inputs of step {spec.id!r}: {exc}"
-        size = flow.json_size(inputs)
-        if size > flow.MAX_RESOLVED_BYTES:
-            return dict(spec.inputs), (f"inputs of step {spec.id!r}: resolved to {size} bytes of JSON, expected at "
-                                       f"most {flow.MAX_RESOLVED_BYTES} (1 MiB)")
-        problems = check_step_inputs(spec.type, inputs, "inputs") if spec.type in STEP_TYPES else []
-        if problems:
-            return dict(spec.inputs), f"step {spec.id!r} after resolving references: " + "; ".join(problems)
-        return inputs, None
+        return resolve_step_inputs(self.run_spec(run), spec, {s.step_id: s.output for s in tx.get_steps(run.id)})
 
     def _run_outputs(self, tx: Tx, b: _Batch, run: RunRow) -> dict[str, Any]:
-        """The run's `outputs` resolved (a missing path gives null), redacted as its labels are."""
-        spec = self.run_spec(run)
+        """The run's `outputs` resolved, from the stored outputs and those this batch has not written yet."""
         outputs = {s.step_id: s.output for s in tx.get_steps(run.id)}
-        outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)  # not yet written
-        out: dict[str, Any] = {}
-        for name, template in spec.outputs.items():
-            try:
-                out[name] = flow.resolve(template, lambda ref: _value(ref, spec, outputs))
-            except flow.ResolveError:
-                out[name] = None
-        if flow.json_size(out) > flow.MAX_RESOLVED_BYTES:
-            return {name: None for name in out}
-        kinds = redaction_kinds((*spec.packs, *(p for s in spec.steps for p in s.policy.packs)))
-        return redact_json(out, kinds)[0] if kinds else out
+        outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)
+        return run_outputs(self.run_spec(run), outputs)
 
     def _deny(self, b: _Batch, run: RunRow, step: StepRow, attempt: int, now: int, kind: ErrorKind,
               reason: str, pack: str, worker: str) -> None:
@@ -682,12 +658,3 @@ class Scheduler:
         b.flush(tx)
         return b.events
 
-
-def _value(ref: flow.Ref, spec: RunSpec, outputs: Mapping[str, dict[str, Any] | None]) -> Any:
-    """What `ref` names: a run input, or part of an ancestor's stored output."""
-    if ref.root == "inputs":
-        return flow.lookup(spec.inputs, ref.path, "inputs")
-    output = outputs.get(ref.step)
-    if output is None:
-        raise flow.ResolveError(f"{ref.text}: step {ref.step!r} has no output")
-    return flow.lookup(output, ref.path, f"steps.{ref.step}.output")

@@ -23,11 +23,11 @@ __all__ = [
     "MAX_RESOLVED_BYTES",
     "MAX_RUN_INPUTS_BYTES",
     "REF_SYNTAX",
-    "ancestors",
-    "check_refs",
     "Ref",
     "RefSyntaxError",
     "ResolveError",
+    "ancestors",
+    "check_refs",
     "find_refs",
     "has_refs",
     "json_size",
@@ -276,7 +276,7 @@ def check_refs(value: Any, path: str, *, step: str | None, ancestors_of: frozens
 
 def schema_problems(schema: object, inputs: Mapping[str, Any]) -> list[str]:
     """Problems of `input_schema` (a JSON Schema, its own `$schema` draft or 2020-12) and of `inputs` against it."""
-    import jsonschema  # imported when a spec has a schema: most never do
+    import jsonschema  # type: ignore[import-untyped]  # imported when a spec has a schema: most never do
 
     if not isinstance(schema, dict):
         return [f"input_schema: got {_show(schema)}, expected a JSON Schema (a mapping)"]

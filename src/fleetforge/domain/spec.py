@@ -559,12 +559,12 @@ class _Checker:
         if cycle is not None:
             self.problems.append(f"steps: cycle {' -> '.join(cycle)}, expected an acyclic graph")
             return steps
-        above, known = flow.ancestors(graph), frozenset(id_set)
-        for index, step in enumerate(built):
-            if step is not None and step.id in id_set:
-                self.problems += flow.check_refs(step.inputs, f"steps[{index}].inputs", step=step.id,
-                                                 ancestors_of=above.get(step.id, frozenset()), known=known,
-                                                 run_inputs=self.run_inputs_value)[0]
+        above = flow.ancestors(graph)
+        for index, one in enumerate(built):
+            if one is not None and one.id in id_set:
+                self.problems += flow.check_refs(one.inputs, f"steps[{index}].inputs", step=one.id,
+                                                 ancestors_of=above.get(one.id, frozenset()),
+                                                 known=frozenset(id_set), run_inputs=self.run_inputs_value)[0]
         return steps
 
     def run_inputs(self, value: object, schema: object, has_schema: bool) -> dict[str, Any] | None:
