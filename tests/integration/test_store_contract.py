@@ -84,7 +84,7 @@ def read_until(store: Store, after: OutboxPosition, want: int, *, timeout_s: flo
 def _latest_migration(store: Store) -> int:
     from fleetforge.adapters.stores.sqlfiles import migrations
 
-    return migrations(f"fleetforge.adapters.{store.backend}")[-1].version
+    return migrations(f"fleetforge.adapters.stores.{store.backend}")[-1].version
 
 
 def test_migrate_is_idempotent_and_reports_the_version(make_store: MakeStore) -> None:
@@ -660,3 +660,26 @@ def test_reread_runs_reads_the_state_again_and_keeps_the_rest(store: Store) -> N
         fresh = tx.reread_runs([stale["r1"], stale["gone"], stale["r2"], stale["r1"]])
         assert fresh == tx.get_runs(["r1", "r2"]) == {"r1": changed, "r2": stale["r2"]}
         assert fresh["r1"] is not stale["r1"] and stale["r1"].status is RunStatus.QUEUED
+
+
+def test_run_outputs_and_resolved_step_inputs_round_trip(store: Store) -> None:
+    """runs.outputs (migration 0005) is written by update_runs and kept when a later update has none;
+    a step's spec (its resolved inputs) is written by update_steps."""
+    run = run_row("r-out")
+    submit(store, run, [step_row("r-out", "a")])
+    assert store.get_run("r-out").outputs is None  # type: ignore[union-attr]
+    run.status, run.outputs = RunStatus.SUCCEEDED, {"answer": "é", "n": [1, {"k": None}]}
+    with store.transaction() as tx:
+        tx.update_runs([run])
+    run.outputs = None
+    with store.transaction() as tx:
+        tx.update_runs([run])
+        step = tx.lock_steps([("r-out", "a")])[0]
+        step.spec = {"inputs": {"prompt": "resolved", "k": 3}}
+        tx.update_steps([step])
+    got = store.get_run("r-out")
+    assert got is not None and got.outputs == {"answer": "é", "n": [1, {"k": None}]}
+    assert store.list_runs()[0].outputs == got.outputs
+    with store.transaction() as tx:
+        assert tx.get_runs(["r-out"])["r-out"].outputs == got.outputs
+    assert store.get_steps("r-out")[0].spec == {"inputs": {"prompt": "resolved", "k": 3}}
