@@ -27,6 +27,11 @@ def noop(step_id: str, *deps: str, **extra: Any) -> dict[str, Any]:
     return {"id": step_id, "type": "tool", "inputs": {"tool": "noop"}, "depends_on": list(deps), **extra}
 
 
+def uses(step_id: str, *deps: str, q: str) -> dict[str, Any]:
+    """A noop step whose input `q` holds a reference."""
+    return {"id": step_id, "type": "tool", "inputs": {"tool": "noop", "q": q}, "depends_on": list(deps)}
+
+
 @dataclass(frozen=True)
 class Case:
     args: tuple[str, ...]
@@ -108,6 +113,20 @@ CASES: dict[str, Case] = {
                                        "steps[0].execution.retry_backoff_factor: got 0.5"),
     "llm-without-prompt": submit(spec({"id": "a", "type": "llm", "inputs": {"model": "sim-small"}}),
                                  "steps[0].inputs.prompt: missing"),
+    # -- data between steps (docs/runtime.md, "Data between steps")
+    "ref-unknown-step": submit(spec(uses("a", q="${{ steps.nope.output.text }}")),
+                               "spec.json: steps[0].inputs.q: got '${{ steps.nope.output.text }}', expected a known "
+                               "step id"),
+    "ref-not-an-ancestor": submit(spec(noop("a"), uses("b", q="${{ steps.a.output }}")),
+                                  "expected a step 'b' depends on, directly or transitively (add 'a' to depends_on"),
+    "ref-bad-path": submit(spec(noop("a"), uses("b", "a", q="${{ steps.a.output.x[-1] }}")),
+                           "steps[1].inputs.q: got '${{ steps.a.output.x[-1] }}', expected ${{ inputs.NAME... }} or"),
+    "run-inputs-schema": submit(spec(inputs={"ticket": 7}, input_schema={"properties": {"ticket": {"type": "string"}}}),
+                                "inputs.ticket: got 7, expected a value input_schema accepts (7 is not of type "
+                                "'string')"),
+    "run-inputs-not-object": submit(spec(inputs="T-1"), "inputs: got 'T-1', expected a mapping (a JSON object)"),
+    "run-output-unknown-step": submit(spec(outputs={"answer": "${{ steps.z.output }}"}),
+                                      "outputs.answer: got '${{ steps.z.output }}', expected a known step id"),
     "http-bad-url": submit(spec({"id": "a", "type": "http", "inputs": {"url": "ftp://x"}}),
                            "steps[0].inputs.url: got 'ftp://x', expected an http:// or https:// URL"),
     # -- arguments

@@ -677,3 +677,26 @@ def test_claim_idempotency_key_binds_a_key_to_its_first_run(store: Store) -> Non
         pass
     with store.transaction() as tx:  # a rolled-back claim leaves the key free
         assert tx.claim_idempotency_key("k3", "r5", T0) == "r5"
+
+
+def test_run_outputs_and_resolved_step_inputs_round_trip(store: Store) -> None:
+    """runs.outputs (migration 0006) is written by update_runs and kept when a later update has none;
+    a step's spec (its resolved inputs) is written by update_steps."""
+    run = run_row("r-out")
+    submit(store, run, [step_row("r-out", "a")])
+    assert store.get_run("r-out").outputs is None  # type: ignore[union-attr]
+    run.status, run.outputs = RunStatus.SUCCEEDED, {"answer": "é", "n": [1, {"k": None}]}
+    with store.transaction() as tx:
+        tx.update_runs([run])
+    run.outputs = None
+    with store.transaction() as tx:
+        tx.update_runs([run])
+        step = tx.lock_steps([("r-out", "a")])[0]
+        step.spec = {"inputs": {"prompt": "resolved", "k": 3}}
+        tx.update_steps([step])
+    got = store.get_run("r-out")
+    assert got is not None and got.outputs == {"answer": "é", "n": [1, {"k": None}]}
+    assert store.list_runs()[0].outputs == got.outputs
+    with store.transaction() as tx:
+        assert tx.get_runs(["r-out"])["r-out"].outputs == got.outputs
+    assert store.get_steps("r-out")[0].spec == {"inputs": {"prompt": "resolved", "k": 3}}

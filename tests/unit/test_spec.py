@@ -169,7 +169,8 @@ BAD_SPECS = [
     ),
     pytest.param(
         _run(worksapce="x"),
-        "worksapce: unknown key, expected one of app, budget, labels, packs, seed, steps, workspace",
+        "worksapce: unknown key, expected one of app, budget, input_schema, inputs, labels, outputs, packs, seed, "
+        "steps, workspace",
         id="unknown-top-key",
     ),
     pytest.param(

@@ -305,6 +305,8 @@ class TraceAssembler:
                                    "attempts": run.finished_attempts, "failed_attempts": run.failed_attempts}
         if p.get("error_kind"):
             outputs["error_kind"] = p["error_kind"]
+        if p.get("outputs"):
+            outputs["outputs"] = p["outputs"]
         metadata = {**_base_meta(env, run.trace_id, run.span_id), **run.metadata,
                     "status": status, "queue_target_ms": p.get("queue_target_ms", 0)}
         if p.get("error_kind"):
@@ -341,6 +343,8 @@ class TraceAssembler:
             att.inputs["queue_lag_ms"] = p.get("queue_lag_ms", 0.0)
             att.metadata["queue_lag_ms"] = p.get("queue_lag_ms", 0.0)
             att.metadata["worker"] = str(p.get("worker", ""))
+            if p.get("inputs"):  # resolved ${{ }} references, after the pre-hook guardrails
+                att.inputs["inputs"] = p["inputs"]
         elif kind is K.BUDGET_RESERVED:
             att.inputs["tokens_reserved"] = p.get("tokens", 0)
             att.inputs["cost_reserved_usd"] = p.get("cost_usd", 0.0)

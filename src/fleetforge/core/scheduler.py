@@ -11,6 +11,7 @@ from typing import Any
 
 from fleetforge.core import budgets as B
 from fleetforge.core.config import RuntimeConfig
+from fleetforge.core.dataflow import has_refs, resolve_step_inputs, run_outputs
 from fleetforge.core.events import run_event, step_event
 from fleetforge.core.policies.pii import redact_json, redact_pii, step_redaction_kinds
 from fleetforge.domain.envelope import Envelope
@@ -53,6 +54,7 @@ class Claim:
     reservation: B.Reservation
     worker: str
     started_us: int
+    invalid: str | None = None  # why the inputs could not be resolved: the attempt fails (validation)
 
 
 @dataclass(slots=True)
@@ -127,7 +129,7 @@ class _ParsedRun:
     """A run's spec with its steps by id, the ids some other step depends on, and the PII kinds
     each step keeps redacted (absent when none)."""
 
-    __slots__ = ("depended_on", "redacts", "spec", "steps")
+    __slots__ = ("depended_on", "flows", "redacts", "spec", "steps")
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -137,6 +139,7 @@ class _ParsedRun:
         self.depended_on = frozenset(d for s in spec.steps for d in s.depends_on)
         self.redacts = {sid: kinds for sid, s in self.steps.items()
                         for kinds in [step_redaction_kinds(spec, s)] if kinds}
+        self.flows = frozenset(sid for sid, s in self.steps.items() if has_refs(s.inputs))
 
 
 def _moves_budgets(o: Outcome) -> bool:
@@ -348,8 +351,11 @@ class Scheduler:
         if limit_breach is not None:
             self._deny(b, run, step, attempt, now, ErrorKind.BUDGET_EXCEEDED, limit_breach, "", worker)
             return None
-        inputs, denied = dict(spec.inputs), None
-        if self.run_spec(run).packs or spec.policy.packs:
+        inputs, denied, invalid = dict(spec.inputs), None, None
+        flows = step.step_id in self._parsed(run).flows
+        if flows:
+            inputs, invalid = self._resolve(tx, run, spec)
+        if invalid is None and (self.run_spec(run).packs or spec.policy.packs):
             run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
             inputs, denied = self._policy(
                 b, Hook.PRE, run, step, spec, attempt, inputs, now,
@@ -367,6 +373,8 @@ class Scheduler:
         step.lease_owner = worker
         step.lease_expires_us = now + self.config.lease_ms * 1000
         step.started_us = step.started_us or now
+        if flows and invalid is None:  # what the executor receives: resolved, then through the pre-hook
+            step.spec = {"inputs": inputs}
         b.step(step)
         b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "running", worker, now,
                                          tokens_reserved=res.tokens, cost_reserved_micros=res.micros,
@@ -381,8 +389,19 @@ class Scheduler:
             tokens_projected_burn=room.tokens_committed,
             cost_projected_burn_usd=to_usd(room.cost_committed_micros), budget_active=room.active))
         b.events.append(step_event(K.STEP_STARTED, run, step, attempt, now,
-                                   queue_lag_ms=max(0, now - step.ready_us) / 1000, worker=worker))
-        return Claim(run, step, spec, attempt, inputs, res, worker, now)
+                                   queue_lag_ms=max(0, now - step.ready_us) / 1000, worker=worker,
+                                   inputs=inputs if flows and invalid is None else {}))
+        return Claim(run, step, spec, attempt, inputs, res, worker, now, invalid)
+
+    def _resolve(self, tx: Tx, run: RunRow, spec: StepSpec) -> tuple[dict[str, Any], str | None]:
+        """`spec`'s inputs with their references resolved, or (inputs as written, why they cannot be)."""
+        return resolve_step_inputs(self.run_spec(run), spec, {s.step_id: s.output for s in tx.get_steps(run.id)})
+
+    def _run_outputs(self, tx: Tx, b: _Batch, run: RunRow) -> dict[str, Any]:
+        """The run's `outputs` resolved, from the stored outputs and those this batch has not written yet."""
+        outputs = {s.step_id: s.output for s in tx.get_steps(run.id)}
+        outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)
+        return run_outputs(self.run_spec(run), outputs)
 
     def _deny(self, b: _Batch, run: RunRow, step: StepRow, attempt: int, now: int, kind: ErrorKind,
               reason: str, pack: str, worker: str) -> None:
@@ -448,6 +467,8 @@ class Scheduler:
         """Settle one attempt; True when the step succeeded and its dependents may be released."""
         spec, attempt, failure = o.claim.spec, o.claim.attempt, o.failure
         result = o.result
+        if o.claim.invalid is not None:  # never executed: its inputs did not resolve
+            result, failure = None, StepFailure(ErrorKind.VALIDATION, o.claim.invalid)
         if result is not None:
             output, denied = self._policy(b, Hook.POST, run, step, spec, attempt, dict(result.output), now)
             if denied is not None:
@@ -573,7 +594,9 @@ class Scheduler:
             run.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
             run.finished_us = now
             b.runs[rid] = run
-            extra = {"error_kind": run.error_kind} if failed else {}
+            if not failed:
+                run.outputs = self._run_outputs(tx, b, run) if self.run_spec(run).outputs else {}
+            extra: dict[str, Any] = {"error_kind": run.error_kind} if failed else {"outputs": run.outputs}
             b.events.append(run_event(K.RUN_FAILED if failed else K.RUN_SUCCEEDED, run, now,
                                       duration_ms=(now - run.created_us) / 1000,
                                       queue_target_ms=run.queue_target_ms, **extra))
@@ -634,3 +657,4 @@ class Scheduler:
                                   queue_target_ms=run.queue_target_ms))
         b.flush(tx)
         return b.events
+

@@ -179,6 +179,8 @@ class Worker:
                                app=claim.run.app)
         outcome = Outcome(claim, 0)
         try:
+            if claim.invalid is not None:  # inputs that did not resolve: nothing to run
+                raise StepFailure(ErrorKind.VALIDATION, claim.invalid)
             async with asyncio.timeout(deadline_s):  # no extra task per step, unlike wait_for
                 result = await executor.execute(ctx)
             limit = self.scheduler.config.max_output_bytes

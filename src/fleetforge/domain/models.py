@@ -143,6 +143,9 @@ class RunSpec:
     budget: BudgetLimit | None = None
     seed: int = 0
     packs: tuple[PackSpec, ...] = ()  # applied to every step, before the step's own packs
+    inputs: dict[str, Any] = field(default_factory=dict)  # run inputs, `${{ inputs.x }}` in step inputs
+    input_schema: dict[str, Any] | None = None  # a JSON Schema the inputs were checked against at submit
+    outputs: dict[str, Any] = field(default_factory=dict)  # name -> template, resolved when the run succeeds
 
 
 @dataclass(slots=True)
@@ -161,6 +164,7 @@ class RunRow:
     finished_us: int | None = None
     error_kind: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Any] | None = None  # the run's resolved outputs, set when it succeeds
 
 
 @dataclass(slots=True)

@@ -51,11 +51,15 @@ class EventKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One payload field: its name, a type among str|int|float|bool|json, and its meaning."""
+    """One payload field: its name, a type among str|int|float|bool|json, and its meaning.
+
+    `column` False keeps a field out of the typed analytics columns (it stays in the raw `payload`).
+    """
 
     name: str
     type: str
     doc: str
+    column: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,9 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                  (*_RUN_COMMON, Field("queue_lag_ms", "float", "submission to first claim"))),
         KindSpec(EventKind.RUN_SUCCEEDED, "run", "every step succeeded",
                  (*_RUN_COMMON, Field("duration_ms", "float", "submission to completion"),
-                  Field("queue_target_ms", "int", "SLO queue target of the tier"))),
+                  Field("queue_target_ms", "int", "SLO queue target of the tier"),
+                  Field("outputs", "json", "the spec's outputs resolved ({} when it has none)",
+                        column=False))),
         KindSpec(EventKind.RUN_FAILED, "run", "a step failed for good or was denied",
                  (*_RUN_COMMON, Field("duration_ms", "float", "submission to completion"),
                   Field("queue_target_ms", "int", "SLO queue target of the tier"),
@@ -106,7 +112,10 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("priority_boost", "int", "slack credit in ms"))),
         KindSpec(EventKind.STEP_STARTED, "step", "a worker claimed an attempt and runs it",
                  (*_STEP_COMMON, Field("queue_lag_ms", "float", "time ready (or retry due) to claim"),
-                  Field("worker", "str", "worker id holding the lease"))),
+                  Field("worker", "str", "worker id holding the lease"),
+                  Field("inputs", "json", "the step's inputs with their ${{ }} references resolved, after the "
+                                          "pre-hook guardrails; {} when its inputs hold no reference",
+                        column=False))),
         KindSpec(EventKind.STEP_SUCCEEDED, "step", "the attempt succeeded (terminal for the attempt)",
                  (*_STEP_COMMON, *_USAGE, Field("duration_ms", "float", "attempt duration"),
                   Field("tool", "str", "tool name, model or host"),

@@ -16,6 +16,7 @@ from typing import Any, Final
 import orjson
 import yaml
 
+from fleetforge.domain import dataflow as flow
 from fleetforge.domain.errors import SpecError
 from fleetforge.domain.jsontext import plain
 from fleetforge.domain.models import (
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "MAX_STEPS",
     "PackValidator",
+    "check_step_inputs",
     "decode_spec_bytes",
     "load_spec_text",
     "parse_spec",
@@ -60,7 +62,8 @@ _SHOW_MAX: Final = 60
 _KNOWN_MAX: Final = 20
 _EMPTY: Final = "an empty document, expected a mapping with a 'steps' list"
 
-_TOP_KEYS: Final = ("app", "budget", "labels", "packs", "seed", "steps", "workspace")
+_TOP_KEYS: Final = ("app", "budget", "input_schema", "inputs", "labels", "outputs", "packs", "seed", "steps",
+                    "workspace")
 _STEP_KEYS: Final = ("depends_on", "execution", "id", "inputs", "policy", "type")
 _EXECUTION_KEYS: Final = (
     "cost_hint", "deadline_ms", "max_attempts", "retry_backoff_factor", "retry_backoff_ms"
@@ -316,14 +319,25 @@ def parse_spec(
     seed: int = check.field(top, "seed", "", 0, 0, None)
     budget = check.budget(top.get("budget"), "budget")
     run_packs = check.packs(top["packs"], "packs") if "packs" in top else ()
+    schema = check.run_inputs(top.get("inputs", {}), top.get("input_schema"), "input_schema" in top)
     if "steps" not in top:
         check.missing("steps", f"a non-empty list of at most {MAX_STEPS} steps")
     steps = check.steps(top["steps"]) if "steps" in top else ()
+    outputs = check.outputs(top["outputs"], steps) if "outputs" in top else {}
     if check.problems:
         raise SpecError(check.problems)
     return RunSpec(
-        steps=steps, workspace=workspace, app=app, labels=labels, budget=budget, seed=seed, packs=run_packs
+        steps=steps, workspace=workspace, app=app, labels=labels, budget=budget, seed=seed, packs=run_packs,
+        inputs=check.run_inputs_value, input_schema=schema, outputs=outputs,
     )
+
+
+def check_step_inputs(step_type: str, inputs: dict[str, Any], path: str,
+                      step_types: Mapping[str, StepTypeSpec] = STEP_TYPES) -> list[str]:
+    """Problems of `inputs` for a step of `step_type` (its registered check), e.g. once references are resolved."""
+    check = _Checker({}, step_types)
+    step_types[step_type].validate(check, inputs, path)
+    return check.problems
 
 
 def _show(value: object) -> str:
@@ -384,6 +398,7 @@ class _Checker:
         self.validators = packs
         self.step_types = step_types
         self.problems: list[str] = []
+        self.run_inputs_value: dict[str, Any] = {}
 
     def bad(self, path: str, value: object, expected: str) -> None:
         self.problems.append(f"{path or 'spec'}: got {_show(value)}, expected {expected}")
@@ -543,7 +558,42 @@ class _Checker:
         cycle = _find_cycle(graph)
         if cycle is not None:
             self.problems.append(f"steps: cycle {' -> '.join(cycle)}, expected an acyclic graph")
+            return steps
+        above = flow.ancestors(graph)
+        for index, one in enumerate(built):
+            if one is not None and one.id in id_set:
+                self.problems += flow.check_refs(one.inputs, f"steps[{index}].inputs", step=one.id,
+                                                 ancestors_of=above.get(one.id, frozenset()),
+                                                 known=frozenset(id_set), run_inputs=self.run_inputs_value)[0]
         return steps
+
+    def run_inputs(self, value: object, schema: object, has_schema: bool) -> dict[str, Any] | None:
+        """Check the run's `inputs` (a JSON object within its size limit) against `input_schema`; the schema."""
+        m = self.mapping(value, "inputs", "a mapping (a JSON object) of run inputs")
+        if m is None:
+            return None
+        inputs = {key: self.plain(item, f"inputs.{key}") for key, item in m.items()}
+        size = flow.json_size(inputs)
+        if size > flow.MAX_RUN_INPUTS_BYTES:
+            self.problems.append(f"inputs: got {size} bytes of JSON, expected at most {flow.MAX_RUN_INPUTS_BYTES} "
+                                 "bytes (256 KiB); pass large data by reference (a URL or an id)")
+            return None
+        self.run_inputs_value = inputs
+        if not has_schema:
+            return None
+        found = flow.schema_problems(schema, inputs)
+        self.problems += found
+        return None if found or not isinstance(schema, dict) else self.plain(schema, "input_schema")
+
+    def outputs(self, value: object, steps: tuple[StepSpec, ...]) -> dict[str, Any]:
+        """The run's `outputs`: names to values whose references may name any step of the run."""
+        m = self.mapping(value, "outputs", "a mapping of output name to a reference such as "
+                                           "'${{ steps.ID.output.text }}'") or {}
+        out = {self.name(key, f"outputs.{key}"): self.plain(item, f"outputs.{key}") for key, item in m.items()}
+        known = frozenset(s.id for s in steps)
+        self.problems += flow.check_refs(out, "outputs", step=None, ancestors_of=None, known=known,
+                                         run_inputs=self.run_inputs_value)[0]
+        return out
 
     def step_ids(self, raw_steps: list[Any] | tuple[Any, ...]) -> list[str]:
         """Valid step ids in order; records duplicates (invalid ids are reported per step)."""
@@ -605,7 +655,12 @@ class _Checker:
         if m is None:
             return inputs
         if stype is not None:
+            before = len(self.problems)
             self.step_types[stype].validate(self, inputs, path)
+            # a field holding a reference is checked once it is resolved, when the step is claimed
+            held = {where for where, _ in flow.find_refs(inputs, path)[0]}
+            if held:
+                self.problems[before:] = [p for p in self.problems[before:] if p.split(": ", 1)[0] not in held]
         return inputs
 
     def execution(self, value: object, path: str) -> ExecutionSpec:
@@ -658,6 +713,12 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
         out["budget"] = _budget_dict(spec.budget)
     out["packs"] = [{"name": pack.name, **_copy(pack.options)} for pack in spec.packs]
     out["steps"] = [_step_dict(step) for step in spec.steps]
+    if spec.inputs:
+        out["inputs"] = _copy(spec.inputs)
+    if spec.input_schema is not None:
+        out["input_schema"] = _copy(spec.input_schema)
+    if spec.outputs:
+        out["outputs"] = _copy(spec.outputs)
     return out
 
 

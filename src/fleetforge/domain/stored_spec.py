@@ -43,6 +43,7 @@ def parse_stored_spec(data: Mapping[str, Any], *, packs: Mapping[str, PackValida
 
 
 _CANONICAL_TOP: Final = frozenset({"workspace", "app", "labels", "seed", "packs", "steps"})
+_OPTIONAL_TOP: Final = frozenset({"inputs", "input_schema", "outputs"})  # written only when set
 _CANONICAL_EXECUTION: Final = frozenset({"max_attempts", "retry_backoff_ms", "retry_backoff_factor", "deadline_ms"})
 _CANONICAL_POLICY: Final = frozenset({"slo", "packs"})
 
@@ -86,8 +87,11 @@ def _canonical_packs(value: object, packs: Mapping[str, PackValidator]) -> tuple
 
 def _from_canonical(data: Mapping[str, Any], packs: Mapping[str, PackValidator]) -> RunSpec | None:
     """`data` rebuilt as `parse_spec` would, when it has exactly the canonical shape; else None."""
-    keys = data.keys()
+    keys = data.keys() - _OPTIONAL_TOP
     if type(data) is not dict or not (keys == _CANONICAL_TOP or keys == _CANONICAL_TOP | {"budget"}):
+        return None
+    inputs, schema, outputs = data.get("inputs", {}), data.get("input_schema"), data.get("outputs", {})
+    if type(inputs) is not dict or type(outputs) is not dict or not (schema is None or type(schema) is dict):
         return None
     budget = None
     if "budget" in data:
@@ -107,7 +111,8 @@ def _from_canonical(data: Mapping[str, Any], packs: Mapping[str, PackValidator])
         steps.append(step)
     return RunSpec(steps=tuple(steps), workspace=_str(data["workspace"]), app=_str(data["app"]),
                    labels={_str(k): _str(v) for k, v in labels.items()}, budget=budget,
-                   seed=_int(data["seed"]), packs=run_packs)
+                   seed=_int(data["seed"]), packs=run_packs, inputs=_copy(inputs),
+                   input_schema=None if schema is None else _copy(schema), outputs=_copy(outputs))
 
 
 def _canonical_step(raw: object, packs: Mapping[str, PackValidator]) -> StepSpec | None:

@@ -213,6 +213,7 @@ def runs_get(
         "run_id": run.id, "workspace": run.workspace, "app": run.app, "status": str(run.status),
         "trace_id": run.trace_id, "slo_tier": run.slo_tier, "error_kind": run.error_kind,
         "created_at": _ts(run.created_us), "finished_at": _ts(run.finished_us),
+        "outputs": run.outputs or {},
         "steps": [{"step_id": s.step_id, "type": str(s.type), "status": str(s.status), "attempts": s.attempt,
                    "error_kind": s.error_kind} for s in steps],
         "attempts": [{"step_id": a.step_id, "attempt": a.attempt, "status": a.status, "error_kind": a.error_kind,
@@ -226,6 +227,8 @@ def runs_get(
         print_json(doc)
         return
     out.print(f"[bold]{run.id}[/]  {run.workspace}/{run.app}  [bold]{run.status}[/]  trace {run.trace_id}")
+    if run.outputs:
+        out.print("outputs " + json.dumps(run.outputs, ensure_ascii=False), markup=False, highlight=False)
     for title, key in (("steps", "steps"), ("attempts", "attempts"), ("policy decisions", "policy_decisions")):
         rows = doc[key]
         assert isinstance(rows, list)

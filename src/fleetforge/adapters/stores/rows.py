@@ -19,6 +19,7 @@ __all__ = [
     "decision_params",
     "run_from_row",
     "run_params",
+    "run_update_params",
     "run_with_state",
     "step_from_row",
     "step_params",
@@ -36,14 +37,22 @@ def _load(value: Any) -> Any:
 
 def run_params(r: RunRow) -> tuple[Any, ...]:
     return (r.id, r.workspace, r.app, str(r.status), _dump(r.spec), r.seed, r.slo_tier, r.queue_target_ms,
-            r.trace_id, r.created_us, r.started_us, r.finished_us, r.error_kind, _dump(r.labels))
+            r.trace_id, r.created_us, r.started_us, r.finished_us, r.error_kind, _dump(r.labels),
+            None if r.outputs is None else _dump(r.outputs))
+
+
+def run_update_params(r: RunRow) -> tuple[Any, ...]:
+    """What `update_run` writes (outputs only when set: a NULL keeps the stored ones)."""
+    return (str(r.status), r.started_us, r.finished_us, r.error_kind, None if r.outputs is None else _dump(r.outputs),
+            r.id)
 
 
 def run_from_row(row: Any) -> RunRow:
-    (id_, ws, app, status, spec, seed, tier, target, trace, created, started, finished, err, labels) = row
+    (id_, ws, app, status, spec, seed, tier, target, trace, created, started, finished, err, labels, outputs) = row
     return RunRow(id=id_, workspace=ws, app=app, status=RunStatus(status), spec=_load(spec), seed=seed,
                   slo_tier=tier, queue_target_ms=target, trace_id=trace, created_us=created,
-                  started_us=started, finished_us=finished, error_kind=err, labels=_load(labels))
+                  started_us=started, finished_us=finished, error_kind=err, labels=_load(labels),
+                  outputs=None if outputs is None else _load(outputs))
 
 
 def run_with_state(r: RunRow, status: Any, started_us: int | None, finished_us: int | None,
@@ -51,7 +60,7 @@ def run_with_state(r: RunRow, status: Any, started_us: int | None, finished_us: 
     """A copy of `r` with the fields `update_runs` writes replaced by those read from a row."""
     return RunRow(r.id, r.workspace, r.app, _RUN_STATUSES.get(status) or RunStatus(status), r.spec, r.seed,
                   r.slo_tier, r.queue_target_ms, r.trace_id, r.created_us, started_us, finished_us, error_kind,
-                  r.labels)
+                  r.labels, r.outputs)
 
 
 _RUN_STATUSES: dict[Any, RunStatus] = {s.value: s for s in RunStatus}
@@ -67,7 +76,7 @@ def step_params(s: StepRow) -> tuple[Any, ...]:
 def step_update_params(s: StepRow) -> tuple[Any, ...]:
     return (str(s.status), s.attempt, s.deps_remaining, s.due_us, s.ready_us, s.not_before_us, s.lease_owner,
             s.lease_expires_us, s.started_us, s.finished_us, s.first_failure_us, s.error_kind,
-            None if s.output is None else _dump(s.output), s.run_id, s.step_id)
+            None if s.output is None else _dump(s.output), _dump(s.spec), s.run_id, s.step_id)
 
 
 _STEP_TYPES: dict[Any, StepType] = {t.value: t for t in StepType}

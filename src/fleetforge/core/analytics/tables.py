@@ -102,6 +102,8 @@ def payload_columns(scope: str, catalog: Iterable[KindSpec] | None = None) -> tu
         if spec.scope != scope:
             continue
         for f in spec.fields:
+            if not f.column:
+                continue
             if f.name in types and types[f.name] != f.type:
                 raise ValueError(f"payload field {f.name!r} is {types[f.name]} in one kind and {f.type} "
                                  f"in {spec.kind}: a raw column needs one type")

@@ -200,18 +200,20 @@ def step_redaction_kinds(spec: RunSpec, step: StepSpec) -> frozenset[str]:
 
 def redact_spec(spec: RunSpec) -> RunSpec:
     """`spec` as it may be stored: the inputs of each step whose packs redact, redacted with their
-    kinds, and the labels (names and values) with the kinds of every pack of the run.
+    kinds, and the labels (names and values) and run inputs with the kinds of every pack of the run.
 
     A spec whose packs do not redact is returned as it is.
     """
     steps = tuple(_redact_step(spec, step) for step in spec.steps)
     every = redaction_kinds((*spec.packs, *(p for s in spec.steps for p in s.policy.packs)))
-    labels = spec.labels
+    labels, inputs = spec.labels, spec.inputs
     if every:
         labels = {redact_pii(k, every)[0]: redact_pii(v, every)[0] for k, v in spec.labels.items()}
-    if labels == spec.labels and all(a is b for a, b in zip(steps, spec.steps, strict=True)):
+        inputs = redact_json(spec.inputs, every)[0]  # run inputs may flow into any step
+    if labels == spec.labels and inputs == spec.inputs and all(
+            a is b for a, b in zip(steps, spec.steps, strict=True)):
         return spec
-    return replace(spec, steps=steps, labels=labels)
+    return replace(spec, steps=steps, labels=labels, inputs=inputs)
 
 
 def _redact_step(spec: RunSpec, step: StepSpec) -> StepSpec:

@@ -4,8 +4,8 @@
 
 -- name: insert_run
 INSERT INTO runs (id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-                  created_us, started_us, finished_us, error_kind, labels)
-VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb);
+                  created_us, started_us, finished_us, error_kind, labels, outputs)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb);
 
 -- name: claim_idempotency_key
 -- A concurrent transaction inserting the same key makes this one wait for it; the select that follows
@@ -16,16 +16,17 @@ INSERT INTO idempotency_keys (key, run_id, created_us) VALUES (%s, %s, %s) ON CO
 SELECT run_id FROM idempotency_keys WHERE key = %s;
 
 -- name: update_run
-UPDATE runs SET status = %s, started_us = %s, finished_us = %s, error_kind = %s WHERE id = %s;
+UPDATE runs SET status = %s, started_us = %s, finished_us = %s, error_kind = %s,
+                outputs = COALESCE(%s::jsonb, outputs) WHERE id = %s;
 
 -- name: select_run
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-       created_us, started_us, finished_us, error_kind, labels
+       created_us, started_us, finished_us, error_kind, labels, outputs
 FROM runs WHERE id = %s;
 
 -- name: select_runs
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-       created_us, started_us, finished_us, error_kind, labels
+       created_us, started_us, finished_us, error_kind, labels, outputs
 FROM runs WHERE id = ANY(%s::text[]);
 
 -- name: select_run_states
@@ -33,7 +34,7 @@ SELECT id, status, started_us, finished_us, error_kind FROM runs WHERE id = ANY(
 
 -- name: list_runs
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-       created_us, started_us, finished_us, error_kind, labels
+       created_us, started_us, finished_us, error_kind, labels, outputs
 FROM runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(workspace)s::text IS NULL OR workspace = %(workspace)s::text)
@@ -54,7 +55,7 @@ INSERT INTO step_deps (run_id, step_id, depends_on) VALUES (%s, %s, %s);
 -- name: update_step
 UPDATE steps SET status = %s, attempt = %s, deps_remaining = %s, due_us = %s, ready_us = %s,
                  not_before_us = %s, lease_owner = %s, lease_expires_us = %s, started_us = %s,
-                 finished_us = %s, first_failure_us = %s, error_kind = %s, output = %s::jsonb
+                 finished_us = %s, first_failure_us = %s, error_kind = %s, output = %s::jsonb, spec = %s::jsonb
 WHERE run_id = %s AND step_id = %s;
 
 -- name: select_steps_of_run
@@ -254,13 +255,13 @@ SELECT coalesce(max(version), 0) FROM schema_migrations;
 -- name: update_runs_json
 WITH u AS MATERIALIZED (
     SELECT e->>0 AS status, (e->>1)::bigint AS started_us, (e->>2)::bigint AS finished_us,
-           e->>3 AS error_kind, e->>4 AS id
+           e->>3 AS error_kind, (e->>4)::jsonb AS outputs, e->>5 AS id
     FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) AS e
 ), locked AS MATERIALIZED (
     SELECT r.id FROM runs r JOIN u ON r.id = u.id ORDER BY r.id FOR UPDATE OF r
 )
 UPDATE runs r SET status = u.status, started_us = u.started_us, finished_us = u.finished_us,
-                  error_kind = u.error_kind
+                  error_kind = u.error_kind, outputs = COALESCE(u.outputs, r.outputs)
 FROM u JOIN locked l ON l.id = u.id
 WHERE r.id = u.id;
 
@@ -281,13 +282,14 @@ UPDATE steps s SET status = u.status, attempt = u.attempt, deps_remaining = u.de
                    due_us = u.due_us, ready_us = u.ready_us, not_before_us = u.not_before_us,
                    lease_owner = u.lease_owner, lease_expires_us = u.lease_expires_us,
                    started_us = u.started_us, finished_us = u.finished_us,
-                   first_failure_us = u.first_failure_us, error_kind = u.error_kind, output = u.output
+                   first_failure_us = u.first_failure_us, error_kind = u.error_kind, output = u.output,
+                   spec = u.spec
 FROM (
     SELECT e->>0 AS status, (e->>1)::int AS attempt, (e->>2)::int AS deps_remaining,
            (e->>3)::bigint AS due_us, (e->>4)::bigint AS ready_us, (e->>5)::bigint AS not_before_us,
            e->>6 AS lease_owner, (e->>7)::bigint AS lease_expires_us, (e->>8)::bigint AS started_us,
            (e->>9)::bigint AS finished_us, (e->>10)::bigint AS first_failure_us, e->>11 AS error_kind,
-           (e->>12)::jsonb AS output, e->>13 AS run_id, e->>14 AS step_id
+           (e->>12)::jsonb AS output, (e->>13)::jsonb AS spec, e->>14 AS run_id, e->>15 AS step_id
     FROM unnest(ARRAY(SELECT jsonb_array_elements(%s::jsonb))) AS e
 ) u
 WHERE s.run_id = u.run_id AND s.step_id = u.step_id;

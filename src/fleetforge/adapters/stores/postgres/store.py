@@ -191,8 +191,8 @@ class _PostgresTx:
 
     def update_runs(self, runs: Sequence[RunRow]) -> None:
         last = {r.id: r for r in runs}  # of a run given twice, the last one is written
-        self._rows("update_runs_json", [(str(r.status), r.started_us, r.finished_us, r.error_kind, r.id)
-                                        for _, r in sorted(last.items())], "update_run")
+        self._rows("update_runs_json", [rows.run_update_params(r) for _, r in sorted(last.items())],
+                   "update_run")
 
     def get_steps(self, run_id: str) -> list[StepRow]:
         return self._steps("select_steps_of_run", (run_id,))

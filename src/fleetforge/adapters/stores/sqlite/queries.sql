@@ -2,15 +2,16 @@
 
 -- name: insert_run
 INSERT INTO runs (id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-                  created_us, started_us, finished_us, error_kind, labels)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+                  created_us, started_us, finished_us, error_kind, labels, outputs)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: update_run
-UPDATE runs SET status = ?, started_us = ?, finished_us = ?, error_kind = ? WHERE id = ?;
+UPDATE runs SET status = ?, started_us = ?, finished_us = ?, error_kind = ?,
+                outputs = COALESCE(?, outputs) WHERE id = ?;
 
 -- name: select_run
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-       created_us, started_us, finished_us, error_kind, labels
+       created_us, started_us, finished_us, error_kind, labels, outputs
 FROM runs WHERE id = ?;
 
 -- name: select_run_state
@@ -18,7 +19,7 @@ SELECT status, started_us, finished_us, error_kind FROM runs WHERE id = ?;
 
 -- name: list_runs
 SELECT id, workspace, app, status, spec, seed, slo_tier, queue_target_ms, trace_id,
-       created_us, started_us, finished_us, error_kind, labels
+       created_us, started_us, finished_us, error_kind, labels, outputs
 FROM runs
 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workspace = ?2)
 ORDER BY created_us DESC LIMIT ?3;
@@ -44,7 +45,7 @@ INSERT INTO step_deps (run_id, step_id, depends_on) VALUES (?, ?, ?);
 -- name: update_step
 UPDATE steps SET status = ?, attempt = ?, deps_remaining = ?, due_us = ?, ready_us = ?,
                  not_before_us = ?, lease_owner = ?, lease_expires_us = ?, started_us = ?,
-                 finished_us = ?, first_failure_us = ?, error_kind = ?, output = ?
+                 finished_us = ?, first_failure_us = ?, error_kind = ?, output = ?, spec = ?
 WHERE run_id = ? AND step_id = ?;
 
 -- name: select_steps_of_run

@@ -78,7 +78,7 @@ class _SqliteTx:
 
     def update_runs(self, runs: Sequence[RunRow]) -> None:
         self.c.executemany(
-            Q["update_run"], [(str(r.status), r.started_us, r.finished_us, r.error_kind, r.id) for r in runs]
+            Q["update_run"], [rows.run_update_params(r) for r in runs]
         )
 
     def get_steps(self, run_id: str) -> list[StepRow]:

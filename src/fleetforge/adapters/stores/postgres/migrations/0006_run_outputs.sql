@@ -1,0 +1,2 @@
+-- A run's outputs (its spec's `outputs` resolved when it succeeds); NULL until then or when it has none.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS outputs jsonb;
