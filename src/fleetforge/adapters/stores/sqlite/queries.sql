@@ -23,6 +23,11 @@ FROM runs
 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workspace = ?2)
 ORDER BY created_us DESC LIMIT ?3;
 
+-- name: find_run_ids
+-- A range scan of the primary key (BINARY collation), then an exact prefix check.
+SELECT id FROM runs WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1
+ORDER BY id LIMIT ?3;
+
 -- name: count_open_runs
 SELECT count(*) FROM runs WHERE status IN ('queued', 'running');
 
