@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final
 import typer
 from rich.markup import escape
 from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out
@@ -66,7 +67,8 @@ def print_runs(rows: Sequence[RunRow]) -> None:
     for r in rows:
         out.print(escape(r.id), highlight=False)
         details = [f"{r.workspace}/{r.app}", str(r.status), ts(r.created_us), r.error_kind]
-        out.print("  " + escape("  ".join(filter(None, details))), highlight=False)
+        out.print(Padding(escape("  ".join(filter(None, details))), (0, 0, 0, 2), expand=False), highlight=False,
+                  soft_wrap=False)  # the details may wrap; the id never does
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
