@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,8 @@ def test_submit_worker_list_get_cancel_round_trip(tmp_path: Path) -> None:
 
 
 def test_the_demo_dates_its_runs_over_a_window_the_dashboard_shows(demo_run: tuple[str, Path]) -> None:
+    from itertools import pairwise
+
     from fleetforge.core.simtime import window_offsets
     from fleetforge.domain.envelope import parse_ts
 
@@ -176,5 +178,5 @@ def test_the_demo_dates_its_runs_over_a_window_the_dashboard_shows(demo_run: tup
     window = 45 * 60_000_000  # the default --window-minutes, inside the dashboard's default hour
     assert now_us - 3_600_000_000 < starts[0] and starts[-1] < now_us and starts[-1] - starts[0] > window / 2
     want = window_offsets(24, 3, window)  # the seed places each run
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert all(abs(g - (b - a)) < 200_000 for g, a, b in zip(gaps, want, want[1:], strict=False))
+    gaps = [b - a for a, b in pairwise(starts)]
+    assert all(abs(g - (b - a)) < 200_000 for g, (a, b) in zip(gaps, pairwise(want), strict=True))

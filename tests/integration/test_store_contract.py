@@ -84,7 +84,7 @@ def read_until(store: Store, after: OutboxPosition, want: int, *, timeout_s: flo
 def _latest_migration(store: Store) -> int:
     from fleetforge.adapters.stores.sqlfiles import migrations
 
-    return migrations(f"fleetforge.adapters.{store.backend}")[-1].version
+    return migrations(f"fleetforge.adapters.stores.{store.backend}")[-1].version
 
 
 def test_migrate_is_idempotent_and_reports_the_version(make_store: MakeStore) -> None:

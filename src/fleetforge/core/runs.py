@@ -44,7 +44,8 @@ def resolve_run_id(store: Store, text: str) -> str:
         return text
     found = store.find_run_ids(text, MAX_CANDIDATES + 1)
     if not found:
-        raise NotFoundError(f"no run {text!r} and no run id starts with it; list runs with `fleetforge runs list`")
+        raise NotFoundError(f"no run {text!r}; list runs with `fleetforge runs list` "
+                            "(a prefix names the one run whose id starts with it)")
     if len(found) > 1:
         raise AmbiguousRunId(text, found[:MAX_CANDIDATES], more=len(found) > MAX_CANDIDATES)
     return found[0]
