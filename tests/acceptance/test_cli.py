@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,29 @@ def test_submit_worker_list_get_cancel_round_trip(tmp_path: Path) -> None:
     assert [e["kind"] for e in envelopes if e["run_id"] == doomed] == [
         "run_submitted", "step_queued", "step_skipped", "step_skipped", "run_canceled"]
     assert {e["payload"]["worker"] for e in envelopes if e["kind"] == "step_started"} == {"w-test"}
+
+
+def test_the_demo_dates_its_runs_over_a_window_the_dashboard_shows(demo_run: tuple[str, Path]) -> None:
+    from itertools import pairwise
+
+    from fleetforge.core.simtime import window_offsets
+    from fleetforge.domain.envelope import parse_ts
+
+    _, data_dir = demo_run
+    store = SqliteStore(data_dir / "state.db")
+    try:
+        records = list(store.iter_outbox())
+    finally:
+        store.close()
+    now_us = int(time.time() * 1e6)
+    times: dict[str, list[int]] = {}
+    for r in records:
+        times.setdefault(r.run_id, []).append(parse_ts(json.loads(r.envelope)["occurred_at"]))
+        assert now_us - r.created_us < 600e6  # the outbox's own time stays real (lag, retention)
+    assert all(t == sorted(t) for t in times.values())  # in order within each run
+    starts = sorted(t[0] for t in times.values())
+    window = 45 * 60_000_000  # the default --window-minutes, inside the dashboard's default hour
+    assert now_us - 3_600_000_000 < starts[0] and starts[-1] < now_us and starts[-1] - starts[0] > window / 2
+    want = window_offsets(24, 3, window)  # the seed places each run
+    gaps = [b - a for a, b in pairwise(starts)]
+    assert all(abs(g - (b - a)) < 200_000 for g, (a, b) in zip(gaps, pairwise(want), strict=True))

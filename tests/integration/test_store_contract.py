@@ -700,3 +700,18 @@ def test_run_outputs_and_resolved_step_inputs_round_trip(store: Store) -> None:
     with store.transaction() as tx:
         assert tx.get_runs(["r-out"])["r-out"].outputs == got.outputs
     assert store.get_steps("r-out")[0].spec == {"inputs": {"prompt": "resolved", "k": 3}}
+
+def test_find_run_ids_matches_prefixes_exactly_in_id_order(store: Store) -> None:
+    ids = ["ab-1", "ab-2", "ab_3", "abc", "ab%", "a", "b", "ab\U0010ffff", "abé", "ac"]
+    with store.transaction() as tx:
+        for i, rid in enumerate(ids):
+            tx.insert_run(run_row(rid, created_us=T0 + i))
+    assert store.find_run_ids("ab-", 10) == ["ab-1", "ab-2"]
+    assert store.find_run_ids("ab_", 10) == ["ab_3"]  # '_' and '%' are no wildcards
+    assert store.find_run_ids("ab%", 10) == ["ab%"]
+    assert store.find_run_ids("ab", 10) == sorted(i for i in ids if i.startswith("ab"))
+    assert store.find_run_ids("ab", 2) == ["ab%", "ab-1"]
+    assert store.find_run_ids("ab\U0010ffff", 10) == ["ab\U0010ffff"]
+    assert store.find_run_ids("abé", 10) == ["abé"]
+    assert store.find_run_ids("a", 100) == sorted(i for i in ids if i.startswith("a"))
+    assert store.find_run_ids("zz", 10) == [] and store.find_run_ids("ab-3", 10) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,8 +32,11 @@ from fleetforge.adapters.readers.traces import start_exporters
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.adapters.views.dashboard.app import Dashboard
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
+from fleetforge.core.ids import new_run_id
+from fleetforge.core.simtime import SimulatedWindow
 from fleetforge.core.summary import summary_from_store
 from fleetforge.core.worker import Observer
+from fleetforge.ports.store import Store
 
 __all__ = ["register", "run_demo"]
 
@@ -53,20 +57,30 @@ def _fill(spec: dict[str, Any], webhook: str) -> dict[str, Any]:
 
 
 async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, seed: int, workers: int,
-                   concurrency: int, progress: bool, observer: Observer | None = None) -> dict[str, Any]:
+                   concurrency: int, progress: bool, observer: Observer | None = None,
+                   window_s: int = 0) -> dict[str, Any]:
     """Submit the fleet and run it to completion with `workers` in-process workers while its events
-    stream into embedded ClickHouse; return the ground-truth summary once everything is stored."""
-    store = SqliteStore(data_dir / "state.db")
-    store.migrate()
+    stream into embedded ClickHouse; return the ground-truth summary once everything is stored.
+
+    With `window_s` > 0 the runs' events are dated over the `window_s` seconds before the demo started
+    (see core.simtime); state rows and the outbox's own times stay real."""
+    raw = SqliteStore(data_dir / "state.db")
+    raw.migrate()
+    started_us = time.time_ns() // 1_000
+    window = SimulatedWindow(runs, seed, window_s * 1_000_000, started_us) if window_s > 0 else None
+    store = window.store(raw) if window is not None else raw
     analytics.apply()
-    analytics.start(store)
-    exporters = start_exporters(store)  # FLEETFORGE_TRACE_EXPORTERS; nothing when unset
+    analytics.start(raw)
+    exporters = start_exporters(raw)  # FLEETFORGE_TRACE_EXPORTERS; nothing when unset
     webhook = WebhookServer().start()
     try:
         async with httpx.AsyncClient() as client:
             runtime = build_runtime(store, client, config=config_from_env(lease_ms=10_000), observer=observer)
-            for spec in demo_fleet(runs, seed):
-                runtime.submit(_fill(spec, webhook.base_url))
+            for index, spec in enumerate(demo_fleet(runs, seed)):
+                run_id = new_run_id()
+                if window is not None:
+                    window.place(run_id, index, time.time_ns() // 1_000)
+                runtime.submit(_fill(spec, webhook.base_url), run_id=run_id)
             pool = [runtime.worker(f"demo-{i}", concurrency=concurrency, poll_interval_s=0.02)
                     for i in range(workers)]
             work = asyncio.gather(*(w.run(until_idle=True) for w in pool))
@@ -82,12 +96,12 @@ async def run_demo(data_dir: Path, analytics: EmbeddedAnalytics, *, runs: int, s
         analytics.stop()  # drains every committed event into ClickHouse
         exporters.stop(30.0)
     analytics.check_data_dir()
-    summary = summary_from_store(store)
-    store.close()
+    summary = summary_from_store(raw)
+    raw.close()
     return summary
 
 
-async def _watch(store: SqliteStore, total: int, work: asyncio.Future[Any], check: Callable[[], None], *,
+async def _watch(store: Store, total: int, work: asyncio.Future[Any], check: Callable[[], None], *,
                  progress: bool) -> None:
     """Until `work` is done: `check()` that the data dirs are still there, and show progress."""
     columns = (TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -138,6 +152,11 @@ def register(app: typer.Typer) -> None:
                                              help="In-process workers.")] = 2,
         concurrency: Annotated[int, typer.Option(envvar="FLEETFORGE_DEMO_CONCURRENCY", min=1, max=1024,
                                                  help="Steps each worker runs at once.")] = 16,
+        window_min: Annotated[int, typer.Option(
+            "--window-minutes", envvar="FLEETFORGE_DEMO_WINDOW_MINUTES", min=0, max=1_440,
+            help="Date the runs' events over this many minutes before the demo starts (each run at a "
+                 "place drawn from --seed; times within a run stay real), so the dashboard's charts "
+                 "show a shape; 0 keeps the wall clock. See docs/dashboard.md.")] = 45,
         keep: Annotated[bool, typer.Option("--keep", envvar="FLEETFORGE_DEMO_KEEP",
                                            help="Keep earlier demo state in --data-dir instead of "
                                                 "starting fresh.")] = False,
@@ -157,7 +176,8 @@ def register(app: typer.Typer) -> None:
             try:
                 with EmbeddedAnalytics(chdb_dir(folder)) as analytics:
                     summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
-                                                   concurrency=concurrency, progress=not as_json))
+                                                   concurrency=concurrency, progress=not as_json,
+                                                   window_s=window_min * 60))
                     if telemetry.service is not None and not telemetry.service.caught_up(60.0):
                         err.print("[yellow]warning:[/] the telemetry reader has not caught up yet", highlight=False)
                     if as_json:

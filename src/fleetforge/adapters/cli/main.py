@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,7 @@ import typer
 from rich.table import Table
 
 from fleetforge import __version__
-from fleetforge.adapters.cli import demo
+from fleetforge.adapters.cli import demo, runs
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.adapters.process import loop_stop_event, process_id
@@ -53,8 +52,7 @@ def _root(
     """FleetForge command line."""
 
 
-def _ts(us: int | None) -> str:
-    return "" if us is None else datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+_ts = runs.ts
 
 
 @app.command()
@@ -177,7 +175,7 @@ def runs_list(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many runs.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """The most recent runs, newest first."""
+    """The most recent runs, newest first. Every id prints whole on one line at any terminal width."""
     allowed = {"queued", "running", "succeeded", "failed", "canceled"}
     if status is not None and status not in allowed:
         die(f"--status: got {status!r}, expected one of {', '.join(sorted(allowed))}", 2)
@@ -188,23 +186,23 @@ def runs_list(
                      "created_at": _ts(r.created_us), "finished_at": _ts(r.finished_us),
                      "error_kind": r.error_kind} for r in rows])
         return
-    table = Table("run id", "workspace", "app", "status", "created", "finished", "error")
-    for r in rows:
-        table.add_row(r.id, r.workspace, r.app, str(r.status), _ts(r.created_us), _ts(r.finished_us),
-                      r.error_kind)
-    out.print(table)
+    runs.print_runs(rows)
 
 
 @runs_app.command("get")
 def runs_get(
-    run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)],
+    run_id: Annotated[str, typer.Argument(help="The run id, or a unique prefix of it (like git).",
+                                          show_default=False)],
     store: StoreOpt = None,
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """One run with its steps, attempts (the cost ledger) and policy decisions."""
+    """One run with its steps, attempts (the cost ledger) and policy decisions.
+
+    Exit code 2 when a prefix matches several runs (they are listed), 3 when none does."""
+    st = runs.store_for_cli(store, data_dir)
+    run_id = runs.run_id_of(st, run_id)
     with guard():
-        st = store_for(store, data_dir)
         run = st.get_run(run_id)
         if run is None:
             raise NotFoundError(f"no run {run_id!r}; list runs with `fleetforge runs list`")
@@ -242,13 +240,17 @@ def runs_get(
 
 @runs_app.command("cancel")
 def runs_cancel(
-    run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)],
+    run_id: Annotated[str, typer.Argument(help="The run id, or a unique prefix of it (like git).",
+                                          show_default=False)],
     store: StoreOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Cancel a run: queued and pending steps stop; running attempts finish."""
+    """Cancel a run: queued and pending steps stop; running attempts finish.
+
+    Exit code 2 when a prefix matches several runs (they are listed), 3 when none does."""
+    st = runs.store_for_cli(store, data_dir)
+    run_id = runs.run_id_of(st, run_id)
     with guard():
-        st = store_for(store, data_dir)
 
         async def go() -> bool:
             async with httpx.AsyncClient() as client:
@@ -259,6 +261,7 @@ def runs_cancel(
 
 
 demo.register(app)
+runs.register(runs_app)
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"fleetforge.adapters.cli.{_area}")

@@ -17,6 +17,7 @@ __all__ = [
     "budget_params",
     "decision_from_row",
     "decision_params",
+    "prefix_end",
     "run_from_row",
     "run_params",
     "run_update_params",
@@ -25,6 +26,23 @@ __all__ = [
     "step_params",
     "step_update_params",
 ]
+
+
+_MAX_CHAR = 0x10FFFF
+
+
+def prefix_end(prefix: str) -> str:
+    """The least string above every string that starts with `prefix`, in code-point (= UTF-8 byte) order.
+
+    With `prefix` made only of U+10FFFF (or empty) there is none: the result is then above every id.
+    """
+    head = prefix.rstrip(chr(_MAX_CHAR))
+    if not head:
+        return chr(_MAX_CHAR) * (len(prefix) + 64)
+    nxt = ord(head[-1]) + 1
+    if 0xD800 <= nxt <= 0xDFFF:  # surrogates cannot be stored: the next storable code point
+        nxt = 0xE000
+    return head[:-1] + chr(nxt)
 
 
 def _dump(value: Any) -> str:

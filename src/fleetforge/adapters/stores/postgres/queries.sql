@@ -40,6 +40,12 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(workspace)s::text IS NULL OR workspace = %(workspace)s::text)
 ORDER BY created_us DESC LIMIT %(limit)s;
 
+-- name: find_run_ids
+-- Compared byte-wise (COLLATE "C"): a linguistic collation may ignore the '-' of an id.
+SELECT id FROM runs
+WHERE id COLLATE "C" >= %(lo)s AND id COLLATE "C" < %(hi)s AND starts_with(id, %(lo)s)
+ORDER BY id COLLATE "C" LIMIT %(limit)s;
+
 -- name: count_open_runs
 SELECT count(*)::int FROM runs WHERE status IN ('queued', 'running');
 

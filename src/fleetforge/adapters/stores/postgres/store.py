@@ -393,6 +393,10 @@ class PostgresStore:
         found = self._query("list_runs", {"status": status, "workspace": workspace, "limit": limit})
         return [rows.run_from_row(r) for r in found]
 
+    def find_run_ids(self, prefix: str, limit: int) -> list[str]:
+        found = self._query("find_run_ids", {"lo": prefix, "hi": rows.prefix_end(prefix), "limit": limit})
+        return [str(r[0]) for r in found]
+
     def get_steps(self, run_id: str) -> list[StepRow]:
         return self._step_query("select_steps_of_run", (run_id,))
 

@@ -30,6 +30,11 @@ INSERT INTO idempotency_keys (key, run_id, created_us) VALUES (?, ?, ?) ON CONFL
 -- name: select_idempotency_key
 SELECT run_id FROM idempotency_keys WHERE key = ?;
 
+-- name: find_run_ids
+-- A range scan of the primary key (BINARY collation), then an exact prefix check.
+SELECT id FROM runs WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1
+ORDER BY id LIMIT ?3;
+
 -- name: count_open_runs
 SELECT count(*) FROM runs WHERE status IN ('queued', 'running');
 

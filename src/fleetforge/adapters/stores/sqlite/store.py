@@ -232,6 +232,9 @@ class SqliteStore:
     ) -> list[RunRow]:
         return [rows.run_from_row(tuple(r)) for r in self._query(Q["list_runs"], (status, workspace, limit))]
 
+    def find_run_ids(self, prefix: str, limit: int) -> list[str]:
+        return [str(r[0]) for r in self._query(Q["find_run_ids"], (prefix, rows.prefix_end(prefix), limit))]
+
     def get_steps(self, run_id: str) -> list[StepRow]:
         return [rows.step_from_row(r) for r in self._query(Q["select_steps_of_run"], (run_id,))]
 
