@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 
 from fleetforge.domain.models import StepType
 
-__all__ = ["AGENT_DEFAULT_MAX_TURNS", "AGENT_MAX_TURNS", "HTTP_METHODS", "TOOL_CHOICES", "STEP_TYPES", "InputCheck", "StepTypeSpec", "canonical", "step_type_spec"]
+__all__ = [
+    "AGENT_DEFAULT_MAX_TURNS",
+    "AGENT_MAX_TURNS",
+    "HTTP_METHODS",
+    "STEP_TYPES",
+    "TOOL_CHOICES",
+    "InputCheck",
+    "StepTypeSpec",
+    "canonical",
+    "step_type_spec",
+]
 
 HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
