@@ -142,3 +142,26 @@ def test_step_ids_in_an_agents_namespace_are_refused(tmp_path: Path) -> None:
     spec["steps"].append({"id": "support.t1", "type": "tool", "inputs": {"tool": "noop"}})
     with pytest.raises(SpecError, match=r"steps\[1\]\.id.*'support\.'"):
         rt.submit(spec)
+
+
+def test_trace_nests_agent_then_turns_and_tool_calls(tmp_path: Path) -> None:
+    from fleetforge.core.exporting import SpanKind, TraceAssembler
+    from fleetforge.domain.envelope import Envelope
+
+    rt, store, client = make_runtime(tmp_path / "s.db")
+    rid = rt.submit(agent_spec(sim_tool_turns=1))
+    run_all(rt, client)
+    asm = TraceAssembler()
+    spans = [sp for r in store.iter_outbox() if r.run_id == rid
+             for sp in asm.feed(Envelope.from_dict(json.loads(r.envelope)))]
+    by_id = {sp.span_id: sp for sp in spans}
+    agent = next(sp for sp in spans if sp.kind is SpanKind.AGENT)
+    assert agent.name == "invoke_agent sim-small"
+    chats = [sp for sp in spans if sp.kind is SpanKind.LLM]
+    tools = [sp for sp in spans if sp.kind is SpanKind.TOOL]
+    assert [by_id[by_id[sp.parent_span_id].parent_span_id].span_id for sp in chats + tools] == \
+        [agent.span_id] * (len(chats) + len(tools))  # unit -> its step attempt -> invoke_agent
+    assert [sp.name for sp in tools] == ["execute_tool lookup"] and len(chats) == 2
+    for sp in spans:  # every span's lineage ends at its parent
+        if sp.parent_span_id is not None:
+            assert sp.lineage[-1][0] == sp.parent_span_id
