@@ -27,8 +27,12 @@ _PASSES: Final = 4
 """Coordination passes per claim: a pass whose new units were all refused (answered at once) goes on."""
 
 
-def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int) -> Claim | None:
-    """Create the agent's next units and park it, or lease it to `worker` to settle it. One transaction."""
+def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
+            *, settle: bool = True) -> Claim | None:
+    """Create the agent's next units and park it, or lease it to `worker` to settle it. One transaction.
+
+    With ``settle=False`` (in the completion that woke it) an agent whose loop ended stays queued for
+    the next claim to settle."""
     spec = s._step_spec(run, step)
     if step.attempt == 0:  # the agent's one attempt spans all its units
         step.attempt, step.started_us = 1, now
@@ -38,9 +42,13 @@ def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker:
         b.events.append(step_event(K.STEP_STARTED, run, step, 1, now,
                                    queue_lag_ms=max(0, now - step.ready_us) / 1000, worker=worker))
     children = {c.step_id: c for c in tx.get_steps(run.id) if A.parent_of(c) == step.step_id}
+    children.update((sid, row) for (rid, sid), row in b.steps.items()  # changed in this transaction
+                    if rid == run.id and A.parent_of(row) == step.step_id)
     model = str(spec.inputs.get("model", ""))
     for _ in range(_PASSES):
         decision = A.coordinate(spec, children)
+        if not settle and (decision.failure is not None or decision.output is not None):
+            return None
         if decision.failure is not None:
             kind, message = decision.failure
             return s._agent_claim(b, run, step, {"failure": {"kind": str(kind), "message": message},

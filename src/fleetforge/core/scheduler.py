@@ -482,7 +482,8 @@ class Scheduler:
                 if _doomed(run, b):
                     continue
                 self._queue(b, run, dep, now, not_before=now)
-                if dep.type == StepType.AGENT and dep.attempt:  # an agent woken by its units: not newly queued
+                if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
+                    agent_loop.advance(self, tx, b, run, dep, outcomes[0].claim.worker, now, settle=False)
                     continue
                 b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
                                            queue_target_ms=dep.queue_target_ms,
