@@ -49,5 +49,5 @@ def test_without_its_entry_the_type_is_unknown_and_the_message_lists_the_registr
 
 def test_built_in_types_declare_their_span_kinds() -> None:
     assert {name: step_type_spec(name).span_kind for name in STEP_TYPES} == {"llm": "llm", "tool": "tool",
-                                                                             "http": "http"}
+                                                                             "http": "http", "agent": "agent"}
     assert set(STEP_TYPES) == set(StepType)

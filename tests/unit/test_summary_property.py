@@ -65,9 +65,15 @@ budgets = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
 
 @st.composite
 def step_specs(draw: st.DrawFn, index: int) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["llm", "weather", "crm_lookup"]))
-    if kind == "llm":
-        inputs: dict[str, Any] = {"model": draw(st.sampled_from(["sim-small", "sim-large"])),
+    inputs: dict[str, Any]
+    kind = draw(st.sampled_from(["llm", "weather", "crm_lookup", "agent"]))
+    if kind == "agent":
+        inputs = {"model": "sim-small", "instructions": draw(st.sampled_from(PROMPTS)),
+                  "tools": ["weather", "crm_lookup"], "max_turns": draw(st.integers(1, 4)),
+                  "sim_tool_turns": draw(st.integers(0, 3)), "sim_parallel_calls": draw(st.integers(1, 2)),
+                  "fail_rate": draw(rates), "latency_ms": 50}
+    elif kind == "llm":
+        inputs = {"model": draw(st.sampled_from(["sim-small", "sim-large"])),
                                   "prompt": draw(st.sampled_from(PROMPTS)), "fail_rate": draw(rates),
                                   "output_tokens": draw(st.integers(1, 300)), "latency_ms": 50}
     elif kind == "weather":
@@ -87,7 +93,8 @@ def step_specs(draw: st.DrawFn, index: int) -> dict[str, Any]:
     step_budget = draw(budgets)
     if step_budget:
         policy["budget"] = step_budget
-    return {"id": f"s{index}", "type": "llm" if kind == "llm" else "tool", "inputs": inputs,
+    stype = kind if kind in ("llm", "agent") else "tool"
+    return {"id": f"s{index}", "type": stype, "inputs": inputs,
             "execution": execution, "policy": policy}
 
 

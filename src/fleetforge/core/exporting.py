@@ -27,8 +27,9 @@ from typing import Any, Final
 
 from fleetforge.core.ids import run_span_id
 from fleetforge.domain.envelope import Envelope, traceparent
-from fleetforge.domain.models import ErrorKind
+from fleetforge.domain.models import ErrorKind, StepType
 from fleetforge.domain.names import EventKind as K
+from fleetforge.domain.names import GenAIOperation as Op
 from fleetforge.domain.steptypes import STEP_TYPES, step_type_spec
 from fleetforge.ports.store import OutboxPosition
 
@@ -160,6 +161,7 @@ class _Run:
     inputs: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     attempts: dict[tuple[str, int], _Attempt] = field(default_factory=dict)
+    agents: dict[str, tuple[str, int]] = field(default_factory=dict)  # agent step -> (attempt span, start)
     tokens: int = 0
     cost_usd: float = 0.0
     finished_attempts: int = 0
@@ -247,6 +249,8 @@ class TraceAssembler:
                 return []
             att = run.attempts[key] = _Attempt(env.step_id, env.attempt, env.trace.span_id)
         self._note_attempt(att, env)
+        if kind is K.STEP_STARTED and att.step_type == StepType.AGENT:  # its turns and tool calls nest under it
+            run.agents.setdefault(att.step_id, (att.span_id, env.occurred_us))
         if kind not in ATTEMPT_TERMINAL:
             return []
         del run.attempts[key]
@@ -405,10 +409,14 @@ class TraceAssembler:
         if provider:
             metadata["provider"] = provider
         inputs = {"step_type": step_type, "attempt": att.attempt, **att.inputs}
-        lineage = ((run.span_id, run.start_us),)
+        lineage: tuple[tuple[str, int], ...] = ((run.span_id, run.start_us),)
+        agent = _agent_of(run, att.step_id)
+        if agent is not None:  # a unit of an agent step: under the agent's invoke_agent span
+            span_id, began = run.agents[agent]
+            lineage = (*lineage, (span_id, began), (unit_span_id(span_id), began))
         span = TraceSpan(
             kind=SpanKind.STEP, name=att.step_id, trace_name=_trace_name(run), trace_id=run.trace_id,
-            span_id=att.span_id, parent_span_id=run.span_id, lineage=lineage, start_us=start, end_us=end, ok=ok,
+            span_id=att.span_id, parent_span_id=lineage[-1][0], lineage=lineage, start_us=start, end_us=end, ok=ok,
             status_message=message[:1000], run_id=run.run_id, step_id=att.step_id, attempt=att.attempt,
             workspace=run.workspace, app=run.app, inputs=inputs, outputs=outputs, metadata=metadata,
             model=model, provider=provider, tool=tool, usage=usage, position=position, hold=run.hold,
@@ -438,10 +446,13 @@ class TraceAssembler:
                            cost_usd=u.cost_usd)
         step_type = str(attempt.metadata.get("step_type", ""))
         if kind is SpanKind.LLM:
-            name = f"chat {attempt.model}" if attempt.model else "chat"
+            name = f"{Op.CHAT} {attempt.model}" if attempt.model else str(Op.CHAT)
             inputs: dict[str, Any] = {"model": attempt.model, "provider": attempt.provider}
+        elif kind is SpanKind.AGENT:
+            name = f"{Op.INVOKE_AGENT} {attempt.model}" if attempt.model else str(Op.INVOKE_AGENT)
+            inputs = {"model": attempt.model}
         else:
-            name = f"execute_tool {attempt.tool or step_type}"
+            name = f"{Op.EXECUTE_TOOL} {attempt.tool or step_type}"
             inputs = {"tool": attempt.tool, "provider": attempt.provider}
         metadata = {**_base_meta_of(attempt, span_id), "step_id": att.step_id, "attempt": att.attempt,
                     "step_type": step_type, **inputs}
@@ -467,6 +478,14 @@ class TraceAssembler:
             outputs={"effect": effect, "reason": p.get("reason", ""), "raw": p.get("raw")},
             metadata=metadata, position=position, hold=run.hold,
         )
+
+
+def _agent_of(run: _Run, step_id: str) -> str | None:
+    """The agent step whose unit `step_id` is (ids `<agent>.t<n>...`, reserved by the spec check), or None."""
+    for agent in run.agents:
+        if step_id.startswith(f"{agent}.t"):
+            return agent
+    return None
 
 
 def _run_span_of(env: Envelope) -> str:

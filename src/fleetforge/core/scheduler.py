@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetforge.core import agent as A
+from fleetforge.core import agent_loop
 from fleetforge.core import budgets as B
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.dataflow import has_refs, resolve_step_inputs, run_outputs
@@ -129,7 +131,7 @@ class _ParsedRun:
     """A run's spec with its steps by id, the ids some other step depends on, and the PII kinds
     each step keeps redacted (absent when none)."""
 
-    __slots__ = ("depended_on", "flows", "redacts", "spec", "steps")
+    __slots__ = ("children", "depended_on", "flows", "parents", "redacts", "spec", "steps")
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -140,6 +142,28 @@ class _ParsedRun:
         self.redacts = {sid: kinds for sid, s in self.steps.items()
                         for kinds in [step_redaction_kinds(spec, s)] if kinds}
         self.flows = frozenset(sid for sid, s in self.steps.items() if has_refs(s.inputs))
+        self.children: dict[str, StepSpec] = {}  # specs of agent units, built from their rows
+        self.parents: dict[str, str] = {}  # agent unit id -> its agent step id
+
+    def step(self, row: StepRow | str) -> StepSpec:
+        """The spec of a step of the run, or of a unit an agent step grew (from its row)."""
+        sid = row if isinstance(row, str) else row.step_id
+        found = self.steps.get(sid) or self.children.get(sid)
+        if found is not None or isinstance(row, str):
+            return found if found is not None else self.steps[sid]
+        parent = A.parent_of(row)
+        if parent is None:
+            raise KeyError(sid)
+        found = self.children[sid] = A.child_spec(row, self.steps[parent])
+        self.parents[sid] = parent
+        return found
+
+    def kinds(self, step_id: str) -> frozenset[str]:
+        """PII kinds of a step; an agent's units keep the agent's."""
+        kinds = self.redacts.get(step_id)
+        if kinds is None and step_id in self.parents:
+            kinds = self.redacts.get(self.parents[step_id])
+        return kinds or frozenset()
 
 
 def _moves_budgets(o: Outcome) -> bool:
@@ -184,8 +208,8 @@ class Scheduler:
     def run_spec(self, run: RunRow) -> RunSpec:
         return self._parsed(run).spec
 
-    def _step_spec(self, run: RunRow, step_id: str) -> StepSpec:
-        return self._parsed(run).steps[step_id]
+    def _step_spec(self, run: RunRow, step: StepRow | str) -> StepSpec:
+        return self._parsed(run).step(step)
 
     def _budgets(self, tx: Tx, b: _Batch, run: RunRow) -> list[BudgetRow]:
         scopes = B.scopes_of(run)
@@ -198,10 +222,11 @@ class Scheduler:
 
     def _redacts(self, run: RunRow, step_id: str) -> frozenset[str]:
         """The PII kinds what `step_id` of `run` records must not hold in clear (empty: none)."""
-        return self._parsed(run).redacts.get(step_id, frozenset())
+        return self._parsed(run).kinds(step_id)
 
-    def _has_dependents(self, run: RunRow, step_id: str) -> bool:
-        return step_id in self._parsed(run).depended_on
+    def _has_dependents(self, run: RunRow, step: StepRow) -> bool:
+        """Some step waits for `step`: a step of the spec, or its agent (for an agent's unit)."""
+        return step.step_id in self._parsed(run).depended_on or A.parent_of(step) is not None
 
     def _lock_budgets(self, tx: Tx, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> None:
         """Take the budget rows of every run of the batch in one statement, locked in one (sorted)
@@ -299,7 +324,7 @@ class Scheduler:
             run = first.get(step.run_id)
             if run is None or _doomed(run, b):
                 continue
-            spec = self._step_spec(run, step.step_id)
+            spec = self._step_spec(run, step)
             res = reservations[(run.id, step.step_id)] = B.reservation_for(
                 spec, self.executors[step.type].estimate(spec))
             if res.tokens or res.micros:
@@ -314,7 +339,10 @@ class Scheduler:
             if _doomed(run, b):  # failed earlier in this batch (a denial): the step is skipped, not started
                 self._mark_failed(b, run, run.error_kind)
                 continue
-            claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
+            if step.type == StepType.AGENT:
+                claim = agent_loop.advance(self, tx, b, run, step, worker, now)
+            else:
+                claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
             if claim is not None:
                 claims.append(claim)
         self._finish_failed_runs(tx, b, now)
@@ -323,7 +351,7 @@ class Scheduler:
 
     def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
                    res: B.Reservation | None) -> Claim | None:
-        spec = self._step_spec(run, step.step_id)
+        spec = self._step_spec(run, step)
         executor = self.executors[step.type]
         if res is None:
             res = B.reservation_for(spec, executor.estimate(spec))
@@ -355,7 +383,7 @@ class Scheduler:
         flows = step.step_id in self._parsed(run).flows
         if flows:
             inputs, invalid = self._resolve(tx, run, spec)
-        if invalid is None and (self.run_spec(run).packs or spec.policy.packs):
+        if invalid is None and (self.run_spec(run).packs or spec.policy.packs) and not step.spec.get(A.PRECHECKED):
             run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
             inputs, denied = self._policy(
                 b, Hook.PRE, run, step, spec, attempt, inputs, now,
@@ -403,6 +431,25 @@ class Scheduler:
         outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)
         return run_outputs(self.run_spec(run), outputs)
 
+    def _agent_claim(self, b: _Batch, run: RunRow, step: StepRow, inputs: dict[str, Any], worker: str,
+                     now: int) -> Claim:
+        """Lease an agent step to settle it with its coordinator's decision (`inputs`: output or failure).
+
+        Its attempt started when the coordinator first ran it (a retry after a lost lease is a new one)."""
+        spec = self._step_spec(run, step)
+        if step.first_failure_us is not None:
+            step.attempt += 1
+            step.started_us = now
+            b.events.append(step_event(K.STEP_STARTED, run, step, step.attempt, now, queue_lag_ms=0.0,
+                                       worker=worker, inputs={}))
+        started = step.started_us or now
+        step.status, step.lease_owner = StepStatus.RUNNING, worker
+        step.lease_expires_us = now + self.config.lease_ms * 1000
+        b.step(step)
+        b.new_attempts.append(AttemptRow(run.id, step.step_id, step.attempt, "running", worker, started,
+                                         tool=str(spec.inputs.get("model", "")), provider="agent"))
+        return Claim(run, step, spec, step.attempt, inputs, B.Reservation(0, 0, "estimate"), worker, started)
+
     def _deny(self, b: _Batch, run: RunRow, step: StepRow, attempt: int, now: int, kind: ErrorKind,
               reason: str, pack: str, worker: str) -> None:
         step.status, step.finished_us, step.error_kind = StepStatus.DENIED, now, str(kind)
@@ -445,7 +492,7 @@ class Scheduler:
                 continue  # lease lost: the reaper already recorded this attempt
             accepted.append(o)
             run = b.runs[step.run_id]
-            if self._finish_attempt(tx, b, run, step, o, now) and self._has_dependents(run, step.step_id):
+            if self._finish_attempt(tx, b, run, step, o, now) and self._has_dependents(run, step):
                 released.append((step.run_id, step.step_id))
         if released:
             for dep in tx.release_dependents(released):
@@ -454,6 +501,9 @@ class Scheduler:
                 if _doomed(run, b):
                     continue
                 self._queue(b, run, dep, now, not_before=now)
+                if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
+                    agent_loop.advance(self, tx, b, run, dep, outcomes[0].claim.worker, now, settle=False)
+                    continue
                 b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
                                            queue_target_ms=dep.queue_target_ms,
                                            priority_boost=dep.priority_boost))
@@ -511,8 +561,7 @@ class Scheduler:
         if failure is None and result is not None:
             return self._succeed(b, run, step, spec, result, o, used_tokens, used_micros, duration_ms, now)
         assert failure is not None
-        self._fail(b, run, step, spec, failure, o.finished_us, used_tokens, used_micros, duration_ms, now)
-        return False
+        return self._fail(b, run, step, spec, failure, o.finished_us, used_tokens, used_micros, duration_ms, now)
 
     def _succeed(self, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, result: ExecutionResult,
                  o: Outcome, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
@@ -529,7 +578,9 @@ class Scheduler:
         return not _doomed(run, b)
 
     def _fail(self, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, failure: StepFailure,
-              finished_us: int, tokens: int, micros: int, duration_ms: float, now: int) -> None:
+              finished_us: int, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
+        """Record a failed attempt: retry it, or end the step. True when an agent's tool call ended:
+        its agent answers the model with the error (a guardrail or budget denial still ends the run)."""
         attempt = step.attempt
         retry = failure.kind.retriable and attempt < step.max_attempts and not _doomed(run, b)
         step.first_failure_us = step.first_failure_us or finished_us
@@ -551,10 +602,14 @@ class Scheduler:
             b.events.append(step_event(K.STEP_RETRY_SCHEDULED, run, step, attempt, now,
                                        next_attempt=attempt + 1, backoff_ms=backoff_us / 1000,
                                        error_kind=str(failure.kind)))
-            return
+            return False
         step.status, step.finished_us = StepStatus.FAILED, finished_us
         b.step(step)
+        if A.unit_of(step) == "call" and failure.kind not in (ErrorKind.POLICY_DENIED, ErrorKind.BUDGET_EXCEEDED):
+            b.touched_runs.add(run.id)
+            return not _doomed(run, b)
         self._mark_failed(b, run, str(failure.kind))
+        return False
 
     # -- run status ----------------------------------------------------------------------------
 
@@ -629,7 +684,7 @@ class Scheduler:
         outcomes = []
         for s in expired:
             run = runs[s.run_id]
-            spec = self._step_spec(run, s.step_id)
+            spec = self._step_spec(run, s)
             res = B.reservation_for(spec, self.executors[s.type].estimate(spec))
             tool, provider = self.executors[s.type].target(spec)
             claim = Claim(run, s, spec, s.attempt, {}, res, s.lease_owner, s.lease_expires_us

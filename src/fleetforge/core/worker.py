@@ -20,6 +20,7 @@ from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError
 from fleetforge.domain.jsontext import fits
 from fleetforge.domain.models import ErrorKind
+from fleetforge.domain.names import EventKind as K
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.executor import ExecutionContext, Executor, StepFailure
 from fleetforge.ports.store import Store
@@ -134,11 +135,14 @@ class Worker:
             claims.extend(got)
             return events
 
-        self._emit(await self._tx(fn))
+        events = await self._tx(fn)
+        self._emit(events)
         for c in claims:
             key = (c.run.id, c.step.step_id)
             self._inflight[key] = (c, asyncio.create_task(self._execute(c)))
-        return len(claims)
+        # an agent step advanced (units queued, nothing leased): claim again now, not after a poll
+        progressed = any(e.kind is K.STEP_QUEUED for e in events or ())
+        return len(claims) or int(progressed)
 
     async def _flush(self) -> None:
         outcomes, self._done = self._done, []

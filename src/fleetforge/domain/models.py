@@ -31,6 +31,7 @@ class StepType(StrEnum):
     LLM = "llm"
     TOOL = "tool"
     HTTP = "http"
+    AGENT = "agent"
 
 
 class RunStatus(StrEnum):
@@ -69,6 +70,7 @@ class ErrorKind(StrEnum):
     CRASH = "crash"
     POLICY_DENIED = "policy_denied"
     BUDGET_EXCEEDED = "budget_exceeded"
+    MAX_TURNS = "max_turns"  # an agent step reached max_turns without a final answer
 
     @property
     def retriable(self) -> bool:

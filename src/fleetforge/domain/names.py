@@ -241,11 +241,21 @@ class Attr(StrEnum):
     RAW = "raw"
     WORKER = "worker"
     GENAI_TOOL_NAME = "gen_ai.tool.name"
+    GENAI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+    GENAI_AGENT_NAME = "gen_ai.agent.name"
     TOOL_PROVIDER = "fleetforge.tool.provider"
     BUDGET_TOKENS_RESERVED = "fleetforge.budget.tokens_reserved"
     BUDGET_TOKENS_LEFT = "fleetforge.budget.tokens_left"
     FINAL = "final"  # a failed attempt with no retry after it
     SPAN_KIND = "fleetforge.span.kind"  # run | step | llm | tool | http | agent | guardrail
+
+
+class GenAIOperation(StrEnum):
+    """OTel GenAI operation names: of an agent step, of each of its LLM turns, of each tool call."""
+
+    INVOKE_AGENT = "invoke_agent"
+    CHAT = "chat"
+    EXECUTE_TOOL = "execute_tool"
 
 
 class KafkaHeader(StrEnum):

@@ -298,6 +298,19 @@ def _encoded_len(value: object) -> int:
 # -- data -> RunSpec ----------------------------------------------------------------------------
 
 
+def _agent_namespaces(check: _Checker, steps: tuple[StepSpec, ...]) -> None:
+    """An agent step's units are steps named `<agent id>.t<n>...`: no other step may take such an id."""
+    agents = [s.id for s in steps if s.type == StepType.AGENT]
+    for index, s in enumerate(steps):
+        if s.type == StepType.AGENT and flow.has_refs(s.inputs):
+            check.bad(f"steps[{index}].inputs", "a ${{ }} reference", "no references in an agent step's inputs "
+                      "yet: pass the upstream text through an llm or tool step, or write it in the spec")
+        for agent in agents:
+            if s.id.startswith(f"{agent}."):
+                check.bad(f"steps[{index}].id", s.id, f"an id not starting with {agent + '.'!r} "
+                          f"(the ids of agent step {agent!r}'s turns and tool calls)")
+
+
 def parse_spec(
     data: Mapping[str, Any], *, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec] = STEP_TYPES
 ) -> RunSpec:
@@ -324,6 +337,7 @@ def parse_spec(
         check.missing("steps", f"a non-empty list of at most {MAX_STEPS} steps")
     steps = check.steps(top["steps"]) if "steps" in top else ()
     outputs = check.outputs(top["outputs"], steps) if "outputs" in top else {}
+    _agent_namespaces(check, steps)
     if check.problems:
         raise SpecError(check.problems)
     return RunSpec(

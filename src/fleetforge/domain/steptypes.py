@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 
 from fleetforge.domain.models import StepType
 
-__all__ = ["HTTP_METHODS", "STEP_TYPES", "InputCheck", "StepTypeSpec", "canonical", "step_type_spec"]
+__all__ = [
+    "AGENT_DEFAULT_MAX_TURNS",
+    "AGENT_MAX_TURNS",
+    "HTTP_METHODS",
+    "STEP_TYPES",
+    "TOOL_CHOICES",
+    "InputCheck",
+    "StepTypeSpec",
+    "canonical",
+    "step_type_spec",
+]
 
 HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 
@@ -82,10 +92,41 @@ def _http(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
         check.bad(f"{path}.method", inputs["method"], f"one of {', '.join(HTTP_METHODS)}")
 
 
+AGENT_DEFAULT_MAX_TURNS: Final = 8
+AGENT_MAX_TURNS: Final = 100
+TOOL_CHOICES: Final = ("auto", "none", "required")
+
+
+def _agent(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
+    check.text(inputs, "model", path, "a model name (a non-empty string)")
+    if "instructions" not in inputs and "messages" not in inputs:
+        check.missing(f"{path}.instructions", "a string (and/or inputs.messages: a list of {role, content})")
+    if "instructions" in inputs:
+        check.text(inputs, "instructions", path, "a non-empty string")
+    if "messages" in inputs:
+        _messages(check, inputs["messages"], f"{path}.messages")
+    tools = inputs.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) and t for t in tools) \
+            or len(set(tools)) != len(tools):
+        check.bad(f"{path}.tools", tools, "a list of distinct registered tool names")
+    turns = inputs.get("max_turns", AGENT_DEFAULT_MAX_TURNS)
+    if isinstance(turns, bool) or not isinstance(turns, int) or not 1 <= turns <= AGENT_MAX_TURNS:
+        check.bad(f"{path}.max_turns", turns, f"an integer from 1 to {AGENT_MAX_TURNS}")
+    choice = inputs.get("tool_choice", "auto")
+    named = isinstance(choice, dict) and choice.get("type") == "function" \
+        and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)
+    if choice not in TOOL_CHOICES and not named:
+        check.bad(f"{path}.tool_choice", choice,
+                  f"one of {', '.join(TOOL_CHOICES)} or {{type: function, function: {{name}}}}")
+    if not isinstance(inputs.get("parallel_tool_calls", True), bool):
+        check.bad(f"{path}.parallel_tool_calls", inputs["parallel_tool_calls"], "true or false")
+
+
 STEP_TYPES: Final[Mapping[str, StepTypeSpec]] = MappingProxyType({
     StepType.LLM: StepTypeSpec(StepType.LLM, "llm", _llm),
     StepType.TOOL: StepTypeSpec(StepType.TOOL, "tool", _tool),
     StepType.HTTP: StepTypeSpec(StepType.HTTP, "http", _http),
+    StepType.AGENT: StepTypeSpec(StepType.AGENT, "agent", _agent),
 })
 
 

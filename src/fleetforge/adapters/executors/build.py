@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 import httpx
@@ -10,6 +11,7 @@ from fleetforge.adapters.executors.http_step import HttpExecutor
 from fleetforge.adapters.executors.openai_llm import OpenAICompatibleLLM
 from fleetforge.adapters.executors.sim_llm import SimulatedLLM
 from fleetforge.adapters.executors.tools import ToolExecutor, ToolRegistry
+from fleetforge.core.agent import AgentExecutor
 from fleetforge.core.pricing import PriceTable
 from fleetforge.domain.models import ErrorKind, StepSpec, StepType
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, Executor, StepFailure
@@ -45,12 +47,14 @@ class LLMDispatcher:
         base_url: str | None,
         api_key: str | None,
         sim: SimulatedLLM,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self._client = client
         self._prices = prices
         self._base_url = base_url.rstrip("/") if base_url else None
         self._api_key = api_key
         self._sim = sim
+        self._tools = tools
         self._estimator = OpenAICompatibleLLM(client, "", None, prices)
 
     def estimate(self, step: StepSpec) -> tuple[int, float]:
@@ -67,9 +71,26 @@ class LLMDispatcher:
         return (model if isinstance(model, str) else ""), _provider(step.inputs)
 
     async def execute(self, ctx: ExecutionContext) -> ExecutionResult:
+        if isinstance(ctx.inputs.get("tools"), list):
+            ctx = replace(ctx, inputs={**ctx.inputs, "tools": self._functions(ctx.inputs)})
         if is_simulated(ctx.inputs):
             return await self._sim.execute(ctx)
         return await self._remote_for(ctx.inputs).execute(ctx)
+
+    def _functions(self, inputs: dict[str, Any]) -> list[Any]:
+        """`tools` given by name (an agent's turn) as the registry's function definitions."""
+        out: list[Any] = []
+        for name in inputs["tools"]:
+            tool = self._tools.get(name) if isinstance(name, str) and self._tools is not None else None
+            if tool is not None:
+                out.append(tool.function())
+            elif isinstance(name, dict):
+                out.append(name)
+            else:
+                known = ", ".join(self._tools.names()) if self._tools is not None else "none registered"
+                raise StepFailure(ErrorKind.VALIDATION, f"tools: got {name!r:.60}, expected a registered tool: "
+                                  f"{known}", tool=str(inputs.get("model", "")), provider=_provider(inputs))
+        return out
 
     def _remote_for(self, inputs: dict[str, Any]) -> OpenAICompatibleLLM:
         provider = _provider(inputs)
@@ -111,8 +132,9 @@ def build_executors(
     sim = SimulatedLLM(prices, sleep=sim_sleep)
     return {
         StepType.LLM: LLMDispatcher(
-            client=client, prices=prices, base_url=llm_base_url, api_key=llm_api_key, sim=sim
+            client=client, prices=prices, base_url=llm_base_url, api_key=llm_api_key, sim=sim, tools=tools
         ),
         StepType.TOOL: ToolExecutor(tools),
         StepType.HTTP: HttpExecutor(client),
+        StepType.AGENT: AgentExecutor(),
     }

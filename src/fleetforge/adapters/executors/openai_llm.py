@@ -51,6 +51,16 @@ def chat_request(inputs: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
             raise ValueError(f"max_tokens: got {max_tokens!r:.40}, expected a positive integer")
         body["max_tokens"] = max_tokens
+    tools = inputs.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, Mapping) and t.get("type") == "function"
+                                                  for t in tools):
+            raise ValueError(f"tools: got {tools!r:.80}, expected a list of {{type: function, function}} objects")
+        if tools:  # tool_choice and parallel_tool_calls mean something only with tools
+            body["tools"] = [dict(t) for t in tools]
+            for key in ("tool_choice", "parallel_tool_calls"):
+                if inputs.get(key) is not None:
+                    body[key] = inputs[key]
     return body
 
 
@@ -98,8 +108,10 @@ def _parse_completion(body: Any, requested_model: str) -> tuple[dict[str, Any], 
 class OpenAICompatibleLLM:
     """Runs `llm` steps against an OpenAI-compatible chat completions endpoint.
 
-    Inputs: `model`, `prompt` (sent as one user message) or `messages`, optional
-    `temperature` and `max_tokens`. The whole attempt is bounded by ``ctx.deadline_s``.
+    Inputs: `model`, `prompt` (sent as one user message) or `messages` (any chat message, including
+    assistant `tool_calls` and `role: tool` results), optional `temperature`, `max_tokens`, `tools`
+    (function definitions), `tool_choice` and `parallel_tool_calls`; a reply's `tool_calls` are in
+    the output. The whole attempt is bounded by ``ctx.deadline_s``.
     The API key is sent as a bearer token and never appears in a failure message.
     """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import random
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ __all__ = [
     "SimParams",
     "SimulatedLLM",
     "attempt_rng",
+    "sim_tool_calls",
     "simulate",
 ]
 
@@ -134,6 +136,54 @@ def simulate(params: SimParams, prompt: str, deadline_s: float, rng: random.Rand
     )
 
 
+DEFAULT_TOOL_TURNS: Final = 2
+
+
+def _count(inputs: Mapping[str, Any], key: str, default: int, low: int) -> int:
+    value = inputs.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key}: got {value!r:.40}, expected an integer >= {low}")
+    return value
+
+
+def _sim_value(schema: Any, rng: random.Random) -> Any:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if isinstance(schema, dict) and isinstance(schema.get("enum"), list) and schema["enum"]:
+        return rng.choice(schema["enum"])
+    if kind == "integer":
+        return rng.randint(1, 100)
+    if kind == "number":
+        return round(rng.uniform(0, 100), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "array":
+        return [_sim_value(schema.get("items", {"type": "string"}), rng)]
+    return rng.choice(VOCAB)
+
+
+def sim_tool_calls(inputs: Mapping[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+    """The tool calls a simulated agent turn makes: turn k (the number of assistant messages so far
+    plus one) calls tools while k <= `sim_tool_turns` (default 2) — `sim_parallel_calls` of them
+    (default 1), the j-th being tool (k - 1 + j) mod len(tools) — with arguments drawn from the seed
+    for the properties of the tool's JSON Schema (`query` when it names none); then it answers."""
+    tools = [t for t in inputs.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if not tools or inputs.get("tool_choice") == "none":
+        return []
+    messages = inputs.get("messages") or []
+    turn = 1 + sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+    if turn > _count(inputs, "sim_tool_turns", DEFAULT_TOOL_TURNS, 0):
+        return []
+    width = 1 if inputs.get("parallel_tool_calls") is False else _count(inputs, "sim_parallel_calls", 1, 1)
+    calls = []
+    for j in range(width):
+        fn = tools[(turn - 1 + j) % len(tools)]["function"]
+        props = (fn.get("parameters") or {}).get("properties") or {"query": {"type": "string"}}
+        args = {name: _sim_value(schema, rng) for name, schema in sorted(props.items())}
+        calls.append({"id": f"call_{turn}_{j}", "type": "function",
+                      "function": {"name": fn["name"], "arguments": json.dumps(args, sort_keys=True)}})
+    return calls
+
+
 class SimulatedLLM:
     """Runs `llm` steps against a simulated provider; outcomes depend only on (seed, step id, attempt).
 
@@ -204,8 +254,15 @@ class SimulatedLLM:
                 params.model, outcome.prompt_tokens, outcome.cached_tokens, outcome.output_tokens
             ),
         )
+        output: dict[str, Any] = {"text": outcome.text, "model": params.model}
+        try:
+            calls = sim_tool_calls(ctx.inputs, rng)
+        except ValueError as exc:
+            raise StepFailure(ErrorKind.VALIDATION, str(exc), tool=params.model, provider=self.provider) from None
+        if calls:
+            output = {"text": "", "model": params.model, "tool_calls": calls, "finish_reason": "tool_calls"}
         return ExecutionResult(
-            output={"text": outcome.text, "model": params.model},
+            output=output,
             usage=usage,
             tool=params.model,
             provider=self.provider,

@@ -61,8 +61,15 @@ class Tool:
     provider: str = "python"
     wants_context: bool = False
     inline: bool = False
-    parameters: dict[str, Any] | None = None  # JSON Schema of the args object; None: not declared
+    parameters: dict[str, Any] | None = None  # JSON Schema of the args; None: {"type": "object"}
     description: str = ""
+
+    def function(self) -> dict[str, Any]:
+        """The tool as an OpenAI chat-completions `tools` item: {type: function, function: {...}}."""
+        fn: dict[str, Any] = {"name": self.name, "parameters": self.parameters or {"type": "object"}}
+        if self.description:
+            fn["description"] = self.description
+        return {"type": "function", "function": fn}
 
 
 class ToolRegistry:
@@ -116,12 +123,15 @@ class ToolRegistry:
         With ``wants_context=True`` the executor adds `_seed`, `_attempt` and `_step` to the args.
         ``inline=True`` (sync tools only) calls it on the event loop, without a thread: only for
         pure computations that return in microseconds, since a timeout cannot interrupt it there.
-        `parameters` (a JSON Schema object) and `description` are what `schema` gives a model.
+        `parameters` (a JSON Schema object, default ``{"type": "object"}``) and `description` are what
+        an `agent` step's model is told about the tool.
         """
         if not name:
             raise ValueError("tool name must not be empty")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s: got {timeout_s}, expected > 0 or None")
+        if parameters is not None and (not isinstance(parameters, dict) or parameters.get("type") != "object"):
+            raise ValueError(f"parameters: got {parameters!r:.80}, expected a JSON Schema with type 'object'")
 
         def add(func: F) -> F:
             if inline and inspect.iscoroutinefunction(func):
@@ -398,15 +408,24 @@ def _crm_lookup(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": sorted(properties)}
+
+
 def register_demo_tools(registry: ToolRegistry) -> ToolRegistry:
     """Add the deterministic demo tools: noop, search, calculator, weather, crm_lookup.
 
     `weather` and `crm_lookup` fail with probability ``args["fail_rate"]`` (rate_limited,
     http_5xx or timeout), decided by the run seed, step id and attempt.
     """
-    registry.register("noop", _noop, timeout_s=5.0, inline=True)
-    registry.register("search", _search, timeout_s=10.0, inline=True)
-    registry.register("calculator", _calculator, timeout_s=5.0, inline=True)
-    registry.register("weather", _weather, timeout_s=10.0, wants_context=True, inline=True)
-    registry.register("crm_lookup", _crm_lookup, timeout_s=10.0, wants_context=True, inline=True)
+    registry.register("noop", _noop, timeout_s=5.0, inline=True, description="Does nothing.")
+    registry.register("search", _search, timeout_s=10.0, inline=True, description="Search the web.",
+                      parameters=_object({"query": {"type": "string"}}))
+    registry.register("calculator", _calculator, timeout_s=5.0, inline=True, description="Evaluate arithmetic.",
+                      parameters=_object({"expression": {"type": "string", "enum": ["6*7", "2**10", "(1+2)/4"]}}))
+    registry.register("weather", _weather, timeout_s=10.0, wants_context=True, inline=True,
+                      description="Current weather in a city.", parameters=_object({"city": {"type": "string"}}))
+    registry.register("crm_lookup", _crm_lookup, timeout_s=10.0, wants_context=True, inline=True,
+                      description="Look a customer up in the CRM.",
+                      parameters=_object({"customer_id": {"type": "string"}}))
     return registry

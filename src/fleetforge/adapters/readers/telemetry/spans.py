@@ -27,7 +27,7 @@ from fleetforge.core.exporting import SpanKind as Kind
 from fleetforge.core.exporting import TraceAssembler, TraceSpan, unit_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError
-from fleetforge.domain.names import Attr
+from fleetforge.domain.names import Attr, GenAIOperation
 
 __all__ = ["TRACER_NAME", "EventIdGenerator", "SpanRecorder", "otel_attributes", "tool_span_id"]
 
@@ -141,7 +141,12 @@ def otel_attributes(span: TraceSpan) -> dict[str, AttributeValue]:
         for key in (Attr.EFFECT, Attr.REASON, Attr.RAW):
             value = span.outputs.get(key)
             attrs[str(key)] = _scalar(value if value is not None else "")
-    elif kind is not Kind.RUN:  # tool, http, agent units
+    elif kind is Kind.AGENT:
+        attrs[_GENAI_OPERATION] = str(GenAIOperation.INVOKE_AGENT)
+        attrs[str(Attr.GENAI_AGENT_NAME)] = str(span.step_id or "")
+        if span.model:
+            attrs[_GENAI_MODEL] = span.model
+    elif kind is not Kind.RUN:  # tool and http units
         attrs[_GENAI_OPERATION] = "execute_tool"
         attrs[_GENAI_TOOL_NAME] = span.tool
         attrs[_TOOL_PROVIDER] = span.provider
