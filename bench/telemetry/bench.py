@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import resource
 import statistics
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,7 +154,33 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def soak(points: list[int], concurrency: int, retention_s: float, db: Path) -> None:
+class MemoryTrace:
+    """tracemalloc snapshots at each checkpoint; prints the allocation sites that grew most since the last."""
+
+    def __init__(self, top: int, frames: int = 4) -> None:
+        self.top = top
+        tracemalloc.start(frames)
+        self.last = self.snapshot()
+
+    @staticmethod
+    def snapshot() -> tracemalloc.Snapshot:
+        gc.collect()
+        return tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+
+    def report(self) -> None:
+        now = self.snapshot()
+        traced, _ = tracemalloc.get_traced_memory()
+        print(f"  traced {traced / 2**20:.1f} MiB; top growth since the last checkpoint:")
+        for stat in now.compare_to(self.last, "traceback")[: self.top]:
+            if stat.size_diff <= 0:
+                break
+            print(f"  {stat.size_diff / 1024:>+10.0f} KiB {stat.count_diff:>+8} blocks")
+            for line in stat.traceback.format(limit=6, most_recent_first=True):
+                print(f"      {line.strip()}")
+        self.last = now
+
+
+def soak(points: list[int], concurrency: int, retention_s: float, db: Path, trace_memory: int = 0) -> None:
     store = SqliteStore(db)
     store.migrate()
     telemetry, _ = telemetry_with_spans()
@@ -162,6 +190,7 @@ def soak(points: list[int], concurrency: int, retention_s: float, db: Path) -> N
     loop.lease.start_renewing()
     address = telemetry.start_prometheus(port=0)
     assert address is not None
+    memory = MemoryTrace(trace_memory) if trace_memory else None
     print(f"soak: per-run series retention {retention_s:g}s; checkpoints {points}")
     print(f"{'runs':>8}{'scrape KiB':>12}{'series':>9}{'RSS MiB':>9}{'ledger KiB':>12}{'reader us/event':>17}")
     done = 0
@@ -175,10 +204,12 @@ def soak(points: list[int], concurrency: int, retention_s: float, db: Path) -> N
                 pass
         time.sleep(retention_s)  # the runs of the last chunk leave their window
         reader.sweep(force=True)
-        body = httpx.get(f"http://{address[0]}:{address[1]}/metrics").text
+        body = httpx.get(f"http://{address[0]}:{address[1]}/metrics", timeout=None).text
         series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
         print(f"{done:>8}{len(body) / 1024:>12.0f}{series:>9}{rss_mib():>9.0f}{len(reader.checkpoint()) / 1024:>12.0f}"
               f"{reader.seconds / max(1, reader.events) * 1e6:>17.1f}")
+        if memory is not None:
+            memory.report()
     loop.lease.release()
     telemetry.shutdown()
     store.close()
@@ -190,6 +221,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode, alternating modes")
     parser.add_argument("--concurrency", type=int, default=16, help="worker concurrency")
     parser.add_argument("--soak", default="", help="comma-separated run counts to report at, e.g. 1000,10000,100000")
+    parser.add_argument("--trace-memory", type=int, default=0, metavar="N",
+                        help="soak: print the N allocation sites that grew most between checkpoints (tracemalloc)")
     parser.add_argument("--series-retention", type=float, default=5.0, help="per-run series retention in the soak (s)")
     args = parser.parse_args()
     modes = ("off", "reader")
@@ -224,7 +257,7 @@ def main() -> None:
                       f"   {', '.join(f'{x:.0f}' for x in rates[mode])}")
         if args.soak:
             soak([int(x) for x in args.soak.split(",")], args.concurrency, args.series_retention,
-                 Path(tmp) / "soak.db")
+                 Path(tmp) / "soak.db", args.trace_memory)
 
 
 if __name__ == "__main__":

@@ -104,3 +104,23 @@ def test_per_run_series_leave_after_the_retention_window(tmp_path: Path) -> None
     assert _total(t.registry, "fleetforge_queue_lag_seconds_count") > 0  # fleet series stay
     assert '"ended":{}' in reader.checkpoint()
     store.close()
+
+
+def test_per_run_series_are_rebuilt_at_most_once_per_rebuild_interval(tmp_path: Path) -> None:
+    """Each rebuild makes a MeterProvider, which leaves an at-fork hook behind for good: rebuilds are rare."""
+    run_workload(tmp_path, [BUDGET_RUN, BUDGET_RUN], lambda _: None)
+    store = SqliteStore(tmp_path / "state.db")
+    t = Telemetry.from_env(env={"OTEL_EXPORTER_PROMETHEUS_PORT": "0"})
+    assert t.registry is not None
+    loop, reader = _loop(store, t, "a", series_retention_s=600.0)
+    assert reader.rebuild_every_s == 60.0  # a tenth of the window
+    _drain(loop)
+    now = [reader.wall() + 600.0]  # every run just left its window
+    reader.wall = lambda: now[0]
+    reader._swept_at = now[0] - 30.0  # the last sweep: 30 s ago
+    assert reader.sweep() == 0
+    assert _total(t.registry, "fleetforge_budget_tokens_remaining_count") > 0
+    now[0] += 30.0
+    assert reader.sweep() == 2
+    assert _total(t.registry, "fleetforge_budget_tokens_remaining_count") == 0
+    store.close()

@@ -7,7 +7,11 @@ over every scraped target equals the ground truth, never lost or doubled. A proc
 lease exposes no fleet series.
 
 Fleet series live in their own MeterProvider (one per lease tenure); the per-run budget series in another
-one, rebuilt from the ledger when runs leave their retention window, so per-run series are bounded.
+one, rebuilt from the ledger when runs leave their retention window, so per-run series are bounded. The SDK
+cannot drop an attribute set, hence the rebuild; and each MeterProvider it builds registers an
+`os.register_at_fork` hook that is never released (about 0.8 KiB), so the rebuild happens at most once per
+`rebuild_every_s` (default a tenth of the retention window): a run's series leave the scrape between
+`series_retention_s` and `series_retention_s + rebuild_every_s` after it ended.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class TelemetryReader:
         run_id_mode: RunIdMode = RunIdMode.BUDGET,
         series_retention_s: float = DEFAULT_SERIES_RETENTION_S,
         sweep_every_s: float = 15.0,
+        rebuild_every_s: float | None = None,
         name: str = READER_NAME,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -96,6 +101,8 @@ class TelemetryReader:
         self.run_id_mode = run_id_mode
         self.series_retention_s = series_retention_s
         self.sweep_every_s = sweep_every_s
+        self.rebuild_every_s = max(sweep_every_s, series_retention_s / 10) if rebuild_every_s is None \
+            else rebuild_every_s
         self.wall = wall
         self.lease_valid: Callable[[], bool] = lambda: True
         self.recorder: MetricsRecorder | None = None
@@ -175,10 +182,11 @@ class TelemetryReader:
     # -- bounded per-run series ---------------------------------------------------------------------
 
     def sweep(self, force: bool = False) -> int:
-        """Forget the series of runs that ended over `series_retention_s` ago; how many runs left."""
+        """Forget the series of runs that ended over `series_retention_s` ago; how many runs left. Unless
+        `force`, at most once per `rebuild_every_s` (each sweep that forgets builds a MeterProvider)."""
         with self._lock:
             now = self.wall()
-            if self.recorder is None or (not force and now - self._swept_at < self.sweep_every_s):
+            if self.recorder is None or (not force and now - self._swept_at < self.rebuild_every_s):
                 return 0
             self._swept_at = now
             expired = self.ledger.expired(now, self.series_retention_s)

@@ -156,7 +156,7 @@ class SqliteStore:
         self.clock = clock or SystemClock()
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: dict[threading.Thread, sqlite3.Connection] = {}  # per thread, closed once it ended
         self._lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
@@ -175,8 +175,22 @@ class SqliteStore:
                 raise StoreUnavailable(f"cannot open SQLite store at {self.path}: {exc}") from exc
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                self._close_orphans()
+                self._all[threading.current_thread()] = conn
         return conn
+
+    def _close_orphans(self) -> None:
+        """Close the connections of threads that ended (each holds a page cache of up to 2 MiB): a process
+        that starts threads over time, e.g. a worker per batch, keeps one connection per live thread."""
+        for thread in [t for t in self._all if not t.is_alive()]:
+            self._all.pop(thread).close()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held now (one per live thread that used the store, closed when the thread ended
+        and another opened one)."""
+        with self._lock:
+            return len(self._all)
 
     @contextmanager
     def transaction(self) -> Iterator[_SqliteTx]:
@@ -339,7 +353,7 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for conn in self._all.values():
                 conn.close()
             self._all.clear()
         self._local = threading.local()
