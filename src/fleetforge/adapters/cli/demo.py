@@ -36,6 +36,7 @@ from fleetforge.core.ids import new_run_id
 from fleetforge.core.simtime import SimulatedWindow
 from fleetforge.core.summary import summary_from_store
 from fleetforge.core.worker import Observer
+from fleetforge.ports.analytics import AnalyticsError
 from fleetforge.ports.store import Store
 
 __all__ = ["register", "run_demo"]
@@ -175,9 +176,13 @@ def register(app: typer.Typer) -> None:
             telemetry = start_telemetry(state, "demo", service_name="fleetforge-demo")
             try:
                 with EmbeddedAnalytics(chdb_dir(folder)) as analytics:
-                    summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
-                                                   concurrency=concurrency, progress=not as_json,
-                                                   window_s=window_min * 60))
+                    try:
+                        summary = asyncio.run(run_demo(folder, analytics, runs=runs, seed=seed, workers=workers,
+                                                       concurrency=concurrency, progress=not as_json,
+                                                       window_s=window_min * 60))
+                    except AnalyticsError:
+                        analytics.check_data_dir()  # a deleted data dir explains the failure best
+                        raise
                     if telemetry.service is not None and not telemetry.service.caught_up(60.0):
                         err.print("[yellow]warning:[/] the telemetry reader has not caught up yet", highlight=False)
                     if as_json:
