@@ -52,14 +52,16 @@ def test_live_threads_keep_their_connections(tmp_path: Path) -> None:
         except sqlite3.Error as exc:
             failed.append(exc)
 
-    threads = [threading.Thread(target=hold) for _ in range(3)]
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
-    ready.wait()
-    _use_in_thread(store)
-    assert store.open_connections >= 4  # the main thread's and the three live ones (plus the ended one)
-    release.set()
-    for t in threads:
-        t.join()
+    try:
+        ready.wait(timeout=30)
+        _use_in_thread(store)
+        assert store.open_connections >= 4  # the main thread's and the three live ones (plus the ended one)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(timeout=30)
     assert not failed
     store.close()
