@@ -101,17 +101,17 @@ def test_split_statements_ignores_semicolons_in_quotes_and_comments() -> None:
 
 
 def test_deploy_clickhouse_holds_the_packaged_sql_unchanged() -> None:
-    """deploy/clickhouse/ is what the guide names; the package ships the same bytes."""
+    """deploy/clickhouse/ is what the guide names: links to the packaged files, one copy of each."""
     deploy = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse"
     package = Path(__file__).resolve().parents[2] / "src" / "fleetforge" / "adapters" / "readers" / "clickhouse"
     files = [Path("materialized_views.sql")] + [p.relative_to(deploy) for p in (deploy / "migrations").glob("*.sql")]
     packaged = {p.relative_to(package) for p in [package / "materialized_views.sql", *package.glob("migrations/*.sql")]}
     assert set(files) == packaged
     for rel in files:
-        assert (deploy / rel).read_bytes() == (package / rel).read_bytes(), (
-            f"deploy/clickhouse/{rel} and src/fleetforge/adapters/readers/clickhouse/{rel} differ: "
-            f"edit deploy/clickhouse/{rel}, then "
-            f"`cp deploy/clickhouse/{rel} src/fleetforge/adapters/readers/clickhouse/{rel}`")
+        assert (deploy / rel).resolve() == (package / rel).resolve(), (
+            f"deploy/clickhouse/{rel} must be a link to src/fleetforge/adapters/readers/clickhouse/{rel}: "
+            f"`ln -sf {'../' * len(rel.parts)}../src/fleetforge/adapters/readers/clickhouse/{rel} "
+            f"deploy/clickhouse/{rel}`")
 
 
 @pytest.mark.parametrize("value,text", [

@@ -1,1 +1,1 @@
-"""ClickHouse schema migrations (`NNNN_name.sql`); deploy/clickhouse/migrations holds the same files."""
+"""ClickHouse schema migrations (`NNNN_name.sql`); deploy/clickhouse/migrations links to them."""
