@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -25,8 +26,10 @@ __all__ = [
     "Decision",
     "Unit",
     "call_id",
+    "call_parts",
     "child_spec",
     "coordinate",
+    "initial_messages",
     "parent_of",
     "turn_id",
     "unit_of",
@@ -55,12 +58,16 @@ class Unit:
 
 @dataclass(slots=True)
 class Decision:
-    """What the agent does next: create units and wait, wait, finish with `output`, or fail."""
+    """What the agent does next: create units and wait, wait, finish with `output`, or fail.
+
+    `messages` and `tool_calls` are the conversation so far and its answered calls (as in the output)."""
 
     create: list[Unit] = field(default_factory=list)
     wait: list[str] = field(default_factory=list)
     output: dict[str, Any] | None = None
     failure: tuple[ErrorKind, str] | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def turn_id(agent: str, turn: int) -> str:
@@ -100,7 +107,8 @@ def child_row_spec(agent: str, unit: Unit, prechecked: bool) -> dict[str, Any]:
     return {PARENT: agent, UNIT: unit.kind, "inputs": unit.inputs, PRECHECKED: prechecked}
 
 
-def _initial_messages(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+def initial_messages(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The system message (`instructions`) and the `messages` the agent's first turn gets."""
     messages: list[dict[str, Any]] = []
     if isinstance(inputs.get("instructions"), str):
         messages.append({"role": "system", "content": inputs["instructions"]})
@@ -124,7 +132,8 @@ def _tool_calls(output: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
 
 
-def _call_parts(call: dict[str, Any]) -> tuple[str, str]:
+def call_parts(call: dict[str, Any]) -> tuple[str, str]:
+    """(tool name, arguments as the model wrote them) of a tool call of an assistant message."""
     fn = call.get("function")
     fn = fn if isinstance(fn, dict) else {}
     name, args = fn.get("name"), fn.get("arguments", "{}")
@@ -132,7 +141,7 @@ def _call_parts(call: dict[str, Any]) -> tuple[str, str]:
 
 
 def _call_unit(cid: str, call: dict[str, Any], allowed: list[str]) -> Unit:
-    name, raw_args = _call_parts(call)
+    name, raw_args = call_parts(call)
     if name not in allowed:
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
                     f"tool: got {name!r:.60}, expected one of: {', '.join(allowed) or 'no tools'}")
@@ -158,13 +167,21 @@ def _tool_message(call: dict[str, Any], row: StepRow) -> tuple[dict[str, Any], b
     return {"role": "tool", "tool_call_id": str(call.get("id", "")), "content": content}, ok
 
 
-def coordinate(agent: StepSpec, children: dict[str, StepRow]) -> Decision:
+def coordinate(agent: StepSpec, children: Mapping[str, StepRow]) -> Decision:
     """The agent's next move, from the committed results of its children (a pure function of them)."""
+    messages = initial_messages(agent.inputs)
+    log: list[dict[str, Any]] = []
+    decision = _decide(agent, children, messages, log)
+    decision.messages, decision.tool_calls = messages, log
+    return decision
+
+
+def _decide(agent: StepSpec, children: Mapping[str, StepRow], messages: list[dict[str, Any]],
+            log: list[dict[str, Any]]) -> Decision:
+    """`coordinate`, appending to `messages` and `log` the conversation as far as it is committed."""
     inputs = agent.inputs
     max_turns = int(inputs.get("max_turns", AGENT_DEFAULT_MAX_TURNS))
     allowed = [t for t in inputs.get("tools", []) if isinstance(t, str)]
-    messages = _initial_messages(inputs)
-    log: list[dict[str, Any]] = []
     for turn in range(1, max_turns + 1):
         tid = turn_id(agent.id, turn)
         row = children.get(tid)
@@ -199,7 +216,7 @@ def coordinate(agent: StepSpec, children: dict[str, StepRow]) -> Decision:
             elif not create and not wait:
                 message, ok = _tool_message(call, crow)
                 messages.append(message)
-                name, args = _call_parts(call)
+                name, args = call_parts(call)
                 log.append({"turn": turn, "id": str(call.get("id", "")), "name": name, "arguments": args,
                             "ok": ok, "step": cid, "status": str(crow.status)})
         if create or wait:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import anyio.to_thread
 
 from fleetforge.adapters.http.server import BackgroundServer, Receive, Scope, Send
+from fleetforge.adapters.views.dashboard.drilldown import run_view, ts
 from fleetforge.adapters.views.dashboard.panel_queries import load_panels
 from fleetforge.core.panels import PanelQuery, expand
 from fleetforge.domain.errors import FleetForgeError
@@ -33,10 +34,6 @@ __all__ = ["Dashboard", "DashboardServer"]
 log = logging.getLogger("fleetforge.dashboard")
 _STATIC = resources.files("fleetforge.adapters.views.dashboard").joinpath("static")
 _MAX_RANGE_S = 366 * 86_400
-
-
-def _ts(us: int | None) -> str:
-    return "" if us is None else datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @dataclass
@@ -104,35 +101,14 @@ class Dashboard:
         rows = self.store.list_runs(workspace=workspace, limit=200)
         return [
             {"run_id": r.id, "workspace": r.workspace, "app": r.app, "status": str(r.status),
-             "created_at": _ts(r.created_us), "error_kind": r.error_kind,
+             "created_at": ts(r.created_us), "error_kind": r.error_kind,
              "duration_s": (r.finished_us - r.created_us) / 1e6 if r.finished_us else None}
             for r in rows if app is None or r.app == app
         ][:50]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        if self.store is None:
-            return None
-        run = self.store.get_run(run_id)
-        if run is None:
-            return None
-        attempts = self.store.get_attempts(run_id)
-        budget = run.spec.get("budget") or {}
-        return {
-            "run_id": run.id, "workspace": run.workspace, "app": run.app, "status": str(run.status),
-            "slo_tier": run.slo_tier, "trace_id": run.trace_id, "error_kind": run.error_kind,
-            "budget": {"tokens_limit": budget.get("tokens"), "cost_limit": budget.get("cost"),
-                       "tokens_used": sum(a.tokens_used for a in attempts),
-                       "cost_used": sum(a.cost_used_micros for a in attempts) / 1e6},
-            "steps": [{"step_id": s.step_id, "type": str(s.type), "status": str(s.status), "attempts": s.attempt,
-                       "error_kind": s.error_kind} for s in self.store.get_steps(run_id)],
-            "attempts": [{"step_id": a.step_id, "attempt": a.attempt, "status": a.status,
-                          "error_kind": a.error_kind, "tokens_reserved": a.tokens_reserved,
-                          "tokens_used": a.tokens_used, "cost_used": a.cost_used_micros / 1e6,
-                          "tool": a.tool, "provider": a.provider, "model": a.model} for a in attempts],
-            "policy_decisions": [{"step_id": d.step_id, "attempt": d.attempt, "pack": d.pack, "hook": d.hook,
-                                  "effect": d.effect, "reason": d.reason}
-                                 for d in self.store.get_decisions(run_id)],
-        }
+        """The run's drill-down (see drilldown.py); None when there is no such run or no store."""
+        return None if self.store is None else run_view(self.store, run_id)
 
 
 def _range(query: dict[str, list[str]]) -> tuple[int, int]:
