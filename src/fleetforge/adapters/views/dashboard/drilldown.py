@@ -129,6 +129,8 @@ def _step(view: _View, row: StepRow, written: dict[str, Any]) -> dict[str, Any]:
         children = children_of(row.step_id, view.steps)
         tr = transcript(StepSpec(id=row.step_id, type=row.type, inputs=written), children)
         out["units"] = len(children)
+        out["units_usage"] = {key: sum(u[key] for c in children if (u := view.usage.get(c)))
+                              for key in ("input_tokens", "output_tokens", "tokens", "cost")}
         out["transcript"] = view.transcript(tr)
     return out
 
@@ -148,7 +150,7 @@ def run_view(store: Store, run_id: str) -> dict[str, Any] | None:
         "slo_tier": run.slo_tier, "trace_id": run.trace_id, "error_kind": run.error_kind,
         "created_at": ts(run.created_us), "finished_at": ts(run.finished_us),
         "inputs": None if run.spec.get("inputs") is None else payload(run.spec["inputs"]),
-        "outputs": None if run.outputs is None else payload(run.outputs),
+        "outputs": payload(run.outputs) if run.outputs else None,
         "budget": {"tokens_limit": budget.get("tokens"), "cost_limit": budget.get("cost"),
                    "tokens_used": sum(a.tokens_used for a in attempts),
                    "cost_used": sum(a.cost_used_micros for a in attempts) / 1e6},

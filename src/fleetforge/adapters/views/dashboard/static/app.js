@@ -157,29 +157,10 @@ function renderRuns(runs) {
     `<td>${esc(r.workspace)}/${esc(r.app)}</td><td class="s-${esc(r.status)}">${esc(r.status)}</td>` +
     `<td>${esc(r.created_at)}</td><td class="num">${secs(r.duration_s)}</td><td>${esc(r.error_kind)}</td></tr>`).join("")
     : `<tr><td colspan="6" class="empty">no runs yet</td></tr>`;
-  document.querySelectorAll("#runs tr.click").forEach((tr) => tr.addEventListener("click", () => drill(tr.dataset.run)));
-}
-
-function table(title, rows, cols) {
-  if (!rows.length) return "";
-  return `<h2>${esc(title)}</h2><table><thead><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr></thead><tbody>` +
-    rows.map((r) => `<tr>${cols.map((c) => `<td class="${c === "status" || c === "effect" ? `s-${esc(r[c])}` : ""}">${esc(r[c])}</td>`).join("")}</tr>`).join("") +
-    "</tbody></table>";
-}
-
-async function drill(runId) {
-  const r = await getJSON(`api/runs/${encodeURIComponent(runId)}`);
-  const b = r.budget;
-  $("#drill-body").innerHTML =
-    `<h1>Run <code>${esc(r.run_id)}</code></h1>` +
-    `<p>${esc(r.workspace)}/${esc(r.app)} · <span class="s-${esc(r.status)}">${esc(r.status)}</span> · tier ${esc(r.slo_tier)} · ` +
-    `trace <code>${esc(r.trace_id)}</code></p>` +
-    `<p>budget: ${fmt(b.tokens_used)} tokens used of ${b.tokens_limit ? fmt(b.tokens_limit) : "∞"} · ` +
-    `${usd(b.cost_used)} of ${b.cost_limit ? usd(b.cost_limit) : "∞"}</p>` +
-    table("Steps", r.steps, ["step_id", "type", "status", "attempts", "error_kind"]) +
-    table("Attempts", r.attempts, ["step_id", "attempt", "status", "error_kind", "tokens_reserved", "tokens_used", "cost_used", "tool", "provider", "model"]) +
-    table("Policy decisions", r.policy_decisions, ["step_id", "attempt", "pack", "hook", "effect", "reason"]);
-  $("#drill").showModal();
+  document.querySelectorAll("#runs tr.click").forEach((tr) => tr.addEventListener("click", () => {
+    if (location.hash === `#run=${tr.dataset.run}`) drill(tr.dataset.run);
+    else location.hash = `run=${tr.dataset.run}`;  // drill.js opens it
+  }));
 }
 
 async function loadMeta() {

@@ -1,0 +1,203 @@
+"""The dashboard's run drill-down in a real headless Chromium: an agent's transcript (turns, tool calls with
+their arguments and results, tokens, guardrail decisions), hostile tool results shown as text, and large
+values cut with a note. Screenshots are saved under artifacts/ (FLEETFORGE_ARTIFACTS to move them)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetforge import Client, tool
+from fleetforge.adapters.views.dashboard.app import Dashboard, DashboardServer
+from fleetforge.adapters.views.dashboard.drilldown import PAYLOAD_BYTES
+from fleetforge.core.demo import demo_fleet
+from tests.browser import console, dump_dom, need_chromium, screenshot
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("FLEETFORGE_ARTIFACTS", ROOT / "artifacts"))
+HOSTILE = ("<script>document.body.dataset.pwned = 'script'</script>"
+           "<img src=x onerror=\"document.body.dataset.pwned = 'img'\">")
+BIG = 40_000
+
+# The issue's support agent: loops over crm_lookup and weather; tool_acl denies weather, so the model is
+# answered a deny reason. Used when the demo fleet has no agent run of its own.
+SUPPORT_AGENT: dict[str, Any] = {
+    "workspace": "acme", "app": "support-agent", "seed": 11,
+    "packs": [{"name": "tool_acl", "deny": ["weather"]}],
+    "steps": [{"id": "support", "type": "agent", "inputs": {
+        "model": "sim-small", "instructions": "You are a support agent. Look the customer up first.",
+        "messages": [{"role": "user", "content": "Customer C00042 asks whether the storm delays delivery."}],
+        "tools": ["crm_lookup", "weather"], "max_turns": 6, "sim_tool_turns": 2, "sim_parallel_calls": 2}}],
+}
+
+
+@tool
+def fetch_page(url: str) -> dict[str, Any]:
+    """Fetch a web page (answers markup that must never run in the dashboard)."""
+    return {"url": url, "html": HOSTILE}
+
+
+@tool
+def big_report(topic: str) -> dict[str, Any]:
+    """A report far larger than the dashboard shows."""
+    return {"topic": topic, "body": "y" * BIG}
+
+
+def _demo_agent_spec() -> dict[str, Any]:
+    """The demo's first agent run, or the issue's support agent while the demo fleet has none."""
+    found = [s for s in demo_fleet(16, 3) if any(st["type"] == "agent" for st in s["steps"])]
+    return found[0] if found else SUPPORT_AGENT
+
+
+@dataclass
+class _Value:
+    """A value the page shows: the class of its payload block, its text, its "truncated" note."""
+
+    cls: str
+    text: str = ""
+    note: str = ""
+
+
+class _Drill(HTMLParser):
+    """What the drill-down dialog shows: turns, calls, values, decisions, and every tag inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns: dict[str, dict[str, str]] = {}
+        self.calls: list[dict[str, str]] = []
+        self.units: dict[str, dict[str, str]] = {}  # by agent step id
+        self._step = ""
+        self.values: list[_Value] = []
+        self.tags: list[str] = []
+        self.effects: list[str] = []
+        self.body: dict[str, str] = {}
+        self.run = ""
+        self._depth = 0
+        self._sink: str = ""
+
+    def of(self, cls: str) -> list[_Value]:
+        return [v for v in self.values if v.cls == cls]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "body":
+            self.body = a
+        if a.get("id") == "drill-body":
+            self._depth, self.run = 1, a.get("data-run", "")
+            return
+        if not self._depth:
+            return
+        self._depth += 1
+        self.tags.append(tag)
+        classes = a.get("class", "").split()
+        if "data-turn" in a:
+            self.turns[a["data-turn"]] = a
+        if "data-tool" in a:
+            self.calls.append(a)
+        if "data-units" in a:
+            self.units[self._step] = a
+        if tag == "section" and "data-step" in a:
+            self._step = a["data-step"]
+        if "data-effect" in a:
+            self.effects.append(a["data-effect"])
+        if "payload" in classes:
+            self.values.append(_Value(" ".join(c for c in classes if c != "payload")))
+        self._sink = "text" if tag == "pre" else "note" if "trunc" in classes else ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._depth:
+            self._depth -= 1
+            self._sink = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._sink and self.values:
+            value = self.values[-1]
+            setattr(value, self._sink, getattr(value, self._sink) + data)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], Client]]:
+    """A store with the demo's agent run and a hostile agent run, served by the dashboard."""
+    need_chromium()
+    client = Client(data_dir=tmp_path_factory.mktemp("drill"), tools=[fetch_page, big_report])
+    runs = {
+        "demo": client.submit(_demo_agent_spec()).run_id,
+        "hostile": client.submit({"seed": 5, "steps": [{"id": "browse", "type": "agent", "inputs": {
+            "model": "sim-small", "instructions": f"Summarize pages. {HOSTILE}",
+            "tools": ["fetch_page", "big_report"], "max_turns": 3, "sim_tool_turns": 1,
+            "sim_parallel_calls": 2}}]}).run_id,
+    }
+    client.run_until_idle(timeout=120)
+    server = DashboardServer(Dashboard(None, client.store), port=0).start()
+    try:
+        yield server.url, runs, client
+    finally:
+        server.stop()
+        client.close()
+
+
+def _open(url: str, run_id: str, name: str, profile: Path) -> _Drill:
+    page = f"{url}#run={run_id}"
+    screenshot(page, ARTIFACTS / f"dashboard-drill-{name}.png", Path(f"{profile}-shot"))
+    dom, stderr = dump_dom(page, Path(f"{profile}-dom"))
+    messages = console(stderr)
+    blocked = [(m, s) for m, s in messages if "Content Security Policy" in m]
+    assert not blocked, f"the page broke its own Content-Security-Policy (or markup tried to run): {blocked}"
+    drill = _Drill()
+    drill.feed(dom)
+    assert drill.run == run_id, f"the drill-down did not open: {messages}"
+    return drill
+
+
+def test_agent_drilldown_shows_the_transcript(served: tuple[str, dict[str, str], Client], tmp_path: Path) -> None:
+    url, runs, client = served
+    drill = _open(url, runs["demo"], "agent", tmp_path / "chrome")
+    # the truth, read independently: the agent's stored output and the attempts ledger
+    steps = {s.step_id: s for s in client.store.get_steps(runs["demo"])}
+    agent = next(s for s in steps.values() if s.type == "agent")
+    out = agent.output
+    assert out is not None and agent.status == "succeeded"
+    ledger = {a.step_id: a.tokens_used for a in client.store.get_attempts(runs["demo"])}
+    assert sorted(drill.turns, key=int) == [str(k) for k in range(1, out["turns"] + 1)]
+    for k, turn in drill.turns.items():
+        assert int(turn["data-tokens"]) == ledger[f"{agent.step_id}.t{k}"] > 0
+    shown = [(c["data-tool"], c["data-step"]) for c in drill.calls]
+    assert shown == [(c["name"], c["step"]) for c in out["tool_calls"]]
+    arguments = [json.loads(c["arguments"]) for c in out["tool_calls"]]
+    assert [json.loads(v.text) for v in drill.of("arguments")] == arguments
+    answers = [json.loads(m["content"]) for m in out["messages"] if m["role"] == "tool"]
+    assert [json.loads(v.text) for v in drill.of("result")] == answers
+    units = drill.units[agent.step_id]
+    assert int(units["data-tokens"]) == sum(n for sid, n in ledger.items() if sid.startswith(f"{agent.step_id}."))
+    # guardrail decisions: each denied call shows its deny, and the model was answered the reason
+    denied = [c for c in out["tool_calls"] if c["status"] == "denied"]
+    assert drill.effects.count("deny") == len(denied)
+    assert sum("denied by" in json.dumps(a) for a in answers) == len(denied)
+    if _demo_agent_spec() is SUPPORT_AGENT:
+        assert denied, "tool_acl denies weather"
+
+
+def test_hostile_tool_results_show_as_text(served: tuple[str, dict[str, str], Client], tmp_path: Path) -> None:
+    url, runs, client = served
+    drill = _open(url, runs["hostile"], "hostile", tmp_path / "chrome")
+    assert "data-pwned" not in drill.body, "markup from a tool result ran in the dashboard"
+    assert "script" not in drill.tags and "img" not in drill.tags, drill.tags
+    results = {c["data-tool"]: v for c, v in zip(drill.calls, drill.of("result"), strict=True)}
+    assert json.loads(results["fetch_page"].text)["html"] == HOSTILE
+    assert any(HOSTILE in v.text for v in drill.values), "the system message shows as text"
+    # a large result is cut at PAYLOAD_BYTES, with a note giving the size of the whole
+    call = next(s for s in client.store.get_steps(runs["hostile"])
+                if s.spec.get("inputs", {}).get("tool") == "big_report")
+    whole = json.dumps(call.output, indent=2, sort_keys=True, ensure_ascii=False)
+    big = results["big_report"]
+    assert len(whole.encode()) > PAYLOAD_BYTES and f"truncated, {len(whole.encode())} bytes" in big.note
+    assert whole.startswith(big.text) and len(big.text.encode()) <= PAYLOAD_BYTES
+    assert not results["fetch_page"].note
+    assert all(len(v.text.encode()) <= PAYLOAD_BYTES for v in drill.values)
