@@ -62,11 +62,11 @@ def transcript(agent: StepSpec, children: Mapping[str, StepRow]) -> Transcript:
     prompt = len(initial_messages(agent.inputs))
     assistants: list[dict[str, Any]] = []
     tool_answers: list[str] = []
-    for message in decision.messages[prompt:]:
-        if message.get("role") == "assistant":
-            assistants.append(message)
-        elif message.get("role") == "tool":
-            tool_answers.append(str(message.get("content", "")))
+    for m in decision.messages[prompt:]:
+        if m.get("role") == "assistant":
+            assistants.append(m)
+        elif m.get("role") == "tool":
+            tool_answers.append(str(m.get("content", "")))
     # the coordinator appends each answered call's log entry and `role: tool` message together
     answers = {entry["step"]: text for entry, text in zip(decision.tool_calls, tool_answers, strict=True)}
     turns: list[TurnView] = []

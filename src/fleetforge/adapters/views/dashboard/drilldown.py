@@ -107,8 +107,12 @@ class _View:
 def _spec_inputs(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Step id -> inputs as written in a stored run spec."""
     steps = spec.get("steps")
-    return {str(s.get("id")): s.get("inputs") if isinstance(s.get("inputs"), dict) else {}
-            for s in (steps if isinstance(steps, list) else []) if isinstance(s, dict)}
+    out: dict[str, dict[str, Any]] = {}
+    for s in steps if isinstance(steps, list) else []:
+        if isinstance(s, dict):
+            inputs = s.get("inputs")
+            out[str(s.get("id"))] = inputs if isinstance(inputs, dict) else {}
+    return out
 
 
 def _step(view: _View, row: StepRow, written: dict[str, Any]) -> dict[str, Any]:
