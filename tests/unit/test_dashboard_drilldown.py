@@ -75,27 +75,6 @@ def test_transcript_of_an_agent_still_running(tmp_path: Path) -> None:
     assert all(c.answer is not None for c in tr.turns[0].calls)
 
 
-def test_run_view_groups_units_under_their_agent(tmp_path: Path) -> None:
-    store, rid = _agent_run(tmp_path)
-    view = run_view(store, rid)
-    assert view is not None
-    assert [s["step_id"] for s in view["steps"]] == ["support"]
-    assert {a["step_id"] for a in view["attempts"]} == {"support"}
-    assert {d["step_id"] for d in view["policy_decisions"]} <= {"support"}
-    step = view["steps"][0]
-    ledger = store.get_attempts(rid)
-    units = [a for a in ledger if a.step_id.startswith("support.")]
-    assert step["units"] == len({a.step_id for a in units})
-    assert step["units_usage"]["tokens"] == sum(a.tokens_used for a in units) > 0
-    assert step["units_usage"]["cost"] == pytest.approx(sum(a.cost_used_micros for a in units) / 1e6)
-    turns = step["transcript"]["turns"]
-    assert [t["usage"]["tokens"] for t in turns] == [
-        sum(a.tokens_used for a in ledger if a.step_id == f"support.t{k}") for k in range(1, len(turns) + 1)]
-    denied = [c for t in turns for c in t["calls"] if c["status"] == "denied"]
-    assert denied and all(c["decisions"][0]["effect"] == "deny" for c in denied)
-    assert run_view(store, "no-such-run") is None
-
-
 def test_inputs_as_written_until_claimed_then_resolved_and_redacted(tmp_path: Path) -> None:
     ex = ScriptedExecutor({"plan": [Ok({"text": "write to alice@example.com"})]})
     h = Harness(tmp_path / "s.db", executor=ex)
