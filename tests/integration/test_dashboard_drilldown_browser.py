@@ -58,11 +58,16 @@ def _demo_agent_spec() -> dict[str, Any]:
 
 @dataclass
 class _Value:
-    """A value the page shows: the class of its payload block, its text, its "truncated" note."""
+    """A value the page shows: the class of its payload block, the step it is under (the innermost
+    element with a data-step: a step section, a turn or a call), its text, its "truncated" note."""
 
     cls: str
+    step: str
     text: str = ""
     note: str = ""
+
+
+_VOID = frozenset({"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
 
 
 class _Drill(HTMLParser):
@@ -70,50 +75,51 @@ class _Drill(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self.turns: dict[str, dict[str, str]] = {}
+        self.turns: dict[str, dict[str, str]] = {}  # by step id
         self.calls: list[dict[str, str]] = []
         self.units: dict[str, dict[str, str]] = {}  # by agent step id
-        self._step = ""
         self.values: list[_Value] = []
         self.tags: list[str] = []
-        self.effects: list[str] = []
+        self.effects: list[tuple[str, str]] = []  # (step, effect)
         self.body: dict[str, str] = {}
         self.run = ""
-        self._depth = 0
-        self._sink: str = ""
+        self._open: list[str] | None = None  # data-step of each open element of the dialog, "" for none
+        self._sink = ""
 
-    def of(self, cls: str) -> list[_Value]:
-        return [v for v in self.values if v.cls == cls]
+    def of(self, cls: str, under: str = "") -> list[_Value]:
+        return [v for v in self.values if v.cls == cls and v.step.startswith(under)]
+
+    def _step(self) -> str:
+        return next((s for s in reversed(self._open or []) if s), "")
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "body":
             self.body = a
         if a.get("id") == "drill-body":
-            self._depth, self.run = 1, a.get("data-run", "")
+            self._open, self.run = [""], a.get("data-run", "")
             return
-        if not self._depth:
+        if not self._open:
             return
-        self._depth += 1
         self.tags.append(tag)
+        if tag not in _VOID:
+            self._open.append(a.get("data-step", ""))
         classes = a.get("class", "").split()
         if "data-turn" in a:
-            self.turns[a["data-turn"]] = a
+            self.turns[a["data-step"]] = a
         if "data-tool" in a:
             self.calls.append(a)
         if "data-units" in a:
-            self.units[self._step] = a
-        if tag == "section" and "data-step" in a:
-            self._step = a["data-step"]
+            self.units[self._step()] = a
         if "data-effect" in a:
-            self.effects.append(a["data-effect"])
+            self.effects.append((self._step(), a["data-effect"]))
         if "payload" in classes:
-            self.values.append(_Value(" ".join(c for c in classes if c != "payload")))
+            self.values.append(_Value(" ".join(c for c in classes if c != "payload"), self._step()))
         self._sink = "text" if tag == "pre" else "note" if "trunc" in classes else ""
 
     def handle_endtag(self, tag: str) -> None:
-        if self._depth:
-            self._depth -= 1
+        if self._open and tag not in _VOID:
+            self._open.pop()
             self._sink = ""
 
     def handle_data(self, data: str) -> None:
@@ -165,20 +171,22 @@ def test_agent_drilldown_shows_the_transcript(served: tuple[str, dict[str, str],
     out = agent.output
     assert out is not None and agent.status == "succeeded"
     ledger = {a.step_id: a.tokens_used for a in client.store.get_attempts(runs["demo"])}
-    assert sorted(drill.turns, key=int) == [str(k) for k in range(1, out["turns"] + 1)]
-    for k, turn in drill.turns.items():
-        assert int(turn["data-tokens"]) == ledger[f"{agent.step_id}.t{k}"] > 0
-    shown = [(c["data-tool"], c["data-step"]) for c in drill.calls]
+    unit = f"{agent.step_id}."
+    turns = {sid: t for sid, t in drill.turns.items() if sid.startswith(unit)}
+    assert sorted(turns) == sorted(f"{unit}t{k}" for k in range(1, out["turns"] + 1))
+    for sid, turn in turns.items():
+        assert int(turn["data-tokens"]) == ledger[sid] > 0
+    shown = [(c["data-tool"], c["data-step"]) for c in drill.calls if c["data-step"].startswith(unit)]
     assert shown == [(c["name"], c["step"]) for c in out["tool_calls"]]
     arguments = [json.loads(c["arguments"]) for c in out["tool_calls"]]
-    assert [json.loads(v.text) for v in drill.of("arguments")] == arguments
+    assert [json.loads(v.text) for v in drill.of("arguments", unit)] == arguments
     answers = [json.loads(m["content"]) for m in out["messages"] if m["role"] == "tool"]
-    assert [json.loads(v.text) for v in drill.of("result")] == answers
+    assert [json.loads(v.text) for v in drill.of("result", unit)] == answers
     units = drill.units[agent.step_id]
-    assert int(units["data-tokens"]) == sum(n for sid, n in ledger.items() if sid.startswith(f"{agent.step_id}."))
+    assert int(units["data-tokens"]) == sum(n for sid, n in ledger.items() if sid.startswith(unit))
     # guardrail decisions: each denied call shows its deny, and the model was answered the reason
     denied = [c for c in out["tool_calls"] if c["status"] == "denied"]
-    assert drill.effects.count("deny") == len(denied)
+    assert [s for s, e in drill.effects if e == "deny" and s.startswith(unit)] == [c["step"] for c in denied]
     assert sum("denied by" in json.dumps(a) for a in answers) == len(denied)
     if _demo_agent_spec() is SUPPORT_AGENT:
         assert denied, "tool_acl denies weather"
@@ -189,7 +197,7 @@ def test_hostile_tool_results_show_as_text(served: tuple[str, dict[str, str], Cl
     drill = _open(url, runs["hostile"], "hostile", tmp_path / "chrome")
     assert "data-pwned" not in drill.body, "markup from a tool result ran in the dashboard"
     assert "script" not in drill.tags and "img" not in drill.tags, drill.tags
-    results = {c["data-tool"]: v for c, v in zip(drill.calls, drill.of("result"), strict=True)}
+    results = {c["data-tool"]: v for c in drill.calls for v in drill.of("result", c["data-step"])}
     assert json.loads(results["fetch_page"].text)["html"] == HOSTILE
     assert any(HOSTILE in v.text for v in drill.values), "the system message shows as text"
     # a large result is cut at PAYLOAD_BYTES, with a note giving the size of the whole

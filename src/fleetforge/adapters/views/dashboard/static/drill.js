@@ -67,7 +67,8 @@ function callEl(c) {
 
 function turnEl(t) {
   const u = t.usage || {};
-  return h("div", { class: "turn", "data-turn": t.turn, "data-tokens": u.tokens ?? "", "data-cost": u.cost ?? "" },
+  return h("div", { class: "turn", "data-step": t.step_id, "data-turn": t.turn, "data-tokens": u.tokens ?? "",
+    "data-cost": u.cost ?? "" },
     unitHead(`Turn ${t.turn}`, t),
     h("div", { class: "usage" }, usageText(t.usage)),
     t.message ? h("div", { class: "msg role-assistant" }, h("div", { class: "label" }, "assistant"),
