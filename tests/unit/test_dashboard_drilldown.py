@@ -92,3 +92,15 @@ def test_inputs_as_written_until_claimed_then_resolved_and_redacted(tmp_path: Pa
     assert json.loads(answer["inputs"]["text"])["prompt"] == "Use: write to [REDACTED:email]"
     assert answer["inputs_note"] == "" and "alice@example.com" not in json.dumps(answer)
     assert json.loads(after["plan"]["output"]["text"]) == {"text": "write to alice@example.com"}
+
+
+def test_transcript_of_an_agent_that_ran_out_of_turns(tmp_path: Path) -> None:
+    store, rid = _agent_run(tmp_path, max_turns=2)
+    view = run_view(store, rid)
+    assert view is not None and view["status"] == "failed"
+    (agent,) = view["steps"]
+    tr = agent["transcript"]
+    assert agent["status"] == "failed" and agent["error_kind"] == "max_turns"
+    assert [t["turn"] for t in tr["turns"]] == [1, 2] and tr["final"] is None
+    assert "max_turns=2" in tr["failure"]
+    assert all(c["result"] is not None for t in tr["turns"] for c in t["calls"])
