@@ -17,7 +17,7 @@ import pytest
 from fleetforge import Client, tool
 from fleetforge.adapters.views.dashboard.app import Dashboard, DashboardServer
 from fleetforge.adapters.views.dashboard.drilldown import PAYLOAD_BYTES
-from fleetforge.core.demo import demo_fleet
+from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from tests.browser import console, dump_dom, need_chromium, screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +51,10 @@ def big_report(topic: str) -> dict[str, Any]:
 
 
 def _demo_agent_spec() -> dict[str, Any]:
-    """The demo's first agent run, or the issue's support agent while the demo fleet has none."""
-    found = [s for s in demo_fleet(16, 3) if any(st["type"] == "agent" for st in s["steps"])]
+    """The demo's first agent run (one calling no webhook), or the issue's support agent while the demo fleet
+    has none."""
+    found = [s for s in demo_fleet(16, 3) if any(st["type"] == "agent" for st in s["steps"])
+             and WEBHOOK_PLACEHOLDER not in json.dumps(s)]
     return found[0] if found else SUPPORT_AGENT
 
 
@@ -199,7 +201,7 @@ def test_hostile_tool_results_show_as_text(served: tuple[str, dict[str, str], Cl
     assert "script" not in drill.tags and "img" not in drill.tags, drill.tags
     results = {c["data-tool"]: v for c in drill.calls for v in drill.of("result", c["data-step"])}
     assert json.loads(results["fetch_page"].text)["html"] == HOSTILE
-    assert any(HOSTILE in v.text for v in drill.values), "the system message shows as text"
+    assert any(HOSTILE in v.text for v in drill.of("", "browse")), "the system message shows as text"
     # a large result is cut at PAYLOAD_BYTES, with a note giving the size of the whole
     call = next(s for s in client.store.get_steps(runs["hostile"])
                 if s.spec.get("inputs", {}).get("tool") == "big_report")
