@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fleetforge.adapters.views.dashboard.app import Dashboard
 from fleetforge.adapters.views.dashboard.drilldown import PAYLOAD_BYTES, payload, run_view
 from fleetforge.core.transcript import children_of, transcript
 from fleetforge.domain.models import StepSpec, StepStatus
@@ -104,3 +105,15 @@ def test_transcript_of_an_agent_that_ran_out_of_turns(tmp_path: Path) -> None:
     assert [t["turn"] for t in tr["turns"]] == [1, 2] and tr["final"] is None
     assert "max_turns=2" in tr["failure"]
     assert all(c["result"] is not None for t in tr["turns"] for c in t["calls"])
+
+
+def test_dashboard_finds_a_run_by_a_unique_prefix(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s.db")
+    ids = [h.submit(llm("a", "hi")) for _ in range(17)]  # two of them share a first character
+    dash = Dashboard(None, h.store)
+    view = dash.run(ids[0][:13])
+    assert view is not None and view["run_id"] == ids[0]
+    assert dash.run("zzzz") is None
+    shared = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
+    with pytest.raises(ValueError, match="type more characters"):
+        dash.run(shared)

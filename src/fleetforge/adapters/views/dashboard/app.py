@@ -25,7 +25,8 @@ from fleetforge.adapters.http.server import BackgroundServer, Receive, Scope, Se
 from fleetforge.adapters.views.dashboard.drilldown import run_view, ts
 from fleetforge.adapters.views.dashboard.panel_queries import load_panels
 from fleetforge.core.panels import PanelQuery, expand
-from fleetforge.domain.errors import FleetForgeError
+from fleetforge.core.runs import AmbiguousRunId, resolve_run_id
+from fleetforge.domain.errors import FleetForgeError, NotFoundError
 from fleetforge.ports.analytics import AnalyticsStore
 from fleetforge.ports.store import Store
 
@@ -107,8 +108,16 @@ class Dashboard:
         ][:50]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        """The run's drill-down (see drilldown.py); None when there is no such run or no store."""
-        return None if self.store is None else run_view(self.store, run_id)
+        """The drill-down (see drilldown.py) of the run `run_id` names (its id or a unique prefix, like git);
+        None when there is no such run or no store. ValueError when the prefix names several runs."""
+        if self.store is None:
+            return None
+        try:
+            return run_view(self.store, resolve_run_id(self.store, run_id))
+        except NotFoundError:
+            return None
+        except AmbiguousRunId as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _range(query: dict[str, list[str]]) -> tuple[int, int]:
