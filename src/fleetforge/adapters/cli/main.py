@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from fleetforge import __version__
-from fleetforge.adapters.cli import demo, runs
+from fleetforge.adapters.cli import demo, forkreplay, runs
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.adapters.process import loop_stop_event, process_id
@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect, cancel, fork and replay runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
@@ -262,6 +262,7 @@ def runs_cancel(
 
 demo.register(app)
 runs.register(runs_app)
+forkreplay.register(runs_app)
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"fleetforge.adapters.cli.{_area}")
