@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fleetforge.core.fork import REUSED_FROM
+from fleetforge.core.fork import reused_source
 from fleetforge.domain.models import RunRow, StepRow
 from fleetforge.domain.money import to_micros, to_usd
 from fleetforge.ports.store import AttemptRow
@@ -143,7 +143,7 @@ def _step(sid: str, rec: StepRow | None, rep: StepRow | None, rec_attempts: list
         _outcomes(rec_attempts), _outcomes(rep_attempts), sum(a.tokens_used for a in rec_attempts),
         sum(a.tokens_used for a in rep_attempts), sum(a.cost_used_micros for a in rec_attempts),
         sum(a.cost_used_micros for a in rep_attempts),
-        reused=bool(rec and rec.spec and REUSED_FROM in rec.spec))
+        reused=rec is not None and reused_source(rec) is not None)
     diff = report.differences
     if rec is None or rep is None:
         diff.append("not in the record" if rec is None else "not reached by the replay")
