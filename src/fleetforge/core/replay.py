@@ -18,8 +18,8 @@ from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.fork import plant_run, reused_source
 from fleetforge.core.replay_report import ReplayReport, RunRecord, Tolerance, compare
 from fleetforge.core.runtime import Runtime
-from fleetforge.domain.errors import NotFoundError
-from fleetforge.domain.models import ErrorKind, StepSpec, StepStatus, StepType
+from fleetforge.domain.errors import NotFoundError, SpecError
+from fleetforge.domain.models import TERMINAL_RUN, ErrorKind, StepSpec, StepStatus, StepType
 from fleetforge.domain.money import to_usd
 from fleetforge.domain.spec import spec_to_dict
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, Executor, StepFailure, Usage
@@ -96,6 +96,10 @@ async def replay_runs(records: Sequence[RunRecord], scratch: Store, *, executors
     `executors` are the live ones: llm/tool/http are wrapped in a `RecordedExecutor` (their `execute` is
     never called); the others (the agent coordinator) run as they are. Steps a fork took from an earlier
     run are planted as reused again, so a fork replays as it ran."""
+    active = [f"{r.run.id} is {r.run.status}" for r in records if r.run.status not in TERMINAL_RUN]
+    if active:
+        raise SpecError([f"run: {a}, expected a finished run (a replay holds the whole record against the "
+                         "replay): wait for it with `fleetforge runs tail RUN`" for a in active])
     by_id = {r.run.id: r for r in records}
     wrapped: dict[str, Any] = dict(executors)
     recorded: list[RecordedExecutor] = []
