@@ -82,3 +82,9 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(data: Path, tmp_path: Pat
     proc = cli(data, *args, code=code)
     assert says in proc.stderr
     assert stored(data) == before
+
+
+def test_replay_of_a_run_not_finished_is_bad_input(data: Path) -> None:
+    seed_runs(data, {"01wait0000000000000000000000": FLOW})  # no worker: still queued
+    proc = cli(data, "runs", "replay", "01wait", code=2)
+    assert "is queued, expected a finished run" in proc.stderr
