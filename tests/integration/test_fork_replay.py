@@ -172,6 +172,10 @@ def test_fork_with_a_patch_runs_the_patched_step_and_what_follows(rig: Rig) -> N
     run = rig.store.get_run(fork)
     assert run is not None and run.outputs == {"c": 22}
     agree(rig.store)
+    retention: Any = rig.store
+    assert rig.store.get_origin(fork) is not None
+    assert retention.delete_runs([fork], "run:") == 1  # retention deletes a fork's origin with it
+    assert rig.store.get_origin(fork) is None
 
 
 def counts(store: Store) -> tuple[int, int]:
