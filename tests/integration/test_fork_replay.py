@@ -24,7 +24,7 @@ from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tool
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.fork import REUSED_FROM, fork_run
 from fleetforge.core.policies.registry import default_packs
-from fleetforge.core.pricing import PriceTable
+from fleetforge.core.pricing import Price, PriceTable
 from fleetforge.core.replay_report import Tolerance
 from fleetforge.core.runtime import Runtime
 from fleetforge.core.summary import summary_from_events, summary_from_store
@@ -280,4 +280,21 @@ def test_client_fork_and_replay(make_store: MakeStore, tmp_path: Path) -> None:
         assert [s.step_id for s in report.steps if s.reused] == ["support.t1", "support.t1.ccall_1_0"]
         with pytest.raises(SpecError):
             client.fork(handle.run_id, "nowhere")
-        assert Tolerance().tokens == 0
+
+
+def test_the_tolerance_decides_on_cost_drift(rig: Rig) -> None:
+    """Priced at twice the list prices, a reproduced run drifts by exactly its recorded LLM cost."""
+    run = rig.runtime.submit(AGENT)
+    rig.drain()
+    llm = [a for a in rig.store.get_attempts(run) if a.model and a.provider != "agent"]
+    recorded = sum(a.cost_used_micros for a in llm)
+    table = PriceTable()
+    doubled = table.with_entries({"sim-small": Price(*(2 * x for x in (table.price("sim-small").input,
+                                                                         table.price("sim-small").cached_input,
+                                                                         table.price("sim-small").output)))})
+    strict, loose = (asyncio.run(operations.replay(rig.store, [run], tools=rig.tools, prices=doubled,
+                                                   tolerance=Tolerance(cost_usd=usd)))[0] for usd in (0.0, 1.0))
+    assert recorded > 0 and strict.reproduced and strict.token_drift == 0
+    assert abs(strict.cost_drift_micros - recorded) <= len(llm)  # each attempt's cost is rounded to 1 µUSD
+    assert not strict.ok and not strict.within_tolerance
+    assert loose.ok

@@ -22,6 +22,7 @@ from fleetforge.adapters.cli.wiring import build_runtime, store_for
 from fleetforge.adapters.executors.pytools import register_tools
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.process import process_id
+from fleetforge.core.pricing import PriceTable
 from fleetforge.core.replay_report import ReplayReport, Tolerance
 from fleetforge.core.runtime import Runtime
 from fleetforge.core.worker import Worker
@@ -231,12 +232,13 @@ class Client:
         return RunHandle(self, operations.fork(self.store, run_id, from_step, patch=patch, actor=actor or ""))
 
     def replay(self, run_id: str, *, tolerance_tokens: int = 0, tolerance_cost_usd: float = 0.0,
-               timeout: float = 300.0) -> ReplayReport:
+               prices: PriceTable | None = None, timeout: float = 300.0) -> ReplayReport:
         """Execute `run_id` again in a scratch store with every llm/tool/http result from the record, and
-        report step by step whether it reproduced the record; `.ok` is False past the tolerance."""
+        report step by step whether it reproduced the record; `.ok` is False past the tolerance. With
+        `prices`, the recorded LLM tokens are priced with them (the cost drift is the price change)."""
         tolerance = Tolerance(tolerance_tokens, tolerance_cost_usd)
         reports = _run_async(operations.replay(self.store, [run_id], tolerance=tolerance, tools=self.tools,
-                                               timeout_s=timeout))
+                                               prices=prices, timeout_s=timeout))
         return reports[0]
 
     def runs(self, status: str | None = None, workspace: str | None = None, limit: int = 50) -> list[RunInfo]:

@@ -19,6 +19,7 @@ from fleetforge.adapters.executors.tools import ToolRegistry
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.fork import fork_run
 from fleetforge.core.policies.registry import default_packs
+from fleetforge.core.pricing import PriceTable
 from fleetforge.core.replay import load_record, replay_runs
 from fleetforge.core.replay_report import ReplayReport, Tolerance
 from fleetforge.core.runtime import Runtime
@@ -48,8 +49,10 @@ def fork(store: Store, run_id: str, from_step: str, *, patch: Mapping[str, Any] 
 
 
 async def replay(store: Store, run_ids: Sequence[str], *, tolerance: Tolerance = Tolerance(),
-                 tools: ToolRegistry | None = None, timeout_s: float = 300.0) -> list[ReplayReport]:
-    """Replay the runs `run_ids` of `store` in a scratch store; one report per run, in order."""
+                 tools: ToolRegistry | None = None, prices: PriceTable | None = None,
+                 timeout_s: float = 300.0) -> list[ReplayReport]:
+    """Replay the runs `run_ids` of `store` in a scratch store; one report per run, in order (`prices`:
+    price the recorded LLM tokens with these, see core.replay.replay_runs)."""
     records = [load_record(store, rid) for rid in run_ids]
     with tempfile.TemporaryDirectory(prefix="fleetforge-replay-") as folder:
         scratch = SqliteStore(Path(folder) / "replay.db")
@@ -58,6 +61,6 @@ async def replay(store: Store, run_ids: Sequence[str], *, tolerance: Tolerance =
             async with httpx.AsyncClient(transport=NoNetwork()) as client:
                 live = build_runtime(scratch, client, tools=tools, sim_sleep=False)
                 return await replay_runs(records, scratch, executors=live.executors, packs=live.packs,
-                                         tolerance=tolerance, timeout_s=timeout_s)
+                                         tolerance=tolerance, prices=prices, timeout_s=timeout_s)
         finally:
             scratch.close()

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.fork import plant_run, reused_source
+from fleetforge.core.pricing import PriceTable
 from fleetforge.core.replay_report import ReplayReport, RunRecord, Tolerance, compare
 from fleetforge.core.runtime import Runtime
 from fleetforge.domain.errors import NotFoundError, SpecError
@@ -48,9 +49,10 @@ class RecordedExecutor:
     """Answers llm/tool/http attempts from the record; `inner` (never called) gives estimates and targets,
     so reservations, and the budget decisions they lead to, are the live ones."""
 
-    def __init__(self, inner: Executor, records: Mapping[str, RunRecord]) -> None:
+    def __init__(self, inner: Executor, records: Mapping[str, RunRecord], prices: PriceTable | None = None) -> None:
         self.inner = inner
         self.records = records
+        self.prices = prices
         self.answered: dict[str, int] = {}
         self.unrecorded: dict[str, list[str]] = {}
 
@@ -76,8 +78,10 @@ class RecordedExecutor:
         if expected is not None and expected != ctx.inputs:
             raise self._refuse(ctx, "asks with other inputs than recorded")
         self.answered[ctx.run_id] = self.answered.get(ctx.run_id, 0) + 1
-        usage = Usage(attempt.input_tokens, attempt.output_tokens, attempt.cached_tokens,
-                      to_usd(attempt.cost_used_micros))
+        cost = to_usd(attempt.cost_used_micros)
+        if self.prices is not None and attempt.model:  # the recorded tokens, priced with `prices`
+            cost = self.prices.cost(attempt.model, attempt.input_tokens, attempt.cached_tokens, attempt.output_tokens)
+        usage = Usage(attempt.input_tokens, attempt.output_tokens, attempt.cached_tokens, cost)
         if attempt.status == "failed":
             kind = _ERROR_KINDS.get(attempt.error_kind, ErrorKind.CRASH)
             raise StepFailure(kind, f"recorded failure ({attempt.error_kind})", usage=usage, tool=attempt.tool,
@@ -90,12 +94,13 @@ class RecordedExecutor:
 
 async def replay_runs(records: Sequence[RunRecord], scratch: Store, *, executors: Mapping[str, Executor],
                       packs: Mapping[str, PolicyPack], tolerance: Tolerance = Tolerance(),
-                      timeout_s: float = 300.0) -> list[ReplayReport]:
+                      prices: PriceTable | None = None, timeout_s: float = 300.0) -> list[ReplayReport]:
     """Replay `records` together in `scratch` (a fresh, migrated store) and compare each with its record.
 
     `executors` are the live ones: llm/tool/http are wrapped in a `RecordedExecutor` (their `execute` is
     never called); the others (the agent coordinator) run as they are. Steps a fork took from an earlier
-    run are planted as reused again, so a fork replays as it ran."""
+    run are planted as reused again, so a fork replays as it ran. With `prices`, each LLM attempt's cost is
+    its recorded tokens priced with them (what the run would cost at those prices: the cost drift)."""
     active = [f"{r.run.id} is {r.run.status}" for r in records if r.run.status not in TERMINAL_RUN]
     if active:
         raise SpecError([f"run: {a}, expected a finished run (a replay holds the whole record against the "
@@ -105,7 +110,7 @@ async def replay_runs(records: Sequence[RunRecord], scratch: Store, *, executors
     recorded: list[RecordedExecutor] = []
     for kind in RECORDED_TYPES:
         if kind in wrapped:
-            recorded.append(RecordedExecutor(wrapped[kind], by_id))
+            recorded.append(RecordedExecutor(wrapped[kind], by_id, prices))
             wrapped[kind] = recorded[-1]
     runtime = Runtime(scratch, executors=wrapped, packs=packs, config=RuntimeConfig(lease_ms=600_000))
     for record in records:
