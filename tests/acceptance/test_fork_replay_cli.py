@@ -3,13 +3,17 @@ stored, and a tampered record reported as drift."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from fleetforge.adapters import operations
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from tests.acceptance.test_runs_cli import cli, seed_runs, worker
+from tests.integration.test_fork_replay import counted_tools
 
 FLOW = {"workspace": "acme", "app": "fork-test", "steps": [
     {"id": "a", "type": "tool", "inputs": {"tool": "calculator", "args": {"expression": "2 + 3"}}},
@@ -88,3 +92,20 @@ def test_replay_of_a_run_not_finished_is_bad_input(data: Path) -> None:
     seed_runs(data, {"01wait0000000000000000000000": FLOW})  # no worker: still queued
     proc = cli(data, "runs", "replay", "01wait", code=2)
     assert "is queued, expected a finished run" in proc.stderr
+
+
+def test_every_run_of_fleetforge_demo_replays_with_zero_drift_and_no_call(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    cli(folder, "demo", "--runs", "12", "--seed", "9", "--no-serve", "--json")
+    store = SqliteStore(folder / "state.db")
+    try:
+        ids = [r.id for r in store.list_runs(limit=100)]
+        tool_calls: Counter[str] = Counter()
+        reports = asyncio.run(operations.replay(store, ids, tools=counted_tools(tool_calls)))
+    finally:
+        store.close()
+    assert len(reports) == 12 and not tool_calls
+    assert all(r.ok and r.token_drift == 0 and r.cost_drift_micros == 0 for r in reports), [
+        r.to_dict() for r in reports if not r.ok]
+    assert {r.status_recorded for r in reports} >= {"succeeded", "failed"}
+    assert sum(r.calls_answered for r in reports) > 12
