@@ -10,7 +10,6 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -267,7 +266,7 @@ def test_a_tampered_record_is_drift(rig: Rig) -> None:
     assert not rig.calls and not rig.tool_calls  # the replays called nothing
 
 
-def test_client_fork_and_replay(make_store: MakeStore, tmp_path: Path) -> None:
+def test_client_fork_and_replay(make_store: MakeStore) -> None:
     with Client(store=make_store(clock=SystemClock())) as client:
         handle = client.submit(AGENT)
         client.run_until_idle(timeout=60)

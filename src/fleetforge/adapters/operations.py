@@ -29,13 +29,9 @@ __all__ = ["NoNetwork", "fork", "replay"]
 
 
 class NoNetwork(httpx.AsyncBaseTransport):
-    """An httpx transport that refuses every request and counts them (a replay sends none)."""
-
-    def __init__(self) -> None:
-        self.refused = 0
+    """An httpx transport that refuses every request (a replay sends none)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.refused += 1
         raise httpx.ConnectError("replay: no request may leave a replay", request=request)
 
 
