@@ -12,6 +12,7 @@ from fleetforge.adapters.cli.wiring import build_runtime, config_from_env
 from fleetforge.adapters.devstack.webhook import WebhookServer
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
+from fleetforge.core.fork import fork_run
 from fleetforge.domain.names import CATALOG, EventKind
 
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "json": (dict, list, str, int, float)}
@@ -27,6 +28,9 @@ def test_demo_events_match_catalog(tmp_path: Path) -> None:
             rt = build_runtime(store, client, config=config_from_env(), sim_sleep=False)
             for spec in demo_fleet(24, seed=11):
                 rt.submit(json.loads(json.dumps(spec).replace(WEBHOOK_PLACEHOLDER, hook.base_url)))
+            await rt.worker("w", concurrency=8, poll_interval_s=0.001).run(until_idle=True)
+            done = store.list_runs(status="succeeded", limit=1)[0]
+            fork_run(rt, done.id, rt.scheduler.run_spec(done).steps[-1].id, actor="test")  # run_forked, step_reused
             await rt.worker("w", concurrency=8, poll_interval_s=0.001).run(until_idle=True)
 
     try:

@@ -17,10 +17,13 @@ from typing import Any, Final, TypeVar
 
 import httpx
 
+from fleetforge.adapters import operations
 from fleetforge.adapters.cli.wiring import build_runtime, store_for
 from fleetforge.adapters.executors.pytools import register_tools
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.process import process_id
+from fleetforge.core.pricing import PriceTable
+from fleetforge.core.replay_report import ReplayReport, Tolerance
 from fleetforge.core.runtime import Runtime
 from fleetforge.core.worker import Worker
 from fleetforge.domain.envelope import Envelope
@@ -219,6 +222,24 @@ class Client:
         handle = RunHandle(self, run_id)
         handle.status()
         return handle
+
+    def fork(self, run_id: str, from_step: str, patch: Mapping[str, Mapping[str, Any]] | None = None,
+             actor: str | None = None) -> RunHandle:
+        """A new run that reuses `run_id`'s recorded results before `from_step` (a step, or an agent turn
+        such as "agent.t3") and runs the rest; `patch` gives new inputs to steps it runs again.
+
+        NotFoundError for an unknown run, SpecError for an unknown step or a bad patch (nothing stored)."""
+        return RunHandle(self, operations.fork(self.store, run_id, from_step, patch=patch, actor=actor or ""))
+
+    def replay(self, run_id: str, *, tolerance_tokens: int = 0, tolerance_cost_usd: float = 0.0,
+               prices: PriceTable | None = None, timeout: float = 300.0) -> ReplayReport:
+        """Execute `run_id` again in a scratch store with every llm/tool/http result from the record, and
+        report step by step whether it reproduced the record; `.ok` is False past the tolerance. With
+        `prices`, the recorded LLM tokens are priced with them (the cost drift is the price change)."""
+        tolerance = Tolerance(tolerance_tokens, tolerance_cost_usd)
+        reports = _run_async(operations.replay(self.store, [run_id], tolerance=tolerance, tools=self.tools,
+                                               prices=prices, timeout_s=timeout))
+        return reports[0]
 
     def runs(self, status: str | None = None, workspace: str | None = None, limit: int = 50) -> list[RunInfo]:
         """The most recent runs, newest first."""

@@ -102,6 +102,8 @@ def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
             step_status[key] = "failed" if p["final"] else "queued"
         elif ev.kind is K.STEP_SKIPPED:
             step_status[key] = "canceled" if p["reason"] == "run canceled" else "skipped"
+        elif ev.kind is K.STEP_REUSED:  # a fork's step taken from the record: a step, never an attempt
+            step_status[key] = p["status"]
         if ev.kind in (K.STEP_SUCCEEDED, K.STEP_FAILED, K.STEP_DENIED):
             attempts += 1
             retries += ev.attempt > 1

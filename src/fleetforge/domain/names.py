@@ -47,6 +47,8 @@ class EventKind(StrEnum):
     BUDGET_RESERVED = "budget_reserved"
     BUDGET_RECONCILED = "budget_reconciled"
     TOOL_CALL = "tool_call"
+    RUN_FORKED = "run_forked"
+    STEP_REUSED = "step_reused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,19 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("provider", "str", "python | http | provider name"),
                   Field("ok", "bool", "succeeded"), Field("error_kind", "str", "empty on success"),
                   Field("latency_ms", "float", "call latency"))),
+        KindSpec(EventKind.RUN_FORKED, "run", "a run was forked: on the new run and on the run it was forked from",
+                 (*_RUN_COMMON,
+                  Field("forked_from", "str", "the run whose record the fork reuses", column=False),
+                  Field("fork", "str", "the new run", column=False),
+                  Field("from_step", "str", "the first step the fork executes again", column=False),
+                  Field("actor", "str", "who forked it", column=False),
+                  Field("reused", "int", "steps taken from the record, not executed", column=False),
+                  Field("patched", "json", "ids of the steps whose inputs were patched", column=False))),
+        KindSpec(EventKind.STEP_REUSED, "step", "a fork took the step's recorded result instead of running it "
+                                                "(no attempt, no budget, no call)",
+                 (*_STEP_COMMON,
+                  Field("status", "str", "the recorded status the step keeps", column=False),
+                  Field("forked_from", "str", "the run the result was recorded in", column=False))),
     )
 }
 

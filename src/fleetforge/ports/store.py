@@ -20,6 +20,7 @@ __all__ = [
     "DecisionRow",
     "OutboxPosition",
     "OutboxRecord",
+    "RunOrigin",
     "Store",
     "Tx",
 ]
@@ -65,6 +66,18 @@ class DecisionRow:
     effect: str
     reason: str
     at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunOrigin:
+    """Where a run made from another one comes from: kind "fork", the source run and step, who asked."""
+
+    run_id: str
+    kind: str
+    source_run: str
+    source_step: str
+    actor: str
+    created_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +153,9 @@ class Tx(Protocol):
         """Write the outcome and actual usage of attempts inserted earlier."""
         ...
     def insert_decisions(self, rows: Sequence[DecisionRow]) -> None: ...
+    def insert_origin(self, origin: RunOrigin) -> None:
+        """Record where a run made from another one comes from (one row per run)."""
+        ...
     def append_events(self, events: Sequence[Envelope]) -> None:
         """Append envelopes to the outbox, in order."""
         ...
@@ -167,6 +183,9 @@ class Store(Protocol):
     def get_steps(self, run_id: str) -> list[StepRow]: ...
     def get_attempts(self, run_id: str) -> list[AttemptRow]: ...
     def get_decisions(self, run_id: str) -> list[DecisionRow]: ...
+    def get_origin(self, run_id: str) -> RunOrigin | None:
+        """Where the run comes from, None for a run submitted from a spec."""
+        ...
     def count_open_runs(self) -> int:
         """Runs not yet terminal."""
         ...

@@ -14,10 +14,11 @@ import typer
 from rich.table import Table
 
 from fleetforge import __version__
-from fleetforge.adapters.cli import demo, runs
+from fleetforge.adapters.cli import demo, forkreplay, runs
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.adapters.process import loop_stop_event, process_id
+from fleetforge.core.fork import reused_source
 from fleetforge.core.worker import Worker
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
@@ -31,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect, cancel, fork and replay runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
@@ -207,13 +208,16 @@ def runs_get(
         if run is None:
             raise NotFoundError(f"no run {run_id!r}; list runs with `fleetforge runs list`")
         steps, attempts, decisions = st.get_steps(run_id), st.get_attempts(run_id), st.get_decisions(run_id)
+        origin = st.get_origin(run_id)
     doc = {
         "run_id": run.id, "workspace": run.workspace, "app": run.app, "status": str(run.status),
         "trace_id": run.trace_id, "slo_tier": run.slo_tier, "error_kind": run.error_kind,
         "created_at": _ts(run.created_us), "finished_at": _ts(run.finished_us),
         "outputs": run.outputs or {},
+        "forked_from": None if origin is None else {"run_id": origin.source_run, "step": origin.source_step,
+                                                    "actor": origin.actor},
         "steps": [{"step_id": s.step_id, "type": str(s.type), "status": str(s.status), "attempts": s.attempt,
-                   "error_kind": s.error_kind} for s in steps],
+                   "error_kind": s.error_kind, "reused": reused_source(s) is not None} for s in steps],
         "attempts": [{"step_id": a.step_id, "attempt": a.attempt, "status": a.status, "error_kind": a.error_kind,
                       "tokens_reserved": a.tokens_reserved, "tokens_used": a.tokens_used,
                       "cost_reserved": a.cost_reserved_micros / 1e6, "cost_used": a.cost_used_micros / 1e6,
@@ -227,6 +231,9 @@ def runs_get(
     out.print(f"[bold]{run.id}[/]  {run.workspace}/{run.app}  [bold]{run.status}[/]  trace {run.trace_id}")
     if run.outputs:
         out.print("outputs " + json.dumps(run.outputs, ensure_ascii=False), markup=False, highlight=False)
+    if origin is not None:
+        out.print(f"forked from {origin.source_run} at {origin.source_step} by {origin.actor or '-'}", markup=False,
+                  highlight=False)
     for title, key in (("steps", "steps"), ("attempts", "attempts"), ("policy decisions", "policy_decisions")):
         rows = doc[key]
         assert isinstance(rows, list)
@@ -262,6 +269,7 @@ def runs_cancel(
 
 demo.register(app)
 runs.register(runs_app)
+forkreplay.register(runs_app)
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"fleetforge.adapters.cli.{_area}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from fleetforge.domain.jsontext import compact
 from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
-from fleetforge.ports.store import AttemptRow, DecisionRow
+from fleetforge.ports.store import AttemptRow, DecisionRow, RunOrigin
 
 __all__ = [
     "attempt_finish_params",
@@ -17,6 +17,7 @@ __all__ = [
     "budget_params",
     "decision_from_row",
     "decision_params",
+    "origin_params",
     "prefix_end",
     "run_from_row",
     "run_params",
@@ -145,3 +146,7 @@ def decision_params(d: DecisionRow) -> tuple[Any, ...]:
 
 def decision_from_row(row: Any) -> DecisionRow:
     return DecisionRow(*row)
+
+
+def origin_params(o: RunOrigin) -> tuple[Any, ...]:
+    return (o.run_id, o.kind, o.source_run, o.source_step, o.actor, o.created_us)

@@ -429,6 +429,8 @@ WITH doomed AS MATERIALIZED (
     DELETE FROM budgets WHERE scope IN (SELECT %(budget_prefix)s || id FROM doomed)
 ), k AS (
     DELETE FROM idempotency_keys WHERE run_id IN (SELECT id FROM doomed)
+), o AS (
+    DELETE FROM run_origins WHERE run_id IN (SELECT id FROM doomed)
 )
 DELETE FROM runs WHERE id IN (SELECT id FROM doomed)
 RETURNING id;
@@ -439,3 +441,11 @@ SELECT state FROM reader_state WHERE name = %s;
 -- name: set_reader_state
 INSERT INTO reader_state (name, state, updated_us) VALUES (%s, %s, %s)
 ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_us = excluded.updated_us;
+
+-- Run origins (core/fork.py): the run a fork was made from.
+
+-- name: insert_origin
+INSERT INTO run_origins (run_id, kind, source_run, source_step, actor, created_us) VALUES (%s, %s, %s, %s, %s, %s);
+
+-- name: select_origin
+SELECT run_id, kind, source_run, source_step, actor, created_us FROM run_origins WHERE run_id = %s;

@@ -28,7 +28,7 @@ from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.domain.secrets import redact_text
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
-from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
+from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
 
 __all__ = ["PostgresStore"]
 
@@ -259,6 +259,9 @@ class _PostgresTx:
     def insert_decisions(self, decisions: Sequence[DecisionRow]) -> None:
         self._many("insert_decision", [rows.decision_params(d) for d in decisions])
 
+    def insert_origin(self, origin: RunOrigin) -> None:
+        self._many("insert_origin", [rows.origin_params(origin)])
+
     def append_events(self, events: Sequence[Envelope]) -> None:
         if not events:
             return
@@ -405,6 +408,10 @@ class PostgresStore:
 
     def get_decisions(self, run_id: str) -> list[DecisionRow]:
         return [rows.decision_from_row(r) for r in self._query("select_decisions", (run_id,))]
+
+    def get_origin(self, run_id: str) -> RunOrigin | None:
+        found = self._query("select_origin", (run_id,))
+        return RunOrigin(*found[0]) if found else None
 
     def count_open_runs(self) -> int:
         return int(self._query("count_open_runs")[0][0])

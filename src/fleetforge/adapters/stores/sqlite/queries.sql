@@ -229,6 +229,9 @@ DELETE FROM policy_decisions WHERE run_id IN (SELECT value FROM json_each(?));
 -- name: delete_run_keys
 DELETE FROM idempotency_keys WHERE run_id IN (SELECT value FROM json_each(?));
 
+-- name: delete_run_origins
+DELETE FROM run_origins WHERE run_id IN (SELECT value FROM json_each(?));
+
 -- name: delete_run_budgets
 DELETE FROM budgets WHERE scope IN (SELECT ?1 || value FROM json_each(?2));
 
@@ -272,3 +275,11 @@ SELECT state FROM reader_state WHERE name = ?;
 -- name: set_reader_state
 INSERT INTO reader_state (name, state, updated_us) VALUES (?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_us = excluded.updated_us;
+
+-- Run origins (core/fork.py): the run a fork was made from.
+
+-- name: insert_origin
+INSERT INTO run_origins (run_id, kind, source_run, source_step, actor, created_us) VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: select_origin
+SELECT run_id, kind, source_run, source_step, actor, created_us FROM run_origins WHERE run_id = ?;

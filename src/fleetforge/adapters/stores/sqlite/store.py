@@ -21,7 +21,7 @@ from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
-from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
+from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
 
 __all__ = ["SqliteStore"]
 
@@ -138,6 +138,9 @@ class _SqliteTx:
 
     def insert_decisions(self, decisions: Sequence[DecisionRow]) -> None:
         self.c.executemany(Q["insert_decision"], [rows.decision_params(d) for d in decisions])
+
+    def insert_origin(self, origin: RunOrigin) -> None:
+        self.c.execute(Q["insert_origin"], rows.origin_params(origin))
 
     def append_events(self, events: Sequence[Envelope]) -> None:
         now = self.clock.now_us()
@@ -258,6 +261,10 @@ class SqliteStore:
     def get_decisions(self, run_id: str) -> list[DecisionRow]:
         return [rows.decision_from_row(tuple(r)) for r in self._query(Q["select_decisions"], (run_id,))]
 
+    def get_origin(self, run_id: str) -> RunOrigin | None:
+        found = self._query(Q["select_origin"], (run_id,))
+        return RunOrigin(*found[0]) if found else None
+
     def count_open_runs(self) -> int:
         return int(self._query(Q["count_open_runs"])[0][0])
 
@@ -346,7 +353,7 @@ class SqliteStore:
                 return 0
             doc = json.dumps(ids)
             for name in ("delete_run_deps", "delete_run_steps", "delete_run_attempts", "delete_run_decisions",
-                         "delete_run_keys"):
+                         "delete_run_keys", "delete_run_origins"):
                 tx.c.execute(Q[name], (doc,))
             tx.c.execute(Q["delete_run_budgets"], (budget_prefix, doc))
             return int(tx.c.execute(Q["delete_runs"], (doc,)).rowcount)
