@@ -98,7 +98,7 @@ class SimChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     model_name: str = "sim-small"
     seed: int = 0
-    knobs: dict[str, Any] = Field(default_factory=dict)  # simulator inputs: latency_ms, output_tokens, sim_tool_turns, ...
+    knobs: dict[str, Any] = Field(default_factory=dict)  # simulator inputs (latency_ms, ...)
     sim: SimulatedLLM | None = None
 
     @property
