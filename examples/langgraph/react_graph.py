@@ -42,26 +42,23 @@ TOOLS = [lookup_order, refund]
 Node = Callable[[MessagesState], Awaitable[dict[str, Any]]]
 
 
-def build(model: BaseChatModel, wrap: Callable[[str, Node], Node] | None = None) -> StateGraph[Any]:
-    """The graph: `agent` calls the model with both tools; `tools` runs the calls it asks for; repeat."""
+def build(model: BaseChatModel, wrap: Callable[[str, Node], Node] | None = None,
+          tool_node: ToolNode | None = None) -> StateGraph[Any]:
+    """The graph: `agent` calls the model with both tools; `tools` runs the calls it asks for; repeat.
+
+    `wrap` and `tool_node` let a caller observe the nodes (the tests log each one)."""
     bound = model.bind_tools(TOOLS)
 
     async def agent(state: MessagesState) -> dict[str, Any]:
         return {"messages": [await bound.ainvoke(state["messages"])]}
 
-    tools = ToolNode(TOOLS)
-
-    async def run_tools(state: MessagesState) -> dict[str, Any]:
-        return await tools.ainvoke(state)  # type: ignore[no-any-return]
-
     def route(state: MessagesState) -> str:
         last = state["messages"][-1]
         return "tools" if getattr(last, "tool_calls", None) else END
 
-    hook = wrap or (lambda _name, fn: fn)
     builder: StateGraph[Any] = StateGraph(MessagesState)
-    builder.add_node("agent", hook("agent", agent))
-    builder.add_node("tools", tools if wrap is None else hook("tools", run_tools))
+    builder.add_node("agent", wrap("agent", agent) if wrap else agent)
+    builder.add_node("tools", tool_node or ToolNode(TOOLS))
     builder.add_edge(START, "agent")
     builder.add_conditional_edges("agent", route, ["tools", END])
     builder.add_edge("tools", "agent")

@@ -458,7 +458,7 @@ class Scheduler:
         b.events.append(step_event(K.STEP_DENIED, run, step, attempt, now, error_kind=str(kind),
                                    reason=reason, pack=pack))
         if A.held(step) and A.unit_of(step) == "call" and kind is ErrorKind.POLICY_DENIED:
-            step.output = {"error": reason}  # answered to the graph as a tool error; the run goes on
+            step.output = {"error": f"denied by {reason}"}  # answered to the graph as a tool error
             b.touched_runs.add(run.id)
             return
         self._mark_failed(b, run, str(kind))

@@ -105,14 +105,15 @@ def _model(ex: LangGraphExecutor, ctx: ExecutionContext, units: AgentUnits) -> G
                              loop=asyncio.get_running_loop())
 
 
-def govern_tool_call(units: AgentUnits, governed: set[str]) -> Callable[
-        [ToolCallRequest, Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]]],
-        Awaitable[ToolMessage | Command[Any]]]:
-    """A ToolNode `awrap_tool_call` making each tool call a held unit (see module doc)."""
+Execute = Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]]
+Wrapper = Callable[[ToolCallRequest, Execute], Awaitable[ToolMessage | Command[Any]]]
 
-    async def wrap(request: ToolCallRequest,
-                   execute: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]]
-                   ) -> ToolMessage | Command[Any]:
+
+def govern_tool_call(units: AgentUnits, governed: set[str], inner: Wrapper | None = None) -> Wrapper:
+    """A ToolNode `awrap_tool_call` making each tool call a held unit (see module doc); `inner` is the
+    node's own interceptor, run inside."""
+
+    async def wrap(request: ToolCallRequest, execute: Execute) -> ToolMessage | Command[Any]:
         call = request.tool_call
         cid, name = str(call.get("id") or ""), str(call.get("name") or "")
         args = call.get("args") if isinstance(call.get("args"), dict) else {}
@@ -127,7 +128,7 @@ def govern_tool_call(units: AgentUnits, governed: set[str]) -> Callable[
             request = request.override(tool_call={**call, "args": sent})
         governed.add(cid)
         try:
-            message = await execute(request)
+            message = await (inner(request, execute) if inner is not None else execute(request))
         except Exception as exc:
             await units.finish(unit, failure=StepFailure(classify(exc), f"{type(exc).__name__}: {exc}"[:4000],
                                                          tool=name, provider=_PROVIDER))
@@ -205,8 +206,8 @@ async def run_graph(ex: LangGraphExecutor, ctx: ExecutionContext, units: AgentUn
         graph = _build(entry, model, saver)
         for node in graph.nodes.values():
             bound = getattr(node, "bound", None)
-            if isinstance(bound, ToolNode):
-                bound._awrap_tool_call = govern_tool_call(units, governed)
+            if isinstance(bound, ToolNode):  # the graph's own interceptor, if any, runs inside ours
+                bound._awrap_tool_call = govern_tool_call(units, governed, bound._awrap_tool_call)
         last = await saver.aget_tuple(config)  # type: ignore[arg-type]
         try:
             if last is None:
