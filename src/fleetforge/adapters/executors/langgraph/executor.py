@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+
 from fleetforge.core.pricing import PriceTable
 from fleetforge.domain.models import ErrorKind, StepSpec
 from fleetforge.domain.steptypes import GRAPH_ENTRYPOINT
@@ -35,9 +38,10 @@ class LangGraphExecutor:
         if ctx.units is None:
             raise StepFailure(ErrorKind.VALIDATION, "a graph step needs a worker that records its units",
                               provider="langgraph")
-        try:
-            from fleetforge.adapters.executors.langgraph.run import run_graph
+        try:  # a first import takes seconds: off the worker's loop, which keeps extending leases meanwhile
+            run = await asyncio.to_thread(importlib.import_module, "fleetforge.adapters.executors.langgraph.run")
         except ImportError as exc:
             raise StepFailure(ErrorKind.VALIDATION, f"LangGraph is not installed ({exc.name}): "
                               "pip install 'fleetforge[langgraph]'", provider="langgraph") from None
-        return await run_graph(self, ctx, ctx.units)
+        result: ExecutionResult = await run.run_graph(self, ctx, ctx.units)
+        return result

@@ -191,7 +191,7 @@ async def run_graph(ex: LangGraphExecutor, ctx: ExecutionContext, units: AgentUn
     inputs = ctx.inputs
     entrypoint = str(inputs[GRAPH_ENTRYPOINT])
     try:
-        entry = load_entrypoint(entrypoint)
+        entry = await asyncio.to_thread(load_entrypoint, entrypoint)  # imports user code: off the loop
     except ValueError as exc:
         raise StepFailure(ErrorKind.VALIDATION, str(exc), tool=entrypoint, provider=_PROVIDER) from None
     model = _model(ex, ctx, units)
