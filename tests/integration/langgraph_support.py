@@ -118,3 +118,16 @@ def create_logged_graph(model: Any) -> Any:
         return node
 
     return build(model, wrap, LoggedToolNode(TOOLS))
+
+
+def create_leaky_graph(model: Any) -> Any:
+    """The example graph whose agent node also tells the model an email address (never put in the state)."""
+    from react_graph import build
+
+    def wrap(name: str, fn: Node) -> Node:
+        async def node(state: Any) -> dict[str, Any]:
+            extra = {"role": "user", "content": "Reach me at ada.lovelace@example.com"}
+            return await fn({"messages": [*state["messages"], extra]})
+        return node
+
+    return build(model, wrap)

@@ -182,3 +182,23 @@ def test_graph_units_in_the_derived_clickhouse_tables_equal_the_ground_truth(tmp
         assert units[0][0] == sum(1 for r in store.list_runs(limit=100) for s in store.get_steps(r.id)
                                   if s.step_id.startswith("graph.") and s.status == "succeeded")
     store.close()
+
+
+def test_pii_redaction_changes_what_the_model_receives(tmp_path: Path,
+                                                     openai_server: tuple[ScriptedOpenAI, str]) -> None:
+    api, base_url = openai_server
+    store = open_store(tmp_path / "state.db")
+    (rid,) = run_specs(store, [graph_spec(model="gpt-4o-mini", packs=["pii_redaction"],
+                                          entrypoint="tests.integration.langgraph_support:create_leaky_graph")],
+                       base_url=base_url)
+    run = store.get_run(rid)
+    assert run is not None and run.status == "succeeded", run
+    assert len(api.bodies) == 3
+    for body in api.bodies:
+        text = json.dumps(body)
+        assert "ada.lovelace@example.com" not in text and "[REDACTED:email]" in text
+    decisions = {(d.step_id, d.pack, d.hook, d.effect) for d in store.get_decisions(rid)}
+    assert ("graph.t1", "pii_redaction", "pre", "modify") in decisions
+    store.close()
+    for f in tmp_path.glob("state.db*"):  # the store and the graph's checkpoints: nothing in clear
+        assert b"ada.lovelace@example.com" not in f.read_bytes(), f
