@@ -131,3 +131,23 @@ def create_leaky_graph(model: Any) -> Any:
         return node
 
     return build(model, wrap)
+
+
+def create_sync_compiled_graph(model: Any) -> Any:
+    """The example graph written with a sync model node and returned compiled (LangGraph's prebuilt router)."""
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+    from react_graph import TOOLS
+
+    bound = model.bind_tools(TOOLS)
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [bound.invoke(state["messages"])]}
+
+    builder: Any = StateGraph(MessagesState)
+    builder.add_node("agent", agent)
+    builder.add_node("tools", ToolNode(TOOLS))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    return builder.compile()

@@ -4,19 +4,27 @@ turns and tool calls in `runs get`, in the ledger and in the derived ClickHouse 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from fleetforge.adapters.executors.build import build_executors
+from fleetforge.adapters.executors.langgraph import graph_step_types
+from fleetforge.adapters.executors.tools import ToolRegistry
 from fleetforge.adapters.http.server import BackgroundServer
 from fleetforge.adapters.readers.clickhouse.embedded import EmbeddedAnalytics
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.exporting import SpanKind
+from fleetforge.core.policies.registry import default_packs
+from fleetforge.core.pricing import PriceTable
+from fleetforge.core.runtime import Runtime
 from fleetforge.core.summary import summary_from_events, summary_from_store
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import SpecError
@@ -202,3 +210,39 @@ def test_pii_redaction_changes_what_the_model_receives(tmp_path: Path,
     store.close()
     for f in tmp_path.glob("state.db*"):  # the store and the graph's checkpoints: nothing in clear
         assert b"ada.lovelace@example.com" not in f.read_bytes(), f
+
+
+def test_a_compiled_graph_with_a_sync_node_is_governed_the_same(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "state.db")
+    (rid,) = run_specs(store, [graph_spec(entrypoint="tests.integration.langgraph_support:create_sync_compiled_graph")])
+    run = store.get_run(rid)
+    assert run is not None and run.status == "succeeded", run
+    assert sorted(_children(store, rid)) == ["graph", "graph.t1", "graph.t1.ccall_1_0", "graph.t2",
+                                             "graph.t2.ccall_2_0", "graph.t3"]
+    store.close()
+
+
+def test_cancel_stops_a_running_graph_before_its_next_call(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "state.db")
+
+    async def go() -> str:
+        async with httpx.AsyncClient() as client:
+            executors = build_executors(client=client, tools=ToolRegistry(), prices=PriceTable(), llm_base_url=None,
+                                        llm_api_key=None, sim_sleep=True)
+            rt = Runtime(store, executors=executors, packs=default_packs(), step_types=graph_step_types())
+            rid = rt.submit(graph_spec(latency_ms=300))
+            work = asyncio.create_task(rt.worker("w", poll_interval_s=0.01).run(until_idle=True))
+            while not any(s.step_id == "graph.t1" for s in store.get_steps(rid)):
+                await asyncio.sleep(0.01)
+            assert rt.cancel(rid)
+            await asyncio.wait_for(work, 60)
+            return rid
+
+    rid = asyncio.run(go())
+    run = store.get_run(rid)
+    assert run is not None and run.status == "canceled", run
+    steps = _children(store, rid)
+    assert set(steps) <= {"graph", "graph.t1"}  # the turn in flight finished; nothing new started
+    assert steps["graph"].status == "failed" and steps["graph"].error_kind == "crash"
+    assert summary_from_events(r.envelope for r in store.iter_outbox()) == summary_from_store(store)
+    store.close()

@@ -23,7 +23,7 @@ from fleetforge.core.events import step_event
 from fleetforge.core.policies.pii import redact_json
 from fleetforge.core.scheduler import Claim, Outcome, Scheduler, _Batch
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.models import ErrorKind, StepRow, StepStatus, StepType
+from fleetforge.domain.models import TERMINAL_RUN, ErrorKind, StepRow, StepStatus, StepType
 from fleetforge.domain.names import EventKind as K
 from fleetforge.ports.executor import ExecutionResult, HeldUnit, StepFailure
 from fleetforge.ports.store import Tx
@@ -37,11 +37,12 @@ _TURN_PREFIX: Final = ".t"
 
 
 def open_unit(s: Scheduler, tx: Tx, agent: Claim, unit: A.Unit, key: str, worker: str,
-              now: int) -> tuple[StepRow, Claim | None, list[Envelope]]:
+              now: int) -> tuple[StepRow | None, Claim | None, list[Envelope]]:
     """Create (or find) a held unit and claim it: (row, claim or None when it must not run, events).
 
     An ended unit (succeeded or denied) is returned as it is; one that failed, or was left running by a
-    worker that died, gets a new attempt. A claim that was denied leaves the row `denied`."""
+    worker that died, gets a new attempt. A claim that was denied leaves the row `denied`. In a run that
+    ended or is failing nothing new starts: (None, None, events)."""
     run = tx.get_runs([agent.run.id])[agent.run.id]
     events: list[Envelope] = []
     found = tx.lock_steps([(run.id, unit.step_id)])
@@ -55,6 +56,8 @@ def open_unit(s: Scheduler, tx: Tx, agent: Claim, unit: A.Unit, key: str, worker
         row = tx.lock_steps([(run.id, unit.step_id)])[0]
     if row is not None and row.status in (StepStatus.SUCCEEDED, StepStatus.DENIED):
         return row, None, events
+    if run.status in TERMINAL_RUN or run.error_kind:
+        return None, None, events
     b = _Batch()
     b.add_runs({run.id: run})
     kinds = s._redacts(run, agent.step.step_id)
@@ -140,12 +143,15 @@ class HeldUnits:
     async def _open(self, unit: A.Unit, key: str) -> HeldUnit:
         w = self._w
         while True:
-            def work() -> tuple[StepRow, Claim | None, list[Envelope]]:
+            def work() -> tuple[StepRow | None, Claim | None, list[Envelope]]:
                 with w.store.transaction() as tx:
                     return open_unit(w.scheduler, tx, self._claim, unit, key, w.worker_id, w.clock.now_us())
 
             row, claim, events = await w._call(work)
             w._emit(events)
+            if row is None:
+                raise StepFailure(ErrorKind.CRASH, f"{unit.step_id}: the run ended or failed, no new call starts",
+                                  provider="langgraph")
             if self._children is not None:
                 self._children[row.step_id] = row
             if claim is not None:
@@ -162,9 +168,8 @@ class HeldUnits:
                 kind = ErrorKind(row.error_kind) if row.error_kind in ErrorKind.__members__.values() \
                     else ErrorKind.POLICY_DENIED
                 raise StepFailure(kind, f"{row.step_id} denied: {reason}", provider="langgraph")
-            if any(e.kind is K.RUN_FAILED or e.kind is K.RUN_CANCELED for e in events) \
-                    or row.status is not StepStatus.PENDING:
-                raise StepFailure(ErrorKind.CRASH, f"{row.step_id}: the run ended", provider="langgraph")
+            if row.status is not StepStatus.PENDING:  # skipped: the run is failing
+                raise StepFailure(ErrorKind.CRASH, f"{row.step_id}: the run ended or failed", provider="langgraph")
             await asyncio.sleep(w.scheduler.config.defer_delay_ms / 1000)  # deferred by an in-flight cap
 
     async def finish(self, unit: HeldUnit, result: ExecutionResult | None = None,
