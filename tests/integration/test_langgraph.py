@@ -130,6 +130,20 @@ def test_a_run_budget_exhausted_mid_graph_denies_the_turn_and_ends_the_step(tmp_
     store.close()
 
 
+def test_a_policy_budget_is_reserved_by_each_call_not_by_the_graph_step(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "state.db")
+    spec = graph_spec(budget={"tokens": 1000})
+    spec["steps"][0]["policy"] = {"budget": {"tokens": 500}}
+    (rid,) = run_specs(store, [spec])
+    run = store.get_run(rid)
+    assert run is not None and run.status == "succeeded", run  # the graph holding 500 too would deny turn 2
+    ledger = {a.step_id: a for a in store.get_attempts(rid)}
+    assert ledger["graph"].tokens_reserved == 0
+    assert [ledger[t].tokens_reserved for t in ("graph.t1", "graph.t2", "graph.t3")] == [500, 500, 500]
+    assert summary_from_events(r.envelope for r in store.iter_outbox()) == summary_from_store(store)
+    store.close()
+
+
 SCRIPT: list[dict[str, Any]] = [
     {"role": "assistant", "content": None, "tool_calls": [_call("call_l1", "lookup_order", {"order_id": "A-1001"})]},
     {"role": "assistant", "content": None, "tool_calls": [_call("call_r1", "refund",
