@@ -38,8 +38,14 @@ __all__ = ["EXAMPLE", "create_logged_graph", "graph_spec", "need_langgraph", "no
 
 def need_langgraph() -> None:
     """Skip locally, fail under CI=true, when the langgraph extra is not installed."""
-    missing = [m for m in ("langgraph", "langgraph.checkpoint.sqlite", "langchain_openai")
-               if importlib.util.find_spec(m.split(".")[0]) is None]
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            return False
+
+    missing = [m for m in ("langgraph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres",
+                           "langchain_openai") if not found(m)]
     need(not missing, f"the langgraph extra ({', '.join(missing)}; pip install -e '.[langgraph]')")
 
 
