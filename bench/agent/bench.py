@@ -5,6 +5,8 @@ inline no-op tool, so what is measured is the runtime: claim, guardrails, ledger
 coordination, and the wake-up of the next unit. The baseline is a plain Python loop calling the same
 simulated LLM and the same tool with no durability. Figures: per-unit added latency p50 and p95 (each
 run's wall time minus the plain loop's, divided by its units), on SQLite and (when reachable) PostgreSQL.
+With the langgraph extra, a LangGraph row per store: the governance time per model call and per tool call
+of the example graph run as a step, beside the same graph invoked directly (bench/agent/graph.py).
 
     PYTHONPATH=src python bench/agent/bench.py [--runs 30] [--turns 8] [--postgres DSN]
 """
@@ -95,6 +97,16 @@ def report(name: str, store: Store, runs: int, turns: int) -> None:
           f"added p50 {statistics.median(added):.3f} ms  p95 {p95:.3f} ms")
 
 
+def graph_row(name: str, store: Store, runs: int, turns: int) -> None:
+    """The LangGraph row (bench/agent/graph.py), when the langgraph extra is installed."""
+    try:
+        from graph import report as graph_report
+    except ImportError as exc:
+        print(f"{name:10s} langgraph skipped: {exc} (pip install -e '.[langgraph]')")
+        return
+    graph_report(name, store, runs, turns)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
@@ -107,6 +119,7 @@ def main() -> None:
         sqlite = SqliteStore(Path(tmp) / "state.db")
         sqlite.migrate()
         report("sqlite", sqlite, a.runs, a.turns)
+        graph_row("sqlite", sqlite, a.runs, a.turns)
         sqlite.close()
     try:
         import psycopg
@@ -121,6 +134,7 @@ def main() -> None:
             pg = PostgresStore(a.postgres.rsplit("/", 1)[0] + f"/{name}")
             pg.migrate()
             report("postgres", pg, a.runs, a.turns)
+            graph_row("postgres", pg, a.runs, a.turns)
             pg.close()
         finally:
             with psycopg.connect(a.postgres, autocommit=True) as admin:

@@ -66,7 +66,8 @@ SCRIPT: list[dict[str, Any]] = [  # the assistant message of each turn
 class ScriptedOpenAI:
     """A chat/completions endpoint: validates each body, answers the turn's scripted message."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: list[dict[str, Any]] | None = None) -> None:
+        self.script = script or SCRIPT
         self.bodies: list[dict[str, Any]] = []
         self.errors: list[str] = []
 
@@ -79,7 +80,7 @@ class ScriptedOpenAI:
             return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
         self.bodies.append(body)
         turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
-        message = SCRIPT[min(turn, len(SCRIPT) - 1)]
+        message = self.script[min(turn, len(self.script) - 1)]
         return JSONResponse({
             "id": f"chatcmpl-{turn}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": message,

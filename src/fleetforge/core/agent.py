@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fleetforge.domain.models import TERMINAL_STEP, ErrorKind, StepRow, StepSpec, StepStatus, StepType
-from fleetforge.domain.steptypes import AGENT_DEFAULT_MAX_TURNS
-from fleetforge.ports.executor import ExecutionContext, ExecutionResult, StepFailure
+from fleetforge.domain.steptypes import AGENT_DEFAULT_MAX_TURNS, GRAPH_ENTRYPOINT
+from fleetforge.ports.executor import ExecutionContext, ExecutionResult, Executor, StepFailure
 
 __all__ = [
     "PARENT",
@@ -29,6 +29,8 @@ __all__ = [
     "call_parts",
     "child_spec",
     "coordinate",
+    "held",
+    "holds_worker",
     "initial_messages",
     "parent_of",
     "turn_id",
@@ -41,6 +43,13 @@ UNIT: Final = "unit"
 """Key of a child row's spec: "turn" (an LLM call) or "call" (a tool call)."""
 PRECHECKED: Final = "prechecked"
 """Key of a child row's spec: its pre-hook guardrails were decided when it was created."""
+HELD: Final = "held"
+"""Key of a child row's spec: the unit runs inside its agent's attempt (a graph step holding its worker);
+the scheduler never queues or retries it, and its failure is its agent's to handle."""
+KEY: Final = "key"
+"""Key of a held turn's row spec: a digest of its request, to recognise it when a node runs again."""
+ENTRYPOINT: Final = GRAPH_ENTRYPOINT
+"""The input that makes an agent step a graph step (`module:callable`), run by `AgentExecutor.graph`."""
 _AGENT_ONLY: Final = frozenset({"instructions", "messages", "max_turns"})
 _CALL_ID: Final = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -94,6 +103,16 @@ def unit_of(step: StepRow) -> str:
     """"turn", "call" or "" (not an agent unit)."""
     unit = step.spec.get(UNIT, "") if step.spec else ""
     return unit if isinstance(unit, str) else ""
+
+
+def held(step: StepRow) -> bool:
+    """True for a unit run inside its agent's attempt (see HELD)."""
+    return bool(step.spec.get(HELD)) if step.spec else False
+
+
+def holds_worker(step: StepSpec) -> bool:
+    """True for a graph agent step: it runs in the worker that claimed it, its units inside its attempt."""
+    return ENTRYPOINT in step.inputs
 
 
 def child_spec(row: StepRow, agent: StepSpec) -> StepSpec:
@@ -228,18 +247,29 @@ class AgentExecutor:
     """Finishes an agent step with what its coordinator decided (inputs `output` or `failure`).
 
     The loop itself runs in the scheduler, one child step per unit; this only settles the step through
-    the ordinary completion path (post-hook guardrails on the final answer, dependents released)."""
+    the ordinary completion path (post-hook guardrails on the final answer, dependents released).
+    A graph step (inputs name an `entrypoint`) goes to `graph`, which runs it in this worker."""
+
+    def __init__(self, graph: Executor | None = None) -> None:
+        self.graph = graph
 
     def estimate(self, step: StepSpec) -> tuple[int, float]:
         """The agent step reserves nothing: each of its units reserves for itself."""
         return 0, 0.0
 
     def target(self, step: StepSpec) -> tuple[str, str]:
-        """(model, "agent")."""
+        """(model, "agent"); a graph step's: (entrypoint, "langgraph")."""
+        if holds_worker(step):
+            return str(step.inputs.get(ENTRYPOINT, "")), "langgraph"
         model = step.inputs.get("model")
         return (model if isinstance(model, str) else ""), "agent"
 
     async def execute(self, ctx: ExecutionContext) -> ExecutionResult:
+        if holds_worker(ctx.step):
+            if self.graph is None:
+                raise StepFailure(ErrorKind.VALIDATION, "this worker cannot run graph steps: install the "
+                                  "langgraph extra (pip install 'fleetforge[langgraph]')", provider="langgraph")
+            return await self.graph.execute(ctx)
         failure = ctx.inputs.get("failure")
         model = str(ctx.inputs.get("model", ""))
         if isinstance(failure, dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleetforge.domain.models import BudgetLimit, BudgetRow, RunRow, StepSpec
+from fleetforge.domain.models import BudgetLimit, BudgetRow, RunRow, StepSpec, StepType
 from fleetforge.domain.money import to_micros
 
 __all__ = [
@@ -52,7 +52,10 @@ class Reservation:
 
 
 def reservation_for(step: StepSpec, estimate: tuple[int, float]) -> Reservation:
-    """From `policy.budget`, else `execution.cost_hint`, else the executor's estimate."""
+    """From `policy.budget`, else `execution.cost_hint`, else the executor's estimate. An agent step
+    reserves nothing itself: its units (which take its policy) reserve, each for itself."""
+    if step.type == StepType.AGENT:
+        return Reservation(0, 0, "estimate")
     b = step.policy.budget
     if b is not None and not b.empty:
         return Reservation(b.tokens or 0, to_micros(b.cost or 0.0), "policy")

@@ -15,6 +15,7 @@ from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.models import RunSpec
 from fleetforge.domain.spec import parse_spec, spec_to_dict
+from fleetforge.domain.steptypes import STEP_TYPES, StepTypeSpec
 from fleetforge.domain.stored_spec import parse_stored_spec
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.executor import Executor
@@ -38,8 +39,10 @@ class Runtime:
         config: RuntimeConfig | None = None,
         clock: Clock | None = None,
         observer: Observer | None = None,
+        step_types: Mapping[str, StepTypeSpec] = STEP_TYPES,
     ) -> None:
         self.store = store
+        self.step_types = step_types
         self.executors = executors
         self.packs = packs
         self.clock = clock or SystemClock()
@@ -51,7 +54,7 @@ class Runtime:
 
     def parse(self, data: Mapping[str, Any]) -> RunSpec:
         """Validate a spec mapping; raises SpecError naming every problem."""
-        return parse_spec(data, packs=self._validators)
+        return parse_spec(data, packs=self._validators, step_types=self.step_types)
 
     def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None,
                idempotency_key: str | None = None) -> str:

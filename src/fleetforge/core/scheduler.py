@@ -339,7 +339,7 @@ class Scheduler:
             if _doomed(run, b):  # failed earlier in this batch (a denial): the step is skipped, not started
                 self._mark_failed(b, run, run.error_kind)
                 continue
-            if step.type == StepType.AGENT:
+            if step.type == StepType.AGENT and not A.holds_worker(self._step_spec(run, step)):
                 claim = agent_loop.advance(self, tx, b, run, step, worker, now)
             else:
                 claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
@@ -457,6 +457,10 @@ class Scheduler:
         b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "denied", worker, now, now, str(kind)))
         b.events.append(step_event(K.STEP_DENIED, run, step, attempt, now, error_kind=str(kind),
                                    reason=reason, pack=pack))
+        if A.held(step) and A.unit_of(step) == "call" and kind is ErrorKind.POLICY_DENIED:
+            step.output = {"error": f"denied by {reason}"}  # answered to the graph as a tool error
+            b.touched_runs.add(run.id)
+            return
         self._mark_failed(b, run, str(kind))
 
     def _mark_failed(self, b: _Batch, run: RunRow, error_kind: str) -> None:
@@ -582,7 +586,7 @@ class Scheduler:
         """Record a failed attempt: retry it, or end the step. True when an agent's tool call ended:
         its agent answers the model with the error (a guardrail or budget denial still ends the run)."""
         attempt = step.attempt
-        retry = failure.kind.retriable and attempt < step.max_attempts and not _doomed(run, b)
+        retry = failure.kind.retriable and attempt < step.max_attempts and not _doomed(run, b) and not A.held(step)
         step.first_failure_us = step.first_failure_us or finished_us
         step.error_kind = str(failure.kind)
         error = failure.message[:_SCAN_CHARS]
@@ -605,6 +609,9 @@ class Scheduler:
             return False
         step.status, step.finished_us = StepStatus.FAILED, finished_us
         b.step(step)
+        if A.held(step):  # its graph step decides what the failure means
+            b.touched_runs.add(run.id)
+            return False
         if A.unit_of(step) == "call" and failure.kind not in (ErrorKind.POLICY_DENIED, ErrorKind.BUDGET_EXCEEDED):
             b.touched_runs.add(run.id)
             return not _doomed(run, b)

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from fleetforge.core.agent import holds_worker
+from fleetforge.core.held_units import HeldUnits
 from fleetforge.core.scheduler import Claim, Outcome, Scheduler
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError
 from fleetforge.domain.jsontext import fits
-from fleetforge.domain.models import ErrorKind
+from fleetforge.domain.models import ErrorKind, StepType
 from fleetforge.domain.names import EventKind as K
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.executor import ExecutionContext, Executor, StepFailure
@@ -59,6 +61,7 @@ class Worker:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{worker_id}")
         self._inflight: dict[tuple[str, str], tuple[Claim, asyncio.Task[None]]] = {}
         self._done: list[Outcome] = []
+        self._units: dict[tuple[str, str], Claim] = {}  # held units of graph steps, running now
         self._wake = asyncio.Event()
         self.completed = 0
 
@@ -161,7 +164,7 @@ class Worker:
         self._emit(events)
 
     async def _heartbeat(self) -> None:
-        claims = [c for c, _ in self._inflight.values()]
+        claims = [c for c, _ in self._inflight.values()] + list(self._units.values())
         lost: list[Claim] = []
 
         def fn(tx: object, now: int) -> list[Envelope]:
@@ -178,9 +181,10 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         executor = self.executors[claim.step.type]
         deadline_s = claim.spec.execution.deadline_ms / 1000
+        units = HeldUnits(self, claim) if holds_worker(claim.spec) and claim.step.type == StepType.AGENT else None
         ctx = ExecutionContext(run_id=claim.run.id, step=claim.spec, attempt=claim.attempt, seed=claim.run.seed,
                                inputs=claim.inputs, deadline_s=deadline_s, workspace=claim.run.workspace,
-                               app=claim.run.app)
+                               app=claim.run.app, units=units)
         outcome = Outcome(claim, 0)
         try:
             if claim.invalid is not None:  # inputs that did not resolve: nothing to run

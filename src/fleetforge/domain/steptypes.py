@@ -8,6 +8,7 @@ beside it) plus one entry: a `StepTypeSpec` in `STEP_TYPES` (or in the registry 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from fleetforge.domain.models import StepType
 __all__ = [
     "AGENT_DEFAULT_MAX_TURNS",
     "AGENT_MAX_TURNS",
+    "GRAPH_ENTRYPOINT",
     "HTTP_METHODS",
     "STEP_TYPES",
     "TOOL_CHOICES",
@@ -97,7 +99,40 @@ AGENT_MAX_TURNS: Final = 100
 TOOL_CHOICES: Final = ("auto", "none", "required")
 
 
+GRAPH_ENTRYPOINT: Final = "entrypoint"
+"""The agent input that makes it a graph step: `module:callable` returning a LangGraph graph."""
+GRAPH_MAX_RECURSION: Final = 10_000
+_ENTRY: Final = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def _graph(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
+    """A graph agent: `entrypoint`, `initial_state`, optional `config`, `output` and `model`."""
+    entry = inputs[GRAPH_ENTRYPOINT]
+    if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
+        check.bad(f"{path}.{GRAPH_ENTRYPOINT}", entry, "'package.module:callable' returning a LangGraph graph")
+    if not isinstance(inputs.get("initial_state", {}), dict):
+        check.bad(f"{path}.initial_state", inputs["initial_state"], "a mapping (the graph's input state)")
+    config = inputs.get("config", {})
+    if not isinstance(config, dict) or set(config) - {"recursion_limit", "configurable"}:
+        check.bad(f"{path}.config", config, "a mapping with recursion_limit and/or configurable")
+    else:
+        limit = config.get("recursion_limit", 25)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= GRAPH_MAX_RECURSION:
+            check.bad(f"{path}.config.recursion_limit", limit, f"an integer from 1 to {GRAPH_MAX_RECURSION}")
+        if not isinstance(config.get("configurable", {}), dict):
+            check.bad(f"{path}.config.configurable", config["configurable"], "a mapping")
+    output = inputs.get("output", [])
+    keys = [output] if isinstance(output, str) else output
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        check.bad(f"{path}.output", output, "a state key or a list of state keys (default: the whole state)")
+    if "model" in inputs:
+        check.text(inputs, "model", path, "a model name (a non-empty string)")
+
+
 def _agent(check: InputCheck, inputs: dict[str, Any], path: str) -> None:
+    if GRAPH_ENTRYPOINT in inputs:
+        _graph(check, inputs, path)
+        return
     check.text(inputs, "model", path, "a model name (a non-empty string)")
     if "instructions" not in inputs and "messages" not in inputs:
         check.missing(f"{path}.instructions", "a string (and/or inputs.messages: a list of {role, content})")

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from fleetforge.domain.models import ErrorKind, StepSpec
 
-__all__ = ["ExecutionContext", "ExecutionResult", "Executor", "StepFailure", "Usage"]
+__all__ = ["AgentUnits", "ExecutionContext", "ExecutionResult", "Executor", "HeldUnit", "StepFailure", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class ExecutionContext:
     deadline_s: float
     workspace: str = "default"
     app: str = "default"
+    units: AgentUnits | None = None  # agent claims: records the turns and tool calls an in-process agent makes
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,4 +84,42 @@ class Executor(Protocol):
 
     def target(self, step: StepSpec) -> tuple[str, str]:
         """(tool, provider) the step calls, for events before it runs."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeldUnit:
+    """A turn or tool call an agent runs inside its own attempt, as the store sees it when it starts.
+
+    `output` set: the unit already succeeded (a node running again): use it, do not call anything.
+    `refusal` set: a guardrail denied this tool call: answer it to the model as a tool error.
+    Otherwise run it with `inputs` (after the pre-hook guardrails) and report through `AgentUnits.finish`."""
+
+    step_id: str
+    attempt: int
+    inputs: dict[str, Any]
+    output: dict[str, Any] | None = None
+    refusal: str = ""
+    handle: object = None
+
+
+class AgentUnits(Protocol):
+    """Durable units of an agent that holds its worker (a graph step): each turn and tool call is a child
+    step with its own reservation, guardrail decisions, ledger row and events. Raises StepFailure when the
+    agent step must end (a budget denial, a denied turn)."""
+
+    database: str
+    """The store's database (a SQLite path or a PostgreSQL DSN), for checkpoints kept beside the runs."""
+
+    async def turn(self, inputs: dict[str, Any], key: str) -> HeldUnit:
+        """Start an LLM turn (`inputs`: model, messages, tools); `key` recognises it when a node runs again."""
+        ...
+
+    async def call(self, call_id: str, tool: str, args: dict[str, Any]) -> HeldUnit:
+        """Start the tool call the model asked for with id `call_id`."""
+        ...
+
+    async def finish(self, unit: HeldUnit, result: ExecutionResult | None = None,
+                     failure: StepFailure | None = None) -> dict[str, Any]:
+        """Record how a started unit ended; returns its output after the post-hook guardrails."""
         ...

@@ -11,6 +11,7 @@ from typing import Final
 import httpx
 
 from fleetforge.adapters.executors.build import build_executors
+from fleetforge.adapters.executors.langgraph import graph_step_types
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.policies.registry import default_packs
@@ -122,4 +123,4 @@ def build_runtime(store: Store, client: httpx.AsyncClient, *, config: RuntimeCon
         llm_api_key=os.environ.get("FLEETFORGE_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
         sim_sleep=sim_sleep)
     return Runtime(store, executors=executors, packs=default_packs(), config=config or config_from_env(),
-                   observer=observer)
+                   observer=observer, step_types=graph_step_types())

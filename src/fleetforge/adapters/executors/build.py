@@ -8,6 +8,7 @@ from typing import Any, Final
 import httpx
 
 from fleetforge.adapters.executors.http_step import HttpExecutor
+from fleetforge.adapters.executors.langgraph import LangGraphExecutor
 from fleetforge.adapters.executors.openai_llm import OpenAICompatibleLLM
 from fleetforge.adapters.executors.sim_llm import SimulatedLLM
 from fleetforge.adapters.executors.tools import ToolExecutor, ToolRegistry
@@ -136,5 +137,6 @@ def build_executors(
         ),
         StepType.TOOL: ToolExecutor(tools),
         StepType.HTTP: HttpExecutor(client),
-        StepType.AGENT: AgentExecutor(),
+        StepType.AGENT: AgentExecutor(graph=LangGraphExecutor(prices, llm_base_url=llm_base_url,
+                                                             llm_api_key=llm_api_key, sim_sleep=sim_sleep)),
     }

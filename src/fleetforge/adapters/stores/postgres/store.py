@@ -311,6 +311,11 @@ class PostgresStore:
         self._connect_timeout_s = connect_timeout_s
         self._pool = _Pool(self._new_connection, pool_size, timeout_s=max(30.0, 3 * connect_timeout_s))
 
+    @property
+    def database(self) -> str:
+        """The DSN (for components that keep their own tables beside the runs, such as graph checkpoints)."""
+        return self._dsn
+
     def _new_connection(self) -> Conn:
         extra: dict[str, Any] = {}
         given = conninfo_to_dict(self._dsn)

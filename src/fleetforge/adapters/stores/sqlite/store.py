@@ -189,6 +189,12 @@ class SqliteStore:
             self._all.pop(thread).close()
 
     @property
+    def database(self) -> str:
+        """The file's path (for components that keep their own tables beside the runs, such as graph
+        checkpoints)."""
+        return str(self.path)
+
+    @property
     def open_connections(self) -> int:
         """Connections held now (one per live thread that used the store, closed when the thread ended
         and another opened one)."""
