@@ -267,7 +267,8 @@ class Scheduler:
             b.decisions.append(DecisionRow(str(uuid.uuid4()), run.id, step.step_id, attempt, pack.name,
                                            str(hook), str(verdict.effect), reason, now))
             b.events.append(step_event(K.POLICY_DECISION, run, step, attempt, now, pack=pack.name,
-                                       hook=str(hook), effect=str(verdict.effect), reason=reason, raw=raw))
+                                       hook=str(hook), effect=str(verdict.effect), reason=reason, raw=raw,
+                                       wait_ms=0.0))
             if verdict.effect is Effect.DENY:
                 return payload, f"{pack.name}: {reason}"
             if verdict.effect is Effect.MODIFY and verdict.payload is not None:

@@ -3,7 +3,8 @@
 Syntax: `${{ inputs.PATH }}` (or `${{ inputs }}`, the whole object) and `${{ steps.ID.output.PATH }}`
 (or `${{ steps.ID.output }}`); a compensation step may name the error of the step it compensates,
 `${{ steps.ID.error.message }}` (or `.kind`, or `${{ steps.ID.error }}`, both as an object).
-A PATH is a dotted list of names (`[A-Za-z_][A-Za-z0-9_-]*`) and `[N]` list indexes; a key that is not such a name is written `["key"]` (e.g. `steps["fetch.v2"]`).
+A PATH is a dotted list of names (`[A-Za-z_][A-Za-z0-9_-]*`) and `[N]` list indexes; a key that
+is not such a name is written `["key"]` (e.g. `steps["fetch.v2"]`).
 A string that is exactly one reference is replaced by the referenced value with its JSON type;
 references inside a longer string are rendered as text (strings as they are, anything else as
 compact JSON). There is no escape: a literal `${{` cannot appear in step inputs.
@@ -43,7 +44,7 @@ MAX_RUN_INPUTS_BYTES: Final = 256 * 1024
 MAX_RESOLVED_BYTES: Final = 1024 * 1024
 """A step's resolved inputs (and a run's outputs), as compact JSON, checked when they are resolved."""
 
-REF_SYNTAX: Final = "${{ inputs.NAME... }} or ${{ steps.ID.output... }} (or ${{ steps.ID.error... }})"
+REF_SYNTAX: Final = "${{ inputs.NAME... }} or ${{ steps.ID.output... }}"
 ERROR_FIELDS: Final = ("kind", "message")
 """What `${{ steps.ID.error }}` holds: the failure's error kind and its (redacted) message."""
 
@@ -122,7 +123,7 @@ def _parse(text: str, body: str) -> Ref:
         return Ref(text, "inputs", "", segs[1:])
     if root == "steps":
         if len(segs) < 3 or not isinstance(segs[1], str) or segs[2] not in ("output", "error"):
-            raise RefSyntaxError("steps.ID.output (or steps.ID.error) followed by an optional path")
+            raise RefSyntaxError("steps.ID.output followed by an optional path (or steps.ID.error in a compensation step)")
         return Ref(text, "steps", segs[1], segs[3:], str(segs[2]))
     raise RefSyntaxError(f"a reference rooted at 'inputs' or 'steps', got root {root!r}")
 
