@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from fleetforge import __version__
-from fleetforge.adapters.cli import demo, runs
+from fleetforge.adapters.cli import control, demo, runs
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.adapters.process import loop_stop_event, process_id
@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect, cancel, approve, pause and resume runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
@@ -219,7 +219,8 @@ def runs_get(
                       "cost_reserved": a.cost_reserved_micros / 1e6, "cost_used": a.cost_used_micros / 1e6,
                       "tool": a.tool, "provider": a.provider, "model": a.model} for a in attempts],
         "policy_decisions": [{"step_id": d.step_id, "attempt": d.attempt, "pack": d.pack, "hook": d.hook,
-                              "effect": d.effect, "reason": d.reason} for d in decisions],
+                              "effect": d.effect, "reason": d.reason, "wait_ms": d.wait_us / 1000}
+                             for d in decisions],
     }
     if as_json:
         print_json(doc)
@@ -262,6 +263,7 @@ def runs_cancel(
 
 demo.register(app)
 runs.register(runs_app)
+control.register(runs_app)
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"fleetforge.adapters.cli.{_area}")
