@@ -123,7 +123,8 @@ def _parse(text: str, body: str) -> Ref:
         return Ref(text, "inputs", "", segs[1:])
     if root == "steps":
         if len(segs) < 3 or not isinstance(segs[1], str) or segs[2] not in ("output", "error"):
-            raise RefSyntaxError("steps.ID.output followed by an optional path (or steps.ID.error in a compensation step)")
+            raise RefSyntaxError("steps.ID.output followed by an optional path "
+                                 "(or steps.ID.error in a compensation step)")
         return Ref(text, "steps", segs[1], segs[3:], str(segs[2]))
     raise RefSyntaxError(f"a reference rooted at 'inputs' or 'steps', got root {root!r}")
 

@@ -1,0 +1,158 @@
+"""Operators in control on every store (SQLite file, PostgreSQL schema), through the Python client with an
+in-process worker: approvals granted, denied and timed out; a breakpoint resumed with patched inputs;
+compensation queued on failure and not otherwise. Every operator event is held against the catalog."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fleetforge import Client
+from fleetforge.domain.envelope import Envelope
+from fleetforge.domain.errors import ConflictError, SpecError
+from fleetforge.domain.names import CATALOG, HUMAN_APPROVAL_PACK, EventKind
+from fleetforge.ports.clock import SystemClock
+from tests.conftest import MakeStore
+
+
+@pytest.fixture
+def client(make_store: MakeStore) -> Iterator[Client]:
+    c = Client(store=make_store(clock=SystemClock()))
+    yield c
+    c.close()
+
+
+def _tool(sid: str, *deps: str, tool: str = "noop", args: dict[str, Any] | None = None,
+          **extra: Any) -> dict[str, Any]:
+    return {"id": sid, "type": "tool", "depends_on": list(deps), "inputs": {"tool": tool, "args": args or {}},
+            **extra}
+
+
+def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _events(client: Client, run_id: str) -> list[Envelope]:
+    return [Envelope.from_json(r.envelope) for r in client.store.iter_outbox() if r.run_id == run_id]
+
+
+def _status(client: Client, run_id: str, step: str) -> str:
+    return {s.step_id: str(s.status) for s in client.store.get_steps(run_id)}[step]
+
+
+def _check_catalog(events: list[Envelope]) -> None:
+    for e in events:
+        assert set(e.payload) == {f.name for f in CATALOG[e.kind].fields}, e.kind
+
+
+def test_approved_denied_and_answered_steps(client: Client) -> None:
+    spec = {"steps": [_tool("a"), _tool("pay", "a", approval={"timeout_ms": 600_000}), _tool("after", "pay")]}
+    ok, no = client.submit(spec), client.submit(spec)
+    with client.worker():
+        _until(lambda: _status(client, ok.run_id, "pay") == "waiting_approval"
+               and _status(client, no.run_id, "pay") == "waiting_approval")
+        time.sleep(0.2)  # nothing moves while waiting
+        assert ok.status() == "running" and _status(client, ok.run_id, "after") == "pending"
+        with pytest.raises(ConflictError, match="not waiting for approval"):
+            ok.approve("a")
+        with pytest.raises(SpecError, match="non-empty reason"):
+            no.deny("pay", "  ")
+        ok.approve("pay", reason="looks right", actor="alice")
+        no.deny("pay", "amount too high", actor="bob")
+        assert ok.wait(20).status == "succeeded"
+        done = no.wait(20)
+    assert done.status == "failed" and done.error == "policy_denied"
+    assert done.steps["pay"].status == "denied" and done.steps["after"].status == "skipped"
+    for handle, effect, actor in ((ok, "allow", "alice"), (no, "deny", "bob")):
+        [decision] = client.store.get_decisions(handle.run_id)
+        assert (decision.pack, decision.effect) == (HUMAN_APPROVAL_PACK, effect)
+        events = _events(client, handle.run_id)
+        _check_catalog(events)
+        requested = next(e for e in events if e.kind is EventKind.APPROVAL_REQUESTED)
+        answered = next(e for e in events if e.kind in (EventKind.APPROVAL_GRANTED, EventKind.APPROVAL_DENIED))
+        assert answered.payload["actor"] == actor
+        assert decision.wait_us == answered.occurred_us - requested.occurred_us >= 200_000
+        assert answered.payload["wait_ms"] == decision.wait_us / 1000
+    denied = next(e for e in _events(client, no.run_id) if e.kind is EventKind.STEP_DENIED)
+    assert denied.payload["reason"] == "human_approval: amount too high"
+
+
+def test_a_wait_past_its_timeout_fails_with_approval_timeout(client: Client) -> None:
+    handle = client.submit({"steps": [_tool("pay", approval={"timeout_ms": 1}), _tool("after", "pay")]})
+    with client.worker():
+        assert handle.wait(30).status == "failed"  # the worker's reaper noticed the deadline, nobody answered
+    result = handle.result()
+    assert result.error == "approval_timeout" and result.steps["pay"].error_kind == "approval_timeout"
+    [decision] = client.store.get_decisions(handle.run_id)
+    assert decision.effect == "deny" and "approval.timeout_ms=1" in decision.reason
+    kinds = [e.kind for e in _events(client, handle.run_id)]
+    assert kinds.index(EventKind.APPROVAL_REQUESTED) < kinds.index(EventKind.APPROVAL_DENIED)
+
+
+def test_a_breakpoint_resumed_with_patched_inputs_runs_them(client: Client) -> None:
+    spec = {"breakpoints": ["calc"], "steps": [
+        _tool("a"), _tool("calc", "a", tool="calculator", args={"expression": "1+1"}), _tool("z", "calc")]}
+    handle = client.submit(spec)
+    with client.worker():
+        _until(lambda: handle.status() == "paused")
+        time.sleep(0.2)
+        assert _status(client, handle.run_id, "calc") == "paused"
+        with pytest.raises(SpecError, match=r"patch\.calc\.tool"):  # validated as at submit; nothing changes
+            handle.resume(patch={"calc": {"tool": "", "args": {}}}, actor="carol")
+        with pytest.raises(SpecError, match=r"patch\.a: got step 'a' with status ended"):
+            handle.resume(patch={"a": {"tool": "noop", "args": {}}}, actor="carol")
+        assert handle.status() == "paused"
+        assert handle.resume(patch={"calc": {"tool": "calculator", "args": {"expression": "6*7"}}},
+                             actor="carol") == ["calc"]
+        result = handle.wait(20)
+    assert result.status == "succeeded"
+    assert result.steps["calc"].output == {"expression": "6*7", "result": 42}
+    events = _events(client, handle.run_id)
+    _check_catalog(events)
+    patched = [e for e in events if e.kind is EventKind.STEP_PATCHED]
+    assert [(e.step_id, e.payload["actor"], e.payload["changed"]) for e in patched] == [("calc", "carol", ["args"])]
+    paused = next(e for e in events if e.kind is EventKind.RUN_PAUSED)
+    assert paused.payload["breakpoint"] == "calc"
+
+
+def test_pause_stops_new_steps_until_resume(client: Client) -> None:
+    handle = client.submit({"steps": [_tool("a"), _tool("b", "a")]})
+    assert handle.pause(actor="dan") and not handle.pause(actor="dan")
+    with client.worker():
+        time.sleep(0.5)
+        assert handle.status() == "paused" and _status(client, handle.run_id, "a") == "paused"
+        assert handle.resume(actor="dan") == []
+        assert handle.wait(20).status == "succeeded"
+    with pytest.raises(ConflictError, match="not paused"):
+        handle.resume()
+
+
+def test_compensation_is_queued_on_failure_only(client: Client) -> None:
+    def spec(expression: str) -> dict[str, Any]:
+        return {"steps": [
+            _tool("charge", tool="calculator", args={"expression": expression}, execution={
+                "max_attempts": 1, "compensation": {"step": "refund"}}),
+            _tool("ship", "charge"),
+            _tool("refund", "charge", tool="calculator", args={"expression": "${{ steps.charge.error.kind }}"}),
+        ]}
+
+    bad, good = client.submit(spec("1/")), client.submit(spec("2+2"))
+    with client.worker():
+        failed, succeeded = bad.wait(20), good.wait(20)
+    assert failed.status == "failed" and failed.steps["charge"].status == "failed"
+    assert failed.steps["ship"].status == "skipped"
+    assert failed.steps["refund"].status in ("succeeded", "failed")  # it ran, with the error resolved
+    started = next(e for e in _events(client, bad.run_id)
+                   if e.kind is EventKind.STEP_STARTED and e.step_id == "refund")
+    assert started.payload["inputs"]["args"]["expression"] == failed.steps["charge"].error_kind
+    queued = next(e for e in _events(client, bad.run_id) if e.kind is EventKind.COMPENSATION_QUEUED)
+    assert queued.payload["compensates"] == "charge"
+    assert succeeded.status == "succeeded" and succeeded.steps["refund"].status == "skipped"
+    assert not any(e.kind is EventKind.COMPENSATION_QUEUED for e in _events(client, good.run_id))
+    _check_catalog(_events(client, bad.run_id))
