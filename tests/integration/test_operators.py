@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fleetforge import Client
+from fleetforge.core.exporting import SpanKind, TraceAssembler
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConflictError, SpecError
 from fleetforge.domain.names import CATALOG, HUMAN_APPROVAL_PACK, EventKind
@@ -81,6 +82,13 @@ def test_approved_denied_and_answered_steps(client: Client) -> None:
         assert answered.payload["wait_ms"] == decision.wait_us / 1000
     denied = next(e for e in _events(client, no.run_id) if e.kind is EventKind.STEP_DENIED)
     assert denied.payload["reason"] == "human_approval: amount too high"
+    for handle in (ok, no):  # in traces: a guardrail span of the step's attempt that spans the wait
+        asm = TraceAssembler()
+        spans = [sp for e in _events(client, handle.run_id) for sp in asm.feed(e)]
+        [span] = [sp for sp in spans if sp.kind is SpanKind.GUARDRAIL and sp.name == HUMAN_APPROVAL_PACK]
+        [decision] = client.store.get_decisions(handle.run_id)
+        assert (span.step_id, span.attempt) == ("pay", 1)
+        assert span.end_us - span.start_us == decision.wait_us
 
 
 def test_a_wait_past_its_timeout_fails_with_approval_timeout(client: Client) -> None:

@@ -142,7 +142,7 @@ def answer(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, now: int
     if kinds:
         reason = redact_pii(reason, kinds)[0]
     effect = Effect.ALLOW if allow else Effect.DENY
-    attempt = step.attempt if allow else step.attempt + 1
+    attempt = step.attempt + 1  # the attempt the answer lets run (or denies): its span holds the decision
     why = reason or (f"approved by {actor}" if allow else f"denied by {actor}")
     b.decisions.append(DecisionRow(str(uuid.uuid4()), run.id, step.step_id, attempt, HUMAN_APPROVAL_PACK,
                                    str(Hook.PRE), str(effect), why, now, wait_us))
@@ -152,7 +152,7 @@ def answer(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, now: int
     if allow:
         _set(step, approval={**(state.get("approval") or {}), "state": "granted"})
         s._queue(b, run, step, now, not_before=now)
-        b.events.append(step_event(K.APPROVAL_GRANTED, run, step, step.attempt, now, actor=actor, reason=reason,
+        b.events.append(step_event(K.APPROVAL_GRANTED, run, step, attempt, now, actor=actor, reason=reason,
                                    wait_ms=wait_us / 1000))
         b.events.append(step_event(K.STEP_QUEUED, run, step, step.attempt, now,
                                    queue_target_ms=step.queue_target_ms, priority_boost=step.priority_boost))
