@@ -164,3 +164,30 @@ def test_compensation_is_queued_on_failure_only(client: Client) -> None:
     assert succeeded.status == "succeeded" and succeeded.steps["refund"].status == "skipped"
     assert not any(e.kind is EventKind.COMPENSATION_QUEUED for e in _events(client, good.run_id))
     _check_catalog(_events(client, bad.run_id))
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_an_agents_tool_call_waits_and_a_denial_is_answered_to_the_model(client: Client, allow: bool) -> None:
+    handle = client.submit({"steps": [{"id": "bot", "type": "agent", "approval": {"tools": ["calculator"]},
+                                       "inputs": {"model": "sim-small", "instructions": "Compute.",
+                                                  "tools": ["calculator", "noop"], "max_turns": 4,
+                                                  "sim_tool_turns": 1,
+                                                  "messages": [{"role": "user", "content": "6*7?"}]}}]})
+    with client.worker():
+        _until(lambda: "waiting_approval" in {s.status for s in handle.result().steps.values()})
+        [call] = [sid for sid, s in handle.result().steps.items() if s.status == "waiting_approval"]
+        assert call.startswith("bot.t1.c") and handle.result().steps["bot"].status == "pending"
+        if allow:
+            handle.approve(call, actor="eve")
+        else:
+            handle.deny(call, "not today", actor="eve")
+        result = handle.wait(20)
+    assert result.status == "succeeded"  # the loop goes on either way
+    [logged] = result.steps["bot"].output["tool_calls"]  # type: ignore[index]
+    assert (logged["step"], logged["ok"]) == (call, allow)
+    if not allow:
+        assert result.steps[call].output == {"error": "denied by human_approval: not today"}
+        tool_message = next(m for m in result.steps["bot"].output["messages"]  # type: ignore[index]
+                            if m["role"] == "tool")
+        assert "denied by human_approval: not today" in tool_message["content"]
+    _check_catalog(_events(client, handle.run_id))
