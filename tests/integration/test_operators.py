@@ -12,6 +12,7 @@ import pytest
 
 from fleetforge import Client
 from fleetforge.core.exporting import SpanKind, TraceAssembler
+from fleetforge.core.summary import summary_from_events, summary_from_store
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConflictError, SpecError
 from fleetforge.domain.names import CATALOG, HUMAN_APPROVAL_PACK, EventKind
@@ -50,6 +51,14 @@ def _status(client: Client, run_id: str, step: str) -> str:
 def _check_catalog(events: list[Envelope]) -> None:
     for e in events:
         assert set(e.payload) == {f.name for f in CATALOG[e.kind].fields}, e.kind
+
+
+@pytest.fixture(autouse=True)
+def _ground_truth(client: Client) -> Iterator[None]:
+    """After each test: the summary from the state tables equals the one from the outbox alone."""
+    yield
+    assert summary_from_store(client.store) == summary_from_events(
+        Envelope.from_json(r.envelope) for r in client.store.iter_outbox())
 
 
 def test_approved_denied_and_answered_steps(client: Client) -> None:
