@@ -19,6 +19,8 @@ from fleetforge.domain.names import CATALOG, HUMAN_APPROVAL_PACK, EventKind
 from fleetforge.ports.clock import SystemClock
 from tests.conftest import MakeStore
 
+_TERMINAL = (EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED, EventKind.RUN_CANCELED)
+
 
 @pytest.fixture
 def client(make_store: MakeStore) -> Iterator[Client]:
@@ -41,7 +43,15 @@ def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def _events(client: Client, run_id: str) -> list[Envelope]:
-    return [Envelope.from_json(r.envelope) for r in client.store.iter_outbox() if r.run_id == run_id]
+    """The run's events; once it ended, up to its terminal event (PostgreSQL shows a row only when every
+    transaction older than it has ended, on the whole server)."""
+    ended = client.run(run_id).result().done
+    deadline = time.monotonic() + 20
+    while True:
+        events = [Envelope.from_json(r.envelope) for r in client.store.iter_outbox() if r.run_id == run_id]
+        if not ended or any(e.kind in _TERMINAL for e in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
 
 
 def _status(client: Client, run_id: str, step: str) -> str:
@@ -57,8 +67,14 @@ def _check_catalog(events: list[Envelope]) -> None:
 def _ground_truth(client: Client) -> Iterator[None]:
     """After each test: the summary from the state tables equals the one from the outbox alone."""
     yield
-    assert summary_from_store(client.store) == summary_from_events(
-        Envelope.from_json(r.envelope) for r in client.store.iter_outbox())
+    deadline = time.monotonic() + 20
+    while True:
+        want = summary_from_store(client.store)
+        got = summary_from_events(Envelope.from_json(r.envelope) for r in client.store.iter_outbox())
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # rows of the last commits may not be visible yet (see _events)
+    assert got == want
 
 
 def test_approved_denied_and_answered_steps(client: Client) -> None:

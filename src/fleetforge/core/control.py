@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from fleetforge.core import agent as A
+from fleetforge.core import budgets as B
 from fleetforge.core import gates
 from fleetforge.core.events import run_event, step_event
 from fleetforge.core.policies.pii import redact_json
@@ -55,6 +56,9 @@ def _reason(reason: str | None, required: bool) -> str:
 
 
 def _run(rt: Runtime, tx: Tx, run_id: str) -> RunRow:
+    """The run, read after locking its budget row: a claim of one of its steps holds that row while it may
+    start the run, so this write and a claim's never cross (steps are locked before, as claims do)."""
+    tx.lock_budgets([B.run_scope(run_id)])
     run = tx.get_runs([run_id]).get(run_id)
     if run is None:
         raise NotFoundError(f"no run {run_id!r}; list runs with `fleetforge runs list`")
@@ -64,18 +68,22 @@ def _run(rt: Runtime, tx: Tx, run_id: str) -> RunRow:
 def _answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str, actor: str) -> None:
     s = rt.scheduler
     with rt.store.transaction() as tx:
+        open_rows = tx.lock_open_steps([run_id])
         run = _run(rt, tx, run_id)
-        found = tx.lock_steps([(run_id, step_id)])
-        if not found:
-            raise NotFoundError(f"run {run_id} has no step {step_id!r}; its steps: `fleetforge runs get {run_id}`")
-        step = found[0]
-        if step.status is not StepStatus.WAITING_APPROVAL:
-            raise ConflictError(f"step {step_id!r} of run {run_id} is {step.status}, not waiting for approval; "
+        step = next((r for r in open_rows if r.step_id == step_id), None)
+        if step is None or step.status is not StepStatus.WAITING_APPROVAL:
+            found = step or next((r for r in tx.get_steps(run_id) if r.step_id == step_id), None)
+            if found is None:
+                raise NotFoundError(f"run {run_id} has no step {step_id!r}; its steps: "
+                                    f"`fleetforge runs get {run_id}`")
+            raise ConflictError(f"step {step_id!r} of run {run_id} is {found.status}, not waiting for approval; "
                                 "only a step with status waiting_approval can be approved or denied")
         b = _Batch()
         b.add_runs({run.id: run})
-        gates.answer(s, tx, b, run, step, rt.clock.now_us(), allow=allow, actor=actor, reason=reason)
-        s._finish_failed_runs(tx, b, rt.clock.now_us())
+        now = rt.clock.now_us()
+        gates.answer(s, tx, b, run, step, now, allow=allow, actor=actor, reason=reason)
+        unit = A.parent_of(step) is not None  # its agent may have grown new units: read the open steps again
+        s._finish_failed_runs(tx, b, now, None if unit else open_rows)
         b.flush(tx)
     rt._emit(b.events)
 
@@ -116,12 +124,12 @@ def resume(rt: Runtime, run_id: str, *, patches: Mapping[str, Any] | None = None
     who = _actor(actor)
     s = rt.scheduler
     with rt.store.transaction() as tx:
+        rows = {r.step_id: r for r in tx.lock_open_steps([run_id])}
         run = _run(rt, tx, run_id)
         if run.status is not RunStatus.PAUSED:
             raise ConflictError(f"run {run_id} is {run.status}, not paused; pause it first "
                                 f"(`fleetforge runs pause {run_id}`)")
         now = rt.clock.now_us()
-        rows = {r.step_id: r for r in tx.lock_open_steps([run_id])}
         changed = _check_patches(rt, run, rows, patches or {})
         b = _Batch()
         b.add_runs({run.id: run})
