@@ -216,3 +216,35 @@ def test_an_agents_tool_call_waits_and_a_denial_is_answered_to_the_model(client:
                             if m["role"] == "tool")
         assert "denied by human_approval: not today" in tool_message["content"]
     _check_catalog(_events(client, handle.run_id))
+
+
+def test_an_agent_step_itself_waits_and_a_timed_out_call_is_answered_to_the_model(client: Client) -> None:
+    inputs = {"model": "sim-small", "instructions": "Compute.", "tools": ["calculator"], "max_turns": 4,
+              "sim_tool_turns": 1, "messages": [{"role": "user", "content": "6*7?"}]}
+    whole = client.submit({"steps": [{"id": "bot", "type": "agent", "approval": {}, "inputs": inputs}]})
+    calls = client.submit({"steps": [{"id": "bot", "type": "agent", "inputs": inputs,
+                                      "approval": {"tools": ["calculator"], "timeout_ms": 1}}]})
+    with client.worker():
+        _until(lambda: whole.result().steps["bot"].status == "waiting_approval")
+        assert set(whole.result().steps) == {"bot"}  # no turn before the approval
+        whole.approve("bot", actor="fay")
+        assert whole.wait(20).status == "succeeded"
+        timed_out = calls.wait(30)
+    assert timed_out.status == "succeeded"
+    [call] = [s for sid, s in timed_out.steps.items() if ".c" in sid]
+    assert (call.status, call.error_kind) == ("denied", "approval_timeout")
+    assert call.output == {"error": "denied by human_approval: no answer within approval.timeout_ms=1"}
+
+
+def test_a_denied_step_with_a_compensation_queues_it(client: Client) -> None:
+    handle = client.submit({"steps": [
+        _tool("charge", approval={}, execution={"compensation": {"step": "undo"}}),
+        _tool("undo", "charge", tool="calculator", args={"expression": "1+1"})]})
+    with client.worker():
+        _until(lambda: _status(client, handle.run_id, "charge") == "waiting_approval")
+        handle.deny("charge", "wrong customer", actor="gus")
+        result = handle.wait(20)
+    assert (result.status, result.error) == ("failed", "policy_denied")
+    assert result.steps["undo"].status == "succeeded"
+    queued = next(e for e in _events(client, handle.run_id) if e.kind is EventKind.COMPENSATION_QUEUED)
+    assert (queued.step_id, queued.payload["error_kind"]) == ("undo", "policy_denied")
