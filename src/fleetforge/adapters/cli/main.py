@@ -20,6 +20,7 @@ from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_regis
 from fleetforge.adapters.process import loop_stop_event, process_id
 from fleetforge.core.worker import Worker
 from fleetforge.domain.errors import NotFoundError, SpecError
+from fleetforge.domain.models import RunStatus
 from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
 
 __all__ = ["app", "main"]
@@ -176,7 +177,7 @@ def runs_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """The most recent runs, newest first. Every id prints whole on one line at any terminal width."""
-    allowed = {"queued", "running", "succeeded", "failed", "canceled"}
+    allowed = {str(s) for s in RunStatus}
     if status is not None and status not in allowed:
         die(f"--status: got {status!r}, expected one of {', '.join(sorted(allowed))}", 2)
     with guard():
