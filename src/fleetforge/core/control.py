@@ -136,13 +136,13 @@ def resume(rt: Runtime, run_id: str, *, patches: Mapping[str, Any] | None = None
         for sid, (inputs, keys) in changed.items():
             step = rows[sid]
             step.spec = {**step.spec, "inputs": inputs}
-            gates._set(step, patched=True)
+            gates.set_control(step, patched=True)
             b.step(step)
             b.events.append(step_event(K.STEP_PATCHED, run, step, step.attempt, now, actor=who, changed=keys))
         for step in rows.values():
             if step.status is StepStatus.PAUSED:
                 if gates.control(step).get("at_breakpoint"):
-                    gates._set(step, passed=True, at_breakpoint=False)
+                    gates.set_control(step, passed=True, at_breakpoint=False)
                 s._queue(b, run, step, now, not_before=now)
                 b.events.append(step_event(K.STEP_QUEUED, run, step, step.attempt, now,
                                            queue_target_ms=step.queue_target_ms, priority_boost=step.priority_boost))

@@ -38,6 +38,7 @@ __all__ = [
     "mark_dormant",
     "on_failed",
     "patched",
+    "set_control",
     "start_compensations",
 ]
 
@@ -52,7 +53,8 @@ def control(step: StepRow) -> dict[str, Any]:
     return dict(found) if isinstance(found, dict) else {}
 
 
-def _set(step: StepRow, **changes: Any) -> None:
+def set_control(step: StepRow, **changes: Any) -> None:
+    """Merge `changes` into the step's operator state."""
     step.spec = {**step.spec, CONTROL: {**control(step), **changes}}
 
 
@@ -103,7 +105,7 @@ def gate(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, now: int) -> bool:
     if step.step_id in s.run_spec(run).breakpoints and not state.get("passed") and A.parent_of(step) is None:
         run.status = RunStatus.PAUSED
         b.events.append(run_event(K.RUN_PAUSED, run, now, actor="", breakpoint=step.step_id))
-        _set(step, at_breakpoint=True)
+        set_control(step, at_breakpoint=True)
         _hold(b, step)
         return True
     need = approval_of(s, run, step)
@@ -112,7 +114,7 @@ def gate(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, now: int) -> bool:
     step.status = StepStatus.WAITING_APPROVAL
     step.not_before_us = now + need.timeout_ms * 1000 if need.timeout_ms else 0  # the deadline, 0: none
     step.lease_owner, step.lease_expires_us = "", 0
-    _set(step, approval={"state": "requested", "requested_us": now, "timeout_ms": need.timeout_ms or 0})
+    set_control(step, approval={"state": "requested", "requested_us": now, "timeout_ms": need.timeout_ms or 0})
     b.step(step)
     b.events.append(step_event(K.APPROVAL_REQUESTED, run, step, step.attempt, now,
                                timeout_ms=need.timeout_ms or 0,
@@ -150,7 +152,7 @@ def answer(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, now: int
                                hook=str(Hook.PRE), effect=str(effect), reason=why, raw={"actor": actor},
                                wait_ms=wait_us / 1000))
     if allow:
-        _set(step, approval={**(state.get("approval") or {}), "state": "granted"})
+        set_control(step, approval={**(state.get("approval") or {}), "state": "granted"})
         s._queue(b, run, step, now, not_before=now)
         b.events.append(step_event(K.APPROVAL_GRANTED, run, step, attempt, now, actor=actor, reason=reason,
                                    wait_ms=wait_us / 1000))
@@ -195,7 +197,7 @@ def mark_dormant(spec: RunSpec, steps: Sequence[StepRow]) -> None:
     for row in steps:
         if row.step_id in targets:
             row.status, row.deps_remaining = StepStatus.PENDING, row.deps_remaining + 1
-            _set(row, dormant=True)
+            set_control(row, dormant=True)
 
 
 def on_failed(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, kind: str, message: str) -> None:
