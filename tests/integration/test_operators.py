@@ -248,3 +248,15 @@ def test_a_denied_step_with_a_compensation_queues_it(client: Client) -> None:
     assert result.steps["undo"].status == "succeeded"
     queued = next(e for e in _events(client, handle.run_id) if e.kind is EventKind.COMPENSATION_QUEUED)
     assert (queued.step_id, queued.payload["error_kind"]) == ("undo", "policy_denied")
+
+
+def test_a_reason_in_a_redacting_run_is_never_stored_in_clear(client: Client) -> None:
+    handle = client.submit({"packs": ["pii_redaction"], "steps": [_tool("pay", approval={})]})
+    with client.worker():
+        _until(lambda: _status(client, handle.run_id, "pay") == "waiting_approval")
+        handle.deny("pay", "customer ann@example.com asked to stop", actor="hal")
+        assert handle.wait(20).status == "failed"
+    stored = [r.envelope for r in client.store.iter_outbox()] + [d.reason for d in client.store.get_decisions(
+        handle.run_id)] + [str(s.output) for s in client.store.get_steps(handle.run_id)]
+    assert not any("ann@example.com" in text for text in stored)
+    assert any("[REDACTED:email]" in text for text in stored)
