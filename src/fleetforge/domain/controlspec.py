@@ -113,7 +113,7 @@ def check_compensations(check: Checker, steps: tuple[StepSpec, ...],
     failing step or its ancestors (all ended when it is queued), and no step depends on it (it runs only
     when queued by a failure)."""
     index = {s.id: i for i, s in enumerate(steps)}
-    targets: dict[str, str] = {}
+    targets: set[str] = set()
     for i, s in enumerate(steps):
         comp = s.execution.compensation
         if comp is None:
@@ -133,7 +133,7 @@ def check_compensations(check: Checker, steps: tuple[StepSpec, ...],
                 check.bad(path, comp, f"a step whose depends_on are only {s.id!r} or its ancestors (the "
                                       f"compensation step {comp!r} depends on {', '.join(extra)})")
             else:
-                targets[comp] = s.id
+                targets.add(comp)
     for i, s in enumerate(steps):
         waits = [d for d in s.depends_on if d in targets]
         if waits:
