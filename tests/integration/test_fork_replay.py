@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fleetforge.core.pricing import Price, PriceTable
 from fleetforge.core.replay_report import Tolerance
 from fleetforge.core.runtime import Runtime
 from fleetforge.core.summary import summary_from_events, summary_from_store
+from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.ports.clock import SystemClock
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, Executor
@@ -178,6 +180,12 @@ def test_fork_with_a_patch_runs_the_patched_step_and_what_follows(rig: Rig) -> N
 
 
 def counts(store: Store) -> tuple[int, int]:
+    """Runs and outbox rows, once every committed event is readable (on PostgreSQL, rows of recent
+    commits become readable when older transactions on the server end)."""
+    deadline = time.monotonic() + 20
+    while (summary_from_events(Envelope.from_json(r.envelope) for r in store.iter_outbox())
+           != summary_from_store(store)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return len(store.list_runs(limit=10_000)), sum(1 for _ in store.iter_outbox())
 
 

@@ -296,7 +296,7 @@ def test_attempts_and_decisions(store: Store) -> None:
     submit(store, run_row("r1"), [step_row("r1", "a"), step_row("r1", "b", type=StepType.TOOL)])
     first = AttemptRow("r1", "a", 1, "running", "w1", T0 + 10, tokens_reserved=100, cost_reserved_micros=5_000)
     second = AttemptRow("r1", "b", 1, "running", "w2", T0 + 5)
-    decision = DecisionRow("d1", "r1", "a", 1, "pii", "pre", "modify", "redacted 1 email", T0 + 11)
+    decision = DecisionRow("d1", "r1", "a", 1, "human_approval", "pre", "allow", "ok", T0 + 11, wait_us=1_234_567)
     with store.transaction() as tx:
         tx.insert_attempts([first, second])
         tx.insert_decisions([decision, DecisionRow("d0", "r1", "a", 1, "acl", "pre", "allow", "", T0 + 11)])

@@ -169,19 +169,19 @@ BAD_SPECS = [
     ),
     pytest.param(
         _run(worksapce="x"),
-        "worksapce: unknown key, expected one of app, budget, input_schema, inputs, labels, outputs, packs, seed, "
-        "steps, workspace",
+        "worksapce: unknown key, expected one of app, breakpoints, budget, input_schema, inputs, labels, outputs, "
+        "packs, seed, steps, workspace",
         id="unknown-top-key",
     ),
     pytest.param(
         _run(_step(dependson=["x"])),
-        "steps[0].dependson: unknown key, expected one of depends_on, execution, id",
+        "steps[0].dependson: unknown key, expected one of approval, depends_on, execution, id",
         id="unknown-step-key",
     ),
     pytest.param(
         _run(_step(execution={"max_attempt": 2})),
-        "steps[0].execution.max_attempt: unknown key, expected one of cost_hint, deadline_ms, max_attempts, "
-        "retry_backoff_factor, retry_backoff_ms (did you mean 'max_attempts'?)",
+        "steps[0].execution.max_attempt: unknown key, expected one of compensation, cost_hint, deadline_ms, "
+        "max_attempts, retry_backoff_factor, retry_backoff_ms (did you mean 'max_attempts'?)",
         id="unknown-key-typo-hint",
     ),
     pytest.param(

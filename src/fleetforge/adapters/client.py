@@ -22,6 +22,7 @@ from fleetforge.adapters.cli.wiring import build_runtime, store_for
 from fleetforge.adapters.executors.pytools import register_tools
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.process import process_id
+from fleetforge.core import control
 from fleetforge.core.pricing import PriceTable
 from fleetforge.core.replay_report import ReplayReport, Tolerance
 from fleetforge.core.runtime import Runtime
@@ -161,6 +162,22 @@ class RunHandle:
         """Cancel the run; False when it had already ended."""
         return self.client._with_runtime(lambda rt: rt.cancel(self.run_id))
 
+    def approve(self, step: str, reason: str | None = None, actor: str | None = None) -> None:
+        """Approve `step` (or an agent's tool call) waiting for approval (actor: the OS user by default)."""
+        self.client.approve(self.run_id, step, reason, actor)
+
+    def deny(self, step: str, reason: str, actor: str | None = None) -> None:
+        """Deny `step` waiting for approval, with a reason."""
+        self.client.deny(self.run_id, step, reason, actor)
+
+    def pause(self, actor: str | None = None) -> bool:
+        """Pause the run: no new step starts; False when it was already paused."""
+        return self.client.pause(self.run_id, actor)
+
+    def resume(self, patch: Mapping[str, Any] | None = None, actor: str | None = None) -> list[str]:
+        """Resume the paused run; `patch` maps step ids (not started) to new inputs. The patched ids."""
+        return self.client.resume(self.run_id, patch, actor)
+
 
 class Client:
     """FleetForge from Python, on the store the CLI uses: `store_url` (else FLEETFORGE_STORE_URL), else the
@@ -216,6 +233,22 @@ class Client:
         """
         data = _spec_data(spec)
         return RunHandle(self, self._with_runtime(lambda rt: rt.submit(data, idempotency_key=idempotency_key)))
+
+    def approve(self, run_id: str, step: str, reason: str | None = None, actor: str | None = None) -> None:
+        """Approve a step of a run waiting for approval (see `RunHandle.approve`)."""
+        self._with_runtime(lambda rt: control.approve(rt, run_id, step, reason=reason, actor=actor))
+
+    def deny(self, run_id: str, step: str, reason: str, actor: str | None = None) -> None:
+        """Deny a step of a run waiting for approval (see `RunHandle.deny`)."""
+        self._with_runtime(lambda rt: control.deny(rt, run_id, step, reason, actor=actor))
+
+    def pause(self, run_id: str, actor: str | None = None) -> bool:
+        """Pause a run (see `RunHandle.pause`)."""
+        return self._with_runtime(lambda rt: control.pause(rt, run_id, actor=actor))
+
+    def resume(self, run_id: str, patch: Mapping[str, Any] | None = None, actor: str | None = None) -> list[str]:
+        """Resume a paused run (see `RunHandle.resume`)."""
+        return self._with_runtime(lambda rt: control.resume(rt, run_id, patches=patch, actor=actor))
 
     def run(self, run_id: str) -> RunHandle:
         """A handle on an existing run; NotFoundError when there is none."""

@@ -22,21 +22,28 @@ has_refs = flow.has_refs
 Outputs = Mapping[str, dict[str, Any] | None]
 
 
-def _value(ref: flow.Ref, spec: RunSpec, outputs: Outputs) -> Any:
-    """What `ref` names: a run input, or part of a step's stored output."""
+def _value(ref: flow.Ref, spec: RunSpec, outputs: Outputs, errors: Outputs | None = None) -> Any:
+    """What `ref` names: a run input, part of a step's stored output, or the error of the step compensated."""
     if ref.root == "inputs":
         return flow.lookup(spec.inputs, ref.path, "inputs")
+    if ref.part == "error":
+        error = (errors or {}).get(ref.step)
+        if error is None:
+            raise flow.ResolveError(f"{ref.text}: step {ref.step!r} did not fail (this step compensates it)")
+        return flow.lookup(error, ref.path, f"steps.{ref.step}.error")
     output = outputs.get(ref.step)
     if output is None:
         raise flow.ResolveError(f"{ref.text}: step {ref.step!r} has no output")
     return flow.lookup(output, ref.path, f"steps.{ref.step}.output")
 
 
-def resolve_step_inputs(spec: RunSpec, step: StepSpec, outputs: Outputs) -> tuple[dict[str, Any], str | None]:
-    """`step`'s inputs with their references resolved against the run's inputs and `outputs` (by step id),
-    then checked by the step's type; or (the inputs as written, why they cannot be: a validation failure)."""
+def resolve_step_inputs(spec: RunSpec, step: StepSpec, outputs: Outputs,
+                        errors: Outputs | None = None) -> tuple[dict[str, Any], str | None]:
+    """`step`'s inputs with their references resolved against the run's inputs, `outputs` (by step id) and
+    `errors` (of the step a compensation step compensates), then checked by the step's type; or (the
+    inputs as written, why they cannot be: a validation failure)."""
     try:
-        inputs = flow.resolve(step.inputs, lambda ref: _value(ref, spec, outputs))
+        inputs = flow.resolve(step.inputs, lambda ref: _value(ref, spec, outputs, errors))
     except flow.ResolveError as exc:
         return dict(step.inputs), f"inputs of step {step.id!r}: {exc}"
     size = flow.json_size(inputs)

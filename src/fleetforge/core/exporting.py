@@ -468,11 +468,14 @@ class TraceAssembler:
         pack, hook, effect = str(p.get("pack", "")), str(p.get("hook", "")), str(p.get("effect", ""))
         span_id = guardrail_span_id(att.span_id, hook, pack, index)
         when = max(d.occurred_us, lineage[-1][1])
+        wait_us = int(float(p.get("wait_ms") or 0) * 1000)  # a person's answer spans the wait (human_approval)
         metadata = {**_base_meta(d, run.trace_id, span_id), "step_id": att.step_id, "attempt": att.attempt,
                     "pack": pack, "hook": hook, "effect": effect}
+        if wait_us:
+            metadata["wait_ms"] = wait_us / 1000
         return TraceSpan(
             kind=SpanKind.GUARDRAIL, name=pack or "policy", trace_name=_trace_name(run), trace_id=run.trace_id,
-            span_id=span_id, parent_span_id=att.span_id, lineage=lineage, start_us=when, end_us=when, ok=True,
+            span_id=span_id, parent_span_id=att.span_id, lineage=lineage, start_us=when - wait_us, end_us=when, ok=True,
             status_message="", run_id=run.run_id, step_id=att.step_id, attempt=att.attempt,
             workspace=run.workspace, app=run.app, inputs={"pack": pack, "hook": hook},
             outputs={"effect": effect, "reason": p.get("reason", ""), "raw": p.get("raw")},

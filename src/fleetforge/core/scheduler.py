@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleetforge.core import agent as A
-from fleetforge.core import agent_loop
+from fleetforge.core import agent_loop, gates
 from fleetforge.core import budgets as B
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.dataflow import has_refs, resolve_step_inputs, run_outputs
@@ -18,6 +18,7 @@ from fleetforge.core.events import run_event, step_event
 from fleetforge.core.policies.pii import redact_json, redact_pii, step_redaction_kinds
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import (
+    NOT_STARTED,
     TERMINAL_RUN,
     TERMINAL_STEP,
     BudgetLimit,
@@ -82,6 +83,7 @@ class _Batch:
     decisions: list[DecisionRow] = field(default_factory=list)
     failed_runs: set[str] = field(default_factory=set)
     touched_runs: set[str] = field(default_factory=set)
+    compensations: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # gates.on_failed
     # state of runs and budget rows as read, so that flush writes only the rows that changed
     run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -148,6 +150,8 @@ class _ParsedRun:
     def step(self, row: StepRow | str) -> StepSpec:
         """The spec of a step of the run, or of a unit an agent step grew (from its row)."""
         sid = row if isinstance(row, str) else row.step_id
+        if not isinstance(row, str) and gates.patched(row):  # inputs replaced at a resume
+            return replace(self.steps[sid], inputs=dict(row.spec["inputs"]))
         found = self.steps.get(sid) or self.children.get(sid)
         if found is not None or isinstance(row, str):
             return found if found is not None else self.steps[sid]
@@ -263,7 +267,8 @@ class Scheduler:
             b.decisions.append(DecisionRow(str(uuid.uuid4()), run.id, step.step_id, attempt, pack.name,
                                            str(hook), str(verdict.effect), reason, now))
             b.events.append(step_event(K.POLICY_DECISION, run, step, attempt, now, pack=pack.name,
-                                       hook=str(hook), effect=str(verdict.effect), reason=reason, raw=raw))
+                                       hook=str(hook), effect=str(verdict.effect), reason=reason, raw=raw,
+                                       wait_ms=0.0))
             if verdict.effect is Effect.DENY:
                 return payload, f"{pack.name}: {reason}"
             if verdict.effect is Effect.MODIFY and verdict.payload is not None:
@@ -336,8 +341,10 @@ class Scheduler:
         claims: list[Claim] = []
         for step in ready:
             run = b.runs[step.run_id]
-            if _doomed(run, b):  # failed earlier in this batch (a denial): the step is skipped, not started
+            if _doomed(run, b) and not gates.compensating(step):  # failed earlier (a denial): skipped, not started
                 self._mark_failed(b, run, run.error_kind)
+                continue
+            if gates.gate(self, b, run, step, now):  # paused, a breakpoint, or waiting for approval
                 continue
             if step.type == StepType.AGENT and not A.holds_worker(self._step_spec(run, step)):
                 claim = agent_loop.advance(self, tx, b, run, step, worker, now)
@@ -380,9 +387,9 @@ class Scheduler:
             self._deny(b, run, step, attempt, now, ErrorKind.BUDGET_EXCEEDED, limit_breach, "", worker)
             return None
         inputs, denied, invalid = dict(spec.inputs), None, None
-        flows = step.step_id in self._parsed(run).flows
+        flows = step.step_id in self._parsed(run).flows or (gates.patched(step) and has_refs(spec.inputs))
         if flows:
-            inputs, invalid = self._resolve(tx, run, spec)
+            inputs, invalid = self._resolve(tx, run, spec, step)
         if invalid is None and (self.run_spec(run).packs or spec.policy.packs) and not step.spec.get(A.PRECHECKED):
             run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
             inputs, denied = self._policy(
@@ -402,7 +409,7 @@ class Scheduler:
         step.lease_expires_us = now + self.config.lease_ms * 1000
         step.started_us = step.started_us or now
         if flows and invalid is None:  # what the executor receives: resolved, then through the pre-hook
-            step.spec = {"inputs": inputs}
+            step.spec = {**step.spec, "inputs": inputs}
         b.step(step)
         b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "running", worker, now,
                                          tokens_reserved=res.tokens, cost_reserved_micros=res.micros,
@@ -421,9 +428,10 @@ class Scheduler:
                                    inputs=inputs if flows and invalid is None else {}))
         return Claim(run, step, spec, attempt, inputs, res, worker, now, invalid)
 
-    def _resolve(self, tx: Tx, run: RunRow, spec: StepSpec) -> tuple[dict[str, Any], str | None]:
+    def _resolve(self, tx: Tx, run: RunRow, spec: StepSpec, step: StepRow) -> tuple[dict[str, Any], str | None]:
         """`spec`'s inputs with their references resolved, or (inputs as written, why they cannot be)."""
-        return resolve_step_inputs(self.run_spec(run), spec, {s.step_id: s.output for s in tx.get_steps(run.id)})
+        return resolve_step_inputs(self.run_spec(run), spec, {s.step_id: s.output for s in tx.get_steps(run.id)},
+                                   gates.errors_of(step))
 
     def _run_outputs(self, tx: Tx, b: _Batch, run: RunRow) -> dict[str, Any]:
         """The run's `outputs` resolved, from the stored outputs and those this batch has not written yet."""
@@ -461,6 +469,7 @@ class Scheduler:
             step.output = {"error": f"denied by {reason}"}  # answered to the graph as a tool error
             b.touched_runs.add(run.id)
             return
+        gates.on_failed(self, b, run, step, str(kind), reason)
         self._mark_failed(b, run, str(kind))
 
     def _mark_failed(self, b: _Batch, run: RunRow, error_kind: str) -> None:
@@ -499,23 +508,26 @@ class Scheduler:
             if self._finish_attempt(tx, b, run, step, o, now) and self._has_dependents(run, step):
                 released.append((step.run_id, step.step_id))
         if released:
-            for dep in tx.release_dependents(released):
-                run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
-                b.runs[run.id] = run
-                if _doomed(run, b):
-                    continue
-                self._queue(b, run, dep, now, not_before=now)
-                if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
-                    agent_loop.advance(self, tx, b, run, dep, outcomes[0].claim.worker, now, settle=False)
-                    continue
-                b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
-                                           queue_target_ms=dep.queue_target_ms,
-                                           priority_boost=dep.priority_boost))
+            self._release(tx, b, released, outcomes[0].claim.worker, now)
         # Nothing else of these runs changed in the database since their open steps were locked above,
         # unless dependents were released: then read them again.
         self._finish_failed_runs(tx, b, now, None if released else open_rows)
         b.flush(tx)
         return accepted, b.events
+
+    def _release(self, tx: Tx, b: _Batch, done: list[tuple[str, str]], worker: str, now: int) -> None:
+        """Queue the dependents of the `done` (run id, step id) steps whose last dependency this was."""
+        for dep in tx.release_dependents(done):
+            run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
+            b.runs[run.id] = run
+            if _doomed(run, b):
+                continue
+            self._queue(b, run, dep, now, not_before=now)
+            if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
+                agent_loop.advance(self, tx, b, run, dep, worker, now, settle=False)
+                continue
+            b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now, queue_target_ms=dep.queue_target_ms,
+                                       priority_boost=dep.priority_boost))
 
     def _finish_attempt(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
         """Settle one attempt; True when the step succeeded and its dependents may be released."""
@@ -586,7 +598,8 @@ class Scheduler:
         """Record a failed attempt: retry it, or end the step. True when an agent's tool call ended:
         its agent answers the model with the error (a guardrail or budget denial still ends the run)."""
         attempt = step.attempt
-        retry = failure.kind.retriable and attempt < step.max_attempts and not _doomed(run, b) and not A.held(step)
+        retry = (failure.kind.retriable and attempt < step.max_attempts and not A.held(step)
+                 and (not _doomed(run, b) or gates.compensating(step)))
         step.first_failure_us = step.first_failure_us or finished_us
         step.error_kind = str(failure.kind)
         error = failure.message[:_SCAN_CHARS]
@@ -615,6 +628,7 @@ class Scheduler:
         if A.unit_of(step) == "call" and failure.kind not in (ErrorKind.POLICY_DENIED, ErrorKind.BUDGET_EXCEEDED):
             b.touched_runs.add(run.id)
             return not _doomed(run, b)
+        gates.on_failed(self, b, run, step, str(failure.kind), error[:ERROR_CHARS])
         self._mark_failed(b, run, str(failure.kind))
         return False
 
@@ -641,9 +655,13 @@ class Scheduler:
             run = b.runs[rid]
             if run.status in TERMINAL_RUN:
                 continue
+            gates.start_compensations(b, run, open_steps[rid], now)
             still_running = False
+            unneeded = [s for s in open_steps[rid] if gates.dormant(s)]  # compensation steps no failure queued
             for s in open_steps[rid]:
-                if rid in b.failed_runs and s.status in (StepStatus.PENDING, StepStatus.QUEUED):
+                if gates.dormant(s):
+                    continue
+                if rid in b.failed_runs and s.status in NOT_STARTED and not gates.compensating(s):
                     s.status, s.finished_us = StepStatus.SKIPPED, now
                     b.step(s)
                     b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now,
@@ -652,6 +670,10 @@ class Scheduler:
                     still_running = True
             if still_running:
                 continue
+            for s in unneeded:
+                s.status, s.finished_us = StepStatus.SKIPPED, now
+                b.step(s)
+                b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now, reason="compensation not needed"))
             failed = rid in b.failed_runs or run.error_kind != ""
             run.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
             run.finished_us = now
@@ -684,9 +706,14 @@ class Scheduler:
 
     def reap(self, tx: Tx, now: int, limit: int = 100) -> list[Envelope]:
         """Fail attempts whose lease expired (their worker died) so they are retried, never lost."""
+        b = _Batch()
+        gates.expire(self, tx, b, now, limit)  # approval waits past their deadline
+        if b.runs:
+            self._finish_failed_runs(tx, b, now)
+            b.flush(tx)
         expired = tx.lock_expired_leases(now, limit)
         if not expired:
-            return []
+            return b.events
         runs = tx.get_runs([s.run_id for s in expired])
         outcomes = []
         for s in expired:
@@ -700,7 +727,7 @@ class Scheduler:
                                   tool=tool, provider=provider)
             outcomes.append(Outcome(claim, now, failure=failure))
         _, events = self.complete(tx, outcomes, now)
-        return events
+        return b.events + events
 
     def cancel(self, tx: Tx, run_id: str, now: int) -> list[Envelope]:
         """Cancel a run: pending and queued steps are canceled; running attempts finish on their own."""
@@ -711,7 +738,7 @@ class Scheduler:
         run.status, run.finished_us = RunStatus.CANCELED, now
         b.runs[run.id] = run
         for s in tx.lock_open_steps([run_id]):
-            if s.status in (StepStatus.PENDING, StepStatus.QUEUED):
+            if s.status in NOT_STARTED:
                 s.status, s.finished_us = StepStatus.CANCELED, now
                 b.step(s)
                 b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now, reason="run canceled"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleetforge.core.gates import mark_dormant
 from fleetforge.core.ids import new_run_id, new_trace_id
 from fleetforge.domain.models import RunRow, RunSpec, RunStatus, StepRow, StepStatus
 
@@ -12,7 +13,7 @@ __all__ = ["build_run"]
 
 def build_run(spec: RunSpec, spec_dict: dict[str, Any], now_us: int,
               run_id: str | None = None) -> tuple[RunRow, list[StepRow], list[tuple[str, str, str]]]:
-    """Rows for a new run: steps without dependencies start queued, the others pending.
+    """Rows for a new run: steps without dependencies start queued, the others (and compensation steps) pending.
 
     The run's SLO tier and queue target are those of its tightest step (smallest queue target).
     """
@@ -33,4 +34,5 @@ def build_run(spec: RunSpec, spec_dict: dict[str, Any], now_us: int,
             not_before_us=now_us, queue_target_ms=slo.queue_target_ms, priority_boost=slo.priority_boost,
             slo_tier=slo.tier))
         deps.extend((rid, s.id, d) for d in s.depends_on)
+    mark_dormant(spec, steps)
     return run, steps, deps

@@ -90,10 +90,13 @@ def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
     for e in events:
         ev = Envelope.from_dict(json.loads(e)) if isinstance(e, str) else e
         p, key = ev.payload, (ev.run_id, ev.step_id or "")
-        if ev.kind in (K.RUN_SUBMITTED, K.RUN_STARTED, K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED):
+        if ev.kind in (K.RUN_SUBMITTED, K.RUN_STARTED, K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED,
+                       K.RUN_PAUSED, K.RUN_RESUMED):
             run_status[ev.run_id] = p["status"]
         elif ev.kind is K.STEP_QUEUED:
             step_status[key] = "queued"
+        elif ev.kind is K.APPROVAL_REQUESTED:
+            step_status[key] = "waiting_approval"
         elif ev.kind is K.STEP_STARTED:
             step_status[key] = "running"
         elif ev.kind in terminal_step:

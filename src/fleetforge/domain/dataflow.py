@@ -1,8 +1,10 @@
 """Data between steps: `${{ ... }}` references to run inputs and to ancestors' outputs.
 
 Syntax: `${{ inputs.PATH }}` (or `${{ inputs }}`, the whole object) and `${{ steps.ID.output.PATH }}`
-(or `${{ steps.ID.output }}`). A PATH is a dotted list of names (`[A-Za-z_][A-Za-z0-9_-]*`) and
-`[N]` list indexes; a key that is not such a name is written `["key"]` (e.g. `steps["fetch.v2"]`).
+(or `${{ steps.ID.output }}`); a compensation step may name the error of the step it compensates,
+`${{ steps.ID.error.message }}` (or `.kind`, or `${{ steps.ID.error }}`, both as an object).
+A PATH is a dotted list of names (`[A-Za-z_][A-Za-z0-9_-]*`) and `[N]` list indexes; a key that
+is not such a name is written `["key"]` (e.g. `steps["fetch.v2"]`).
 A string that is exactly one reference is replaced by the referenced value with its JSON type;
 references inside a longer string are rendered as text (strings as they are, anything else as
 compact JSON). There is no escape: a literal `${{` cannot appear in step inputs.
@@ -43,6 +45,8 @@ MAX_RESOLVED_BYTES: Final = 1024 * 1024
 """A step's resolved inputs (and a run's outputs), as compact JSON, checked when they are resolved."""
 
 REF_SYNTAX: Final = "${{ inputs.NAME... }} or ${{ steps.ID.output... }}"
+ERROR_FIELDS: Final = ("kind", "message")
+"""What `${{ steps.ID.error }}` holds: the failure's error kind and its (redacted) message."""
 
 _OPEN: Final = "${{"
 _REF = re.compile(r"\$\{\{(.*?)\}\}", re.S)
@@ -64,12 +68,13 @@ class ResolveError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Ref:
     """One parsed reference: `root` is 'inputs' or 'steps'; `step` the step id for 'steps'; `path`
-    the segments after `inputs` (or after `steps.ID.output`)."""
+    the segments after `inputs` (or after `steps.ID.output`, or `steps.ID.error` when `part` is 'error')."""
 
     text: str  # as written, `${{ ... }}` included
     root: str
     step: str
     path: tuple[Segment, ...]
+    part: str = "output"  # of a 'steps' reference: output | error
 
 
 def show_path(head: str, path: tuple[Segment, ...]) -> str:
@@ -117,9 +122,10 @@ def _parse(text: str, body: str) -> Ref:
     if root == "inputs":
         return Ref(text, "inputs", "", segs[1:])
     if root == "steps":
-        if len(segs) < 3 or not isinstance(segs[1], str) or segs[2] != "output":
-            raise RefSyntaxError("steps.ID.output followed by an optional path")
-        return Ref(text, "steps", segs[1], segs[3:])
+        if len(segs) < 3 or not isinstance(segs[1], str) or segs[2] not in ("output", "error"):
+            raise RefSyntaxError("steps.ID.output followed by an optional path "
+                                 "(or steps.ID.error in a compensation step)")
+        return Ref(text, "steps", segs[1], segs[3:], str(segs[2]))
     raise RefSyntaxError(f"a reference rooted at 'inputs' or 'steps', got root {root!r}")
 
 
@@ -245,11 +251,13 @@ def ancestors(graph: Mapping[str, tuple[str, ...]]) -> dict[str, frozenset[str]]
 
 
 def check_refs(value: Any, path: str, *, step: str | None, ancestors_of: frozenset[str] | None,
-               known: frozenset[str], run_inputs: Mapping[str, Any]) -> tuple[list[str], set[str]]:
+               known: frozenset[str], run_inputs: Mapping[str, Any],
+               compensates: frozenset[str] = frozenset()) -> tuple[list[str], set[str]]:
     """Problems ('field: got V, expected W') of the references in `value`, and the field paths that hold one.
 
     `step` is the id of the step whose inputs these are (None for run outputs, which may name any
-    step: `ancestors_of` None); references to run inputs must name a path that exists in `run_inputs`.
+    step: `ancestors_of` None); references to run inputs must name a path that exists in `run_inputs`;
+    `steps.ID.error` only names a step in `compensates` (those whose execution.compensation is `step`).
     """
     refs, bad = find_refs(value, path)
     problems = [f"{where}: got {_show(text)}, expected {expected}" for where, text, expected in bad]
@@ -260,6 +268,15 @@ def check_refs(value: Any, path: str, *, step: str | None, ancestors_of: frozens
                 lookup(run_inputs, ref.path, "inputs")
             except ResolveError as exc:
                 problems.append(f"{where}: got {_show(ref.text)}, expected a path in the run's inputs ({exc})")
+            continue
+        if ref.part == "error":
+            if ref.step not in compensates:
+                problems.append(f"{where}: got {_show(ref.text)}, expected steps.ID.error only in the inputs of "
+                                f"the step ID names in execution.compensation (compensates: "
+                                f"{', '.join(sorted(compensates)) or 'none'})")
+            elif ref.path and ref.path[0] not in ERROR_FIELDS:
+                problems.append(f"{where}: got {_show(ref.text)}, expected steps.{ref.step}.error followed by "
+                                f"nothing, .kind or .message")
             continue
         listed = ", ".join(sorted(ancestors_of if ancestors_of is not None else known)[:20]) or "none"
         listed = f"ancestors: {listed}" if ancestors_of is not None else f"known: {listed}"

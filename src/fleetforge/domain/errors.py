@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConflictError",
     "FleetForgeError",
     "NotFoundError",
     "SpecError",
@@ -53,3 +54,8 @@ def disk_full_message(path: object, detail: str) -> str:
 
 class NotFoundError(FleetForgeError):
     """A run or step does not exist."""
+
+
+class ConflictError(FleetForgeError):
+    """An operation does not fit the current state (approve a step that waits for nothing, resume a run
+    that is not paused); the message says the state and what would fit."""

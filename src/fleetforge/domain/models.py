@@ -7,8 +7,10 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "NOT_STARTED",
     "TERMINAL_RUN",
     "TERMINAL_STEP",
+    "ApprovalSpec",
     "BudgetLimit",
     "BudgetRow",
     "CostHint",
@@ -37,6 +39,7 @@ class StepType(StrEnum):
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"  # by an operator or at a breakpoint: no new step starts until it is resumed
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -46,6 +49,8 @@ class StepStatus(StrEnum):
     PENDING = "pending"  # waiting for dependencies
     QUEUED = "queued"  # ready; eligible once not_before has passed
     RUNNING = "running"  # leased by a worker
+    WAITING_APPROVAL = "waiting_approval"  # asked a person; no worker, lease or connection held
+    PAUSED = "paused"  # ready, held because its run is paused (or stopped at its breakpoint)
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # attempts exhausted or a non-retriable error
     DENIED = "denied"  # budget or policy said no
@@ -53,6 +58,10 @@ class StepStatus(StrEnum):
     CANCELED = "canceled"
 
 
+NOT_STARTED = frozenset(
+    {StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING_APPROVAL, StepStatus.PAUSED}
+)
+"""Open steps no attempt of which runs now: skipped when their run fails, canceled with it."""
 TERMINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED})
 TERMINAL_STEP = frozenset(
     {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.DENIED, StepStatus.SKIPPED, StepStatus.CANCELED}
@@ -71,6 +80,7 @@ class ErrorKind(StrEnum):
     POLICY_DENIED = "policy_denied"
     BUDGET_EXCEEDED = "budget_exceeded"
     MAX_TURNS = "max_turns"  # an agent step reached max_turns without a final answer
+    APPROVAL_TIMEOUT = "approval_timeout"  # nobody approved or denied within approval.timeout_ms
 
     @property
     def retriable(self) -> bool:
@@ -90,6 +100,15 @@ class ExecutionSpec:
     retry_backoff_factor: float = 2.0
     deadline_ms: int = 30_000
     cost_hint: CostHint | None = None
+    compensation: str | None = None  # id of the step queued when this one fails for good
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalSpec:
+    """A person approves before the step runs; with `tools` (agent steps), before each call of those tools."""
+
+    timeout_ms: int | None = None  # None: wait until answered
+    tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +153,7 @@ class StepSpec:
     depends_on: tuple[str, ...] = ()
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     policy: PolicySpec = field(default_factory=PolicySpec)
+    approval: ApprovalSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +168,7 @@ class RunSpec:
     inputs: dict[str, Any] = field(default_factory=dict)  # run inputs, `${{ inputs.x }}` in step inputs
     input_schema: dict[str, Any] | None = None  # a JSON Schema the inputs were checked against at submit
     outputs: dict[str, Any] = field(default_factory=dict)  # name -> template, resolved when the run succeeds
+    breakpoints: tuple[str, ...] = ()  # step ids the run pauses before
 
 
 @dataclass(slots=True)

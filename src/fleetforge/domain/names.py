@@ -12,6 +12,7 @@ from typing import Final
 
 __all__ = [
     "CATALOG",
+    "HUMAN_APPROVAL_PACK",
     "RUN_KINDS",
     "SCHEMA_VERSION",
     "STEP_KINDS",
@@ -25,6 +26,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
+HUMAN_APPROVAL_PACK: Final = "human_approval"
+"""The `pack` of the policy decisions people make on approvals (allow, or deny with a reason or a timeout)."""
 
 
 class EventKind(StrEnum):
@@ -49,6 +52,13 @@ class EventKind(StrEnum):
     TOOL_CALL = "tool_call"
     RUN_FORKED = "run_forked"
     STEP_REUSED = "step_reused"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_GRANTED = "approval_granted"
+    APPROVAL_DENIED = "approval_denied"
+    RUN_PAUSED = "run_paused"
+    RUN_RESUMED = "run_resumed"
+    STEP_PATCHED = "step_patched"
+    COMPENSATION_QUEUED = "compensation_queued"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +160,8 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
         KindSpec(EventKind.POLICY_DECISION, "step", "a guardrail pack evaluated a step",
                  (*_STEP_COMMON, Field("pack", "str", "pack name"), Field("hook", "str", "pre | post"),
                   Field("effect", "str", "allow | deny | modify"), Field("reason", "str", "why"),
-                  Field("raw", "json", "the pack's own result"))),
+                  Field("raw", "json", "the pack's own result"),
+                  Field("wait_ms", "float", "human_approval: request to answer (or timeout); 0 for other packs"))),
         KindSpec(EventKind.BUDGET_RESERVED, "step", "tokens/cost reserved before an attempt",
                  (*_STEP_COMMON, *_USAGE, Field("source", "str", "policy | cost_hint | estimate"),
                   Field("tokens_limit", "int", "tightest token limit, 0 when none"),
@@ -182,7 +193,7 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("forked_from", "str", "the run whose record the fork reuses", column=False),
                   Field("fork", "str", "the new run", column=False),
                   Field("from_step", "str", "the first step the fork executes again", column=False),
-                  Field("actor", "str", "who forked it", column=False),
+                  Field("actor", "str", "who forked it"),
                   Field("reused", "int", "steps taken from the record, not executed", column=False),
                   Field("patched", "json", "ids of the steps whose inputs were patched", column=False))),
         KindSpec(EventKind.STEP_REUSED, "step", "a fork took the step's recorded result instead of running it "
@@ -190,6 +201,28 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                  (*_STEP_COMMON,
                   Field("status", "str", "the recorded status the step keeps", column=False),
                   Field("forked_from", "str", "the run the result was recorded in", column=False))),
+        KindSpec(EventKind.APPROVAL_REQUESTED, "step", "the step (or agent tool call) waits for a person's approval",
+                 (*_STEP_COMMON, Field("timeout_ms", "int", "how long the wait may last, 0 for no limit"),
+                  Field("tool", "str", "the tool an agent's call would run, empty for a step"))),
+        KindSpec(EventKind.APPROVAL_GRANTED, "step", "a person approved: the step is queued",
+                 (*_STEP_COMMON, Field("actor", "str", "who approved"), Field("reason", "str", "why, may be empty"),
+                  Field("wait_ms", "float", "request to answer"))),
+        KindSpec(EventKind.APPROVAL_DENIED, "step", "a person denied, or the wait timed out (approval_timeout)",
+                 (*_STEP_COMMON, Field("actor", "str", "who denied; empty on a timeout"),
+                  Field("reason", "str", "why"), Field("wait_ms", "float", "request to answer or timeout"),
+                  Field("error_kind", "str", "policy_denied | approval_timeout"))),
+        KindSpec(EventKind.RUN_PAUSED, "run", "no new step of the run starts until it is resumed",
+                 (*_RUN_COMMON, Field("actor", "str", "who paused it; empty at a breakpoint"),
+                  Field("breakpoint", "str", "the step the run stopped before, empty for a pause"))),
+        KindSpec(EventKind.RUN_RESUMED, "run", "a paused run goes on",
+                 (*_RUN_COMMON, Field("actor", "str", "who resumed it"),
+                  Field("patched", "json", "ids of the steps whose inputs the resume changed", column=False))),
+        KindSpec(EventKind.STEP_PATCHED, "step", "an operator replaced the inputs of a step not yet started",
+                 (*_STEP_COMMON, Field("actor", "str", "who changed them"),
+                  Field("changed", "json", "input keys added, changed or removed", column=False))),
+        KindSpec(EventKind.COMPENSATION_QUEUED, "step", "a step failed for good: its compensation step is queued",
+                 (*_STEP_COMMON, Field("compensates", "str", "the step that failed"),
+                  Field("error_kind", "str", "how it failed"))),
     )
 }
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 import orjson
 import yaml
 
+from fleetforge.domain import controlspec as control
 from fleetforge.domain import dataflow as flow
 from fleetforge.domain.errors import SpecError
 from fleetforge.domain.jsontext import plain
@@ -62,11 +63,11 @@ _SHOW_MAX: Final = 60
 _KNOWN_MAX: Final = 20
 _EMPTY: Final = "an empty document, expected a mapping with a 'steps' list"
 
-_TOP_KEYS: Final = ("app", "budget", "input_schema", "inputs", "labels", "outputs", "packs", "seed", "steps",
-                    "workspace")
-_STEP_KEYS: Final = ("depends_on", "execution", "id", "inputs", "policy", "type")
+_TOP_KEYS: Final = ("app", "breakpoints", "budget", "input_schema", "inputs", "labels", "outputs", "packs", "seed",
+                    "steps", "workspace")
+_STEP_KEYS: Final = ("approval", "depends_on", "execution", "id", "inputs", "policy", "type")
 _EXECUTION_KEYS: Final = (
-    "cost_hint", "deadline_ms", "max_attempts", "retry_backoff_factor", "retry_backoff_ms"
+    "compensation", "cost_hint", "deadline_ms", "max_attempts", "retry_backoff_factor", "retry_backoff_ms"
 )
 _BUDGET_KEYS: Final = ("cost", "tokens")
 _POLICY_KEYS: Final = ("budget", "packs", "slo")
@@ -338,11 +339,13 @@ def parse_spec(
     steps = check.steps(top["steps"]) if "steps" in top else ()
     outputs = check.outputs(top["outputs"], steps) if "outputs" in top else {}
     _agent_namespaces(check, steps)
+    stops = control.breakpoints(check, top["breakpoints"], frozenset(s.id for s in steps)) if "breakpoints" in top \
+        else ()
     if check.problems:
         raise SpecError(check.problems)
     return RunSpec(
         steps=steps, workspace=workspace, app=app, labels=labels, budget=budget, seed=seed, packs=run_packs,
-        inputs=check.run_inputs_value, input_schema=schema, outputs=outputs,
+        inputs=check.run_inputs_value, input_schema=schema, outputs=outputs, breakpoints=stops,
     )
 
 
@@ -574,11 +577,14 @@ class _Checker:
             self.problems.append(f"steps: cycle {' -> '.join(cycle)}, expected an acyclic graph")
             return steps
         above = flow.ancestors(graph)
+        control.check_compensations(self, steps, above)
         for index, one in enumerate(built):
             if one is not None and one.id in id_set:
+                failing = frozenset(s.id for s in steps if s.execution.compensation == one.id)
                 self.problems += flow.check_refs(one.inputs, f"steps[{index}].inputs", step=one.id,
                                                  ancestors_of=above.get(one.id, frozenset()),
-                                                 known=frozenset(id_set), run_inputs=self.run_inputs_value)[0]
+                                                 known=frozenset(id_set), run_inputs=self.run_inputs_value,
+                                                 compensates=failing)[0]
         return steps
 
     def run_inputs(self, value: object, schema: object, has_schema: bool) -> dict[str, Any] | None:
@@ -637,13 +643,16 @@ class _Checker:
             stype = canonical(m["type"])
         else:
             self.bad(f"{path}.type", m["type"], types)
+        inputs = self.inputs(m.get("inputs", {}), f"{path}.inputs", stype)
         return StepSpec(
             id=sid,
             type=stype or StepType.LLM,
-            inputs=self.inputs(m.get("inputs", {}), f"{path}.inputs", stype),
+            inputs=inputs,
             depends_on=self.depends_on(m.get("depends_on", []), f"{path}.depends_on", sid, ids, known),
             execution=self.execution(m.get("execution", {}), f"{path}.execution"),
             policy=self.policy(m.get("policy", {}), f"{path}.policy"),
+            approval=control.approval(self, m["approval"], f"{path}.approval", stype, inputs)
+            if "approval" in m else None,
         )
 
     def depends_on(self, value: object, path: str, sid: str, ids: set[str], known: str) -> tuple[str, ...]:
@@ -695,6 +704,8 @@ class _Checker:
             ),
             deadline_ms=self.field(m, "deadline_ms", path, d.deadline_ms, 1, _DAY_MS),
             cost_hint=hint,
+            compensation=control.compensation(self, m["compensation"], f"{path}.compensation")
+            if m.get("compensation") is not None else None,
         )
 
     def policy(self, value: object, path: str) -> PolicySpec:
@@ -733,6 +744,8 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
         out["input_schema"] = _copy(spec.input_schema)
     if spec.outputs:
         out["outputs"] = _copy(spec.outputs)
+    if spec.breakpoints:
+        out["breakpoints"] = list(spec.breakpoints)
     return out
 
 
@@ -751,6 +764,8 @@ def _step_dict(step: StepSpec) -> dict[str, Any]:
     }
     if ex.cost_hint is not None:
         execution["cost_hint"] = {"tokens": ex.cost_hint.tokens, "usd": ex.cost_hint.usd}
+    if ex.compensation is not None:
+        execution["compensation"] = {"step": ex.compensation}
     policy: dict[str, Any] = {}
     if step.policy.budget is not None and not step.policy.budget.empty:
         policy["budget"] = _budget_dict(step.policy.budget)
@@ -758,7 +773,7 @@ def _step_dict(step: StepSpec) -> dict[str, Any]:
         "tier": slo.tier, "queue_target_ms": slo.queue_target_ms, "priority_boost": slo.priority_boost
     }
     policy["packs"] = [{"name": pack.name, **_copy(pack.options)} for pack in step.policy.packs]
-    return {
+    out = {
         "id": step.id,
         "type": str(step.type),
         "inputs": _copy(step.inputs),
@@ -766,6 +781,9 @@ def _step_dict(step: StepSpec) -> dict[str, Any]:
         "execution": execution,
         "policy": policy,
     }
+    if step.approval is not None:
+        out["approval"] = control.approval_dict(step.approval)
+    return out
 
 
 def _copy(value: Any) -> Any:

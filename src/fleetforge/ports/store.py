@@ -66,6 +66,7 @@ class DecisionRow:
     effect: str
     reason: str
     at_us: int
+    wait_us: int = 0  # human_approval: request to answer (or timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,10 @@ class Tx(Protocol):
         ...
     def lock_expired_leases(self, now_us: int, limit: int) -> list[StepRow]:
         """Lock running steps whose lease expired before `now_us`."""
+        ...
+    def lock_expired_approvals(self, now_us: int, limit: int) -> list[StepRow]:
+        """Lock steps waiting for approval whose deadline (`not_before_us`, 0 for none) is at or before `now_us`,
+        skipping locked rows."""
         ...
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         """Lock every non-terminal step of the given runs."""

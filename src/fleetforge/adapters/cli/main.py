@@ -14,13 +14,14 @@ import typer
 from rich.table import Table
 
 from fleetforge import __version__
-from fleetforge.adapters.cli import demo, forkreplay, runs
+from fleetforge.adapters.cli import control, demo, forkreplay, runs
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, guard, out, print_json
 from fleetforge.adapters.cli.wiring import build_runtime, store_for, tools_registry
 from fleetforge.adapters.process import loop_stop_event, process_id
 from fleetforge.core.fork import reused_source
 from fleetforge.core.worker import Worker
 from fleetforge.domain.errors import NotFoundError, SpecError
+from fleetforge.domain.models import RunStatus
 from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
 
 __all__ = ["app", "main"]
@@ -32,7 +33,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-runs_app = typer.Typer(help="List, inspect, cancel, fork and replay runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect, cancel, approve, pause, resume, fork and replay runs.",
+                       no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
@@ -177,7 +179,7 @@ def runs_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """The most recent runs, newest first. Every id prints whole on one line at any terminal width."""
-    allowed = {"queued", "running", "succeeded", "failed", "canceled"}
+    allowed = {str(s) for s in RunStatus}
     if status is not None and status not in allowed:
         die(f"--status: got {status!r}, expected one of {', '.join(sorted(allowed))}", 2)
     with guard():
@@ -223,7 +225,8 @@ def runs_get(
                       "cost_reserved": a.cost_reserved_micros / 1e6, "cost_used": a.cost_used_micros / 1e6,
                       "tool": a.tool, "provider": a.provider, "model": a.model} for a in attempts],
         "policy_decisions": [{"step_id": d.step_id, "attempt": d.attempt, "pack": d.pack, "hook": d.hook,
-                              "effect": d.effect, "reason": d.reason} for d in decisions],
+                              "effect": d.effect, "reason": d.reason, "wait_ms": d.wait_us / 1000}
+                             for d in decisions],
     }
     if as_json:
         print_json(doc)
@@ -269,6 +272,7 @@ def runs_cancel(
 
 demo.register(app)
 runs.register(runs_app)
+control.register(runs_app)
 forkreplay.register(runs_app)
 for _area in _AREAS:
     try:

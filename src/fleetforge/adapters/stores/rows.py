@@ -141,7 +141,7 @@ def attempt_from_row(row: Any) -> AttemptRow:
 
 
 def decision_params(d: DecisionRow) -> tuple[Any, ...]:
-    return (d.id, d.run_id, d.step_id, d.attempt, d.pack, d.hook, d.effect, d.reason, d.at_us)
+    return (d.id, d.run_id, d.step_id, d.attempt, d.pack, d.hook, d.effect, d.reason, d.at_us, d.wait_us)
 
 
 def decision_from_row(row: Any) -> DecisionRow:

@@ -164,7 +164,8 @@ FROM telemetry.step_events
 WHERE kind IN ('budget_reserved', 'budget_reconciled')
 GROUP BY bucket, workspace, app;
 
--- policy_decision_rates: guardrail evaluations by pack, hook and effect (allow | deny | modify).
+-- policy_decision_rates: guardrail evaluations by pack, hook and effect (allow | deny | modify), with the
+-- time people took to answer (pack human_approval: request to approval, denial or timeout; 0 for other packs).
 CREATE TABLE IF NOT EXISTS telemetry.policy_decision_rates
 (
     bucket DateTime('UTC'),
@@ -174,7 +175,9 @@ CREATE TABLE IF NOT EXISTS telemetry.policy_decision_rates
     hook LowCardinality(String),
     effect LowCardinality(String),
     step_type LowCardinality(String),
-    decisions SimpleAggregateFunction(sum, UInt64)
+    decisions SimpleAggregateFunction(sum, UInt64),
+    wait_ms_sum SimpleAggregateFunction(sum, Float64),
+    wait_ms_max SimpleAggregateFunction(max, Float64)
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
@@ -189,7 +192,9 @@ SELECT
     hook,
     effect,
     step_type,
-    count() AS decisions
+    count() AS decisions,
+    sum(wait_ms) AS wait_ms_sum,
+    max(wait_ms) AS wait_ms_max
 FROM telemetry.step_events
 WHERE kind = 'policy_decision'
 GROUP BY bucket, workspace, app, pack, hook, effect, step_type;

@@ -47,7 +47,7 @@ WHERE id COLLATE "C" >= %(lo)s AND id COLLATE "C" < %(hi)s AND starts_with(id, %
 ORDER BY id COLLATE "C" LIMIT %(limit)s;
 
 -- name: count_open_runs
-SELECT count(*)::int FROM runs WHERE status IN ('queued', 'running');
+SELECT count(*)::int FROM runs WHERE status IN ('queued', 'running', 'paused');
 
 -- name: insert_step
 INSERT INTO steps (run_id, step_id, type, status, spec, attempt, max_attempts, deps_remaining, due_us,
@@ -80,6 +80,13 @@ WHERE status = 'queued' AND not_before_us <= %s
 ORDER BY due_us LIMIT %s
 FOR UPDATE SKIP LOCKED;
 
+-- name: expired_approvals
+-- Steps waiting for a person past their approval deadline (not_before_us; 0 when the wait has no limit).
+SELECT * FROM steps
+WHERE status = 'waiting_approval' AND not_before_us > 0 AND not_before_us <= %s
+ORDER BY not_before_us LIMIT %s
+FOR UPDATE SKIP LOCKED;
+
 -- name: expired_leases
 SELECT * FROM steps
 WHERE status = 'running' AND lease_expires_us < %s
@@ -88,7 +95,7 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: open_steps_of_runs
 SELECT * FROM steps
-WHERE run_id = ANY(%s::text[]) AND status IN ('pending', 'queued', 'running')
+WHERE run_id = ANY(%s::text[]) AND status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused')
 ORDER BY run_id, step_id
 FOR UPDATE;
 
@@ -165,11 +172,11 @@ SELECT run_id, step_id, attempt, status, worker, started_us, finished_us, error_
 FROM attempts WHERE run_id = %s ORDER BY started_us, step_id, attempt;
 
 -- name: insert_decision
-INSERT INTO policy_decisions (id, run_id, step_id, attempt, pack, hook, effect, reason, at_us)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s);
+INSERT INTO policy_decisions (id, run_id, step_id, attempt, pack, hook, effect, reason, at_us, wait_us)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
 
 -- name: select_decisions
-SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us
+SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us, wait_us
 FROM policy_decisions WHERE run_id = %s ORDER BY at_us, id;
 
 -- name: read_outbox
@@ -402,7 +409,7 @@ DELETE FROM outbox WHERE seq = ANY(%s::bigint[]);
 SELECT id, finished_us FROM runs
 WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < %(before)s
   AND (finished_us, id) > (%(after_us)s::bigint, %(after_id)s::text)
-  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running'))
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused'))
 ORDER BY finished_us, id
 LIMIT %(limit)s;
 
@@ -414,7 +421,7 @@ WITH doomed AS MATERIALIZED (
     WHERE r.id = ANY(%(ids)s::text[])
       AND r.status IN ('succeeded', 'failed', 'canceled')
       AND NOT EXISTS (SELECT 1 FROM steps s
-                      WHERE s.run_id = r.id AND s.status IN ('pending', 'queued', 'running'))
+                      WHERE s.run_id = r.id AND s.status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused'))
     ORDER BY r.id
     FOR UPDATE OF r SKIP LOCKED
 ), d AS (

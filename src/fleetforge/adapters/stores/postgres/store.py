@@ -211,6 +211,9 @@ class _PostgresTx:
     def lock_expired_leases(self, now_us: int, limit: int) -> list[StepRow]:
         return self._steps("expired_leases", (now_us, limit))
 
+    def lock_expired_approvals(self, now_us: int, limit: int) -> list[StepRow]:
+        return self._steps("expired_approvals", (now_us, limit))
+
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         return self._steps("open_steps_of_runs", (list(dict.fromkeys(run_ids)),)) if run_ids else []
 

@@ -36,7 +36,7 @@ SELECT id FROM runs WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?
 ORDER BY id LIMIT ?3;
 
 -- name: count_open_runs
-SELECT count(*) FROM runs WHERE status IN ('queued', 'running');
+SELECT count(*) FROM runs WHERE status IN ('queued', 'running', 'paused');
 
 -- name: insert_step
 INSERT INTO steps (run_id, step_id, type, status, spec, attempt, max_attempts, deps_remaining, due_us,
@@ -64,6 +64,12 @@ SELECT * FROM steps
 WHERE status = 'queued' AND not_before_us <= ?
 ORDER BY due_us LIMIT ?;
 
+-- name: expired_approvals
+-- Steps waiting for a person past their approval deadline (not_before_us; 0 when the wait has no limit).
+SELECT * FROM steps
+WHERE status = 'waiting_approval' AND not_before_us > 0 AND not_before_us <= ?
+ORDER BY not_before_us LIMIT ?;
+
 -- name: expired_leases
 SELECT * FROM steps
 WHERE status = 'running' AND lease_expires_us < ?
@@ -71,7 +77,7 @@ ORDER BY lease_expires_us LIMIT ?;
 
 -- name: open_steps_of_run
 SELECT * FROM steps
-WHERE run_id = ? AND status IN ('pending', 'queued', 'running');
+WHERE run_id = ? AND status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused');
 
 -- name: release_dependents
 UPDATE steps SET deps_remaining = deps_remaining - 1
@@ -118,11 +124,11 @@ SELECT run_id, step_id, attempt, status, worker, started_us, finished_us, error_
 FROM attempts WHERE run_id = ? ORDER BY started_us, step_id, attempt;
 
 -- name: insert_decision
-INSERT INTO policy_decisions (id, run_id, step_id, attempt, pack, hook, effect, reason, at_us)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
+INSERT INTO policy_decisions (id, run_id, step_id, attempt, pack, hook, effect, reason, at_us, wait_us)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: select_decisions
-SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us
+SELECT id, run_id, step_id, attempt, pack, hook, effect, reason, at_us, wait_us
 FROM policy_decisions WHERE run_id = ? ORDER BY at_us, id;
 
 -- name: insert_event
@@ -205,14 +211,14 @@ DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?));
 -- name: prunable_runs
 SELECT id, finished_us FROM runs
 WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < ?1 AND (finished_us, id) > (?2, ?3)
-  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running'))
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused'))
 ORDER BY finished_us, id LIMIT ?4;
 
 -- name: deletable_runs
 -- Of the given runs, those still terminal with no step left open (a canceled run's running attempt).
 SELECT r.id FROM runs r JOIN json_each(?1) j ON r.id = j.value
 WHERE r.status IN ('succeeded', 'failed', 'canceled')
-  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status IN ('pending', 'queued', 'running'));
+  AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused'));
 
 -- name: delete_run_deps
 DELETE FROM step_deps WHERE run_id IN (SELECT value FROM json_each(?));

@@ -94,6 +94,9 @@ class _SqliteTx:
     def lock_expired_leases(self, now_us: int, limit: int) -> list[StepRow]:
         return [rows.step_from_row(r) for r in self.c.execute(Q["expired_leases"], (now_us, limit))]
 
+    def lock_expired_approvals(self, now_us: int, limit: int) -> list[StepRow]:
+        return [rows.step_from_row(r) for r in self.c.execute(Q["expired_approvals"], (now_us, limit))]
+
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         return [
             rows.step_from_row(r)

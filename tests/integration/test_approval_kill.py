@@ -1,0 +1,91 @@
+"""A run waiting for approval holds no worker, lease or connection: every worker process is SIGKILLed while
+runs wait, new ones start, and the answers (through the CLI and the Python client) finish the runs: approved
+ones succeed, the denied one fails with the recorded reason. SQLite file and PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from fleetforge import Client
+from fleetforge.domain.models import StepStatus
+from fleetforge.ports.store import Store
+from tests.integration.test_worker_kill import REPO, _cli, target
+
+__all__ = ["target"]  # the fixture: SQLite data dir or a fresh PostgreSQL database
+
+
+def _spec(i: int) -> dict[str, Any]:
+    return {"workspace": "approvals", "app": "kill", "seed": i, "steps": [
+        {"id": "a", "type": "tool", "inputs": {"tool": "noop", "args": {}}},
+        {"id": "pay", "type": "tool", "depends_on": ["a"], "approval": {"timeout_ms": 600_000},
+         "inputs": {"tool": "calculator", "args": {"expression": f"{i}+1"}}},
+        {"id": "c", "type": "tool", "depends_on": ["pay"], "inputs": {"tool": "noop", "args": {}}}]}
+
+
+def _workers(store_args: list[str], tag: str, tmp: Path) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "FLEETFORGE_LEASE_MS": "1500"}
+    procs = []
+    for n in range(2):
+        with (tmp / f"{tag}{n}.out").open("wb") as out:
+            procs.append(subprocess.Popen([*_cli(), "worker", *store_args, "--id", f"{tag}{n}"], cwd=REPO, env=env,
+                                          stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _waiting(store: Store, run_ids: list[str]) -> bool:
+    return all({s.step_id: s.status for s in store.get_steps(r)}["pay"] is StepStatus.WAITING_APPROVAL
+               for r in run_ids)
+
+
+def _until(check: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_waiting_runs_survive_sigkilled_workers_and_finish_when_answered(
+        target: tuple[Store, list[str]], tmp_path: Path) -> None:
+    store, store_args = target
+    client = Client(store=store)
+    run_ids = [client.submit(_spec(i)).run_id for i in range(3)]
+    first = _workers(store_args, "first", tmp_path)
+    try:
+        _until(lambda: _waiting(store, run_ids))
+    finally:
+        for p in first:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+    assert all(p.returncode == -signal.SIGKILL for p in first)
+    for rid in run_ids:  # no lease, no worker: the wait is only rows
+        pay = {s.step_id: s for s in store.get_steps(rid)}["pay"]
+        assert pay.status is StepStatus.WAITING_APPROVAL and pay.lease_owner == "" and pay.attempt == 0
+    second = _workers(store_args, "second", tmp_path)
+    try:
+        time.sleep(1.0)
+        assert _waiting(store, run_ids)  # restarts change nothing
+        approve = subprocess.run([*_cli(), "runs", "approve", run_ids[0][:13], "pay", *store_args, "--as", "ops",
+                                  "--reason", "checked"], cwd=REPO, capture_output=True, timeout=60)
+        assert approve.returncode == 0, approve.stderr.decode(errors="replace")
+        client.run(run_ids[1]).approve("pay", actor="py")
+        deny = subprocess.run([*_cli(), "runs", "deny", run_ids[2], "pay", *store_args, "--reason", "fraud"],
+                              cwd=REPO, capture_output=True, timeout=60)
+        assert deny.returncode == 0, deny.stderr.decode(errors="replace")
+        again = subprocess.run([*_cli(), "runs", "deny", run_ids[2], "pay", *store_args, "--reason", "x"],
+                               cwd=REPO, capture_output=True, timeout=60)
+        assert again.returncode == 1 and b"not waiting for approval" in again.stderr + again.stdout
+        results = [client.run(r).wait(60) for r in run_ids]
+    finally:
+        for p in second:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+    assert [r.status for r in results] == ["succeeded", "succeeded", "failed"]
+    assert results[0].steps["pay"].output == {"expression": "0+1", "result": 1}
+    assert results[2].error == "policy_denied" and results[2].steps["c"].status == "skipped"
+    decisions = [(d.effect, d.reason) for r in run_ids for d in store.get_decisions(r)]
+    assert decisions == [("allow", "checked"), ("allow", "approved by py"), ("deny", "fraud")]
