@@ -18,7 +18,7 @@ from fleetforge.ports.tokens import TokenStore
 
 __all__ = ["authenticate", "create_token", "revoke_token"]
 
-_HOW = "send `Authorization: Bearer fft_...` with a token from `fleetforge tokens create`"
+_HOW = "send the header `Authorization: Bearer fft_...` with a token from `fleetforge tokens create`"
 
 
 def create_token(store: TokenStore, scope: Scope, name: str, clock: Clock) -> tuple[str, TokenRow]:
@@ -50,18 +50,18 @@ def authenticate(store: TokenStore, authorization: str | None, needed: Scope) ->
     token of a lower scope). Messages never repeat the token.
     """
     if not authorization:
-        raise Unauthorized(f"no bearer token: {_HOW}")
+        raise Unauthorized(f"no bearer token; {_HOW}")
     kind, _, token = authorization.strip().partition(" ")
     token = token.strip()
     if kind.lower() != "bearer" or not token:
-        raise Unauthorized(f"the Authorization header is not a bearer token: {_HOW}")
+        raise Unauthorized(f"the Authorization header is not a bearer token; {_HOW}")
     if not is_well_formed(token):
-        raise Unauthorized(f"the bearer token is not a FleetForge token: {_HOW}")
+        raise Unauthorized(f"the bearer token is not a FleetForge token; {_HOW}")
     row = store.token_by_digest(hash_token(token))
     if row is None:
-        raise Unauthorized(f"unknown bearer token: {_HOW}")
+        raise Unauthorized(f"unknown bearer token; {_HOW}")
     if not row.active:
-        raise Unauthorized(f"the bearer token {row.id} was revoked: {_HOW}")
+        raise Unauthorized(f"the bearer token {row.id} was revoked; {_HOW}")
     if not row.scope.allows(needed):
         raise Forbidden(row.scope, needed)
     return row
