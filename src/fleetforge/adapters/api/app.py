@@ -79,6 +79,8 @@ def _error(exc: BaseException) -> Response:
         doc["problems"] = problems
     if isinstance(exc, AmbiguousRunId):
         doc["candidates"] = exc.candidates
+    if isinstance(exc, Forbidden):
+        doc.update(held=exc.have.value, needed=exc.need.value)
     return json_reply(doc, status, headers)
 
 

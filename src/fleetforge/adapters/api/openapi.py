@@ -15,13 +15,14 @@ SCOPE_KEY: Final = "x-fleetforge-scope"
 _ERROR: Final = {"type": "object", "required": ["error"],
                  "properties": {"error": {"type": "string"},
                                 "problems": {"type": "array", "items": {"type": "string"}}}}
+_ERROR_REF: Final = {"$ref": "#/components/schemas/Error"}
 _AUTH_ERRORS: Final = {401: "no token, or a malformed, unknown or revoked one",
                        403: "the token's scope is below the endpoint's"}
 
 
 def _response(route: ApiRoute, code: int, text: str) -> dict[str, Any]:
     if code >= 400:
-        return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        return {"description": text, "content": {"application/json": {"schema": _ERROR_REF}}}
     if code == 204:
         return {"description": text}
     schema = route.response_schema or ({"type": "string"} if route.media_type != "application/json" else {})
