@@ -99,6 +99,9 @@ def _endpoint(api: ApiContext, route: ApiRoute) -> Any:
                                        limit=route.max_body)
             call = Call(request.path_params, request.query_params, request.headers, body, token)
             return await route.handler(api, call)
+        except (Unauthorized, Forbidden) as exc:
+            log.info("refused %s %s: %s", request.method, redact_text(request.url.path), redact_text(str(exc)))
+            return _error(exc)
         except Exception as exc:
             return _error(exc)
 
