@@ -94,6 +94,14 @@ def sse_events(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
             event_id = value
 
 
+def _until(lines: Iterator[str], deadline: float | None, run_id: str, timeout: float | None) -> Iterator[str]:
+    """`lines` until `deadline` (keep-alive comments arrive between events, so it is checked on each)."""
+    for line in lines:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"run {run_id} did not end within {timeout:g}s")
+        yield line
+
+
 class ApiRunHandle(RunHandle):
     """A run reached through the API."""
 
@@ -139,7 +147,7 @@ class ApiRunHandle(RunHandle):
                     if response.status_code != 200:
                         response.read()
                         _raise(response)
-                    for event_id, data in sse_events(response.iter_lines()):
+                    for event_id, data in sse_events(_until(response.iter_lines(), deadline, self.run_id, timeout)):
                         last, drops = event_id or last, 0
                         event = Envelope.from_json(data)
                         yield event
