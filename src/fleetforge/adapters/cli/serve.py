@@ -51,17 +51,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the HTTP API: submit, list, get, cancel runs and stream their events (SSE), with bearer tokens
         from `fleetforge tokens create`. The OpenAPI document is at /openapi.json."""
-        with guard():
+        with guard(), stop_event() as done:
             st = store_for(store, data_dir)
             server = ApiServer(api_context(st, poll_s=poll_ms / 1000), host=host, port=port,
                                allowed_hosts=allowed_hosts(allowed_host)).start()
-            if not is_loopback(host):
-                _exposed_warning(host, behind_tls_proxy)
-            err.print(f"API on [bold cyan]{server.url}[/] (OpenAPI at {server.url}openapi.json). "
-                      "Press Ctrl-C to stop.", highlight=False)
             try:
-                with stop_event() as done:
-                    done.wait()
+                if not is_loopback(host):
+                    _exposed_warning(host, behind_tls_proxy)
+                err.print(f"API on [bold cyan]{server.url}[/] (OpenAPI at {server.url}openapi.json). "
+                          "Press Ctrl-C to stop.", highlight=False)
+                done.wait()
             finally:
                 server.stop()
                 st.close()
