@@ -118,10 +118,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 def build_app(api: ApiContext, routes: Sequence[ApiRoute] = ROUTES) -> Starlette:
     """The Starlette app serving `routes` on `api`, plus the public `GET /openapi.json`."""
-    document = openapi_document(routes)
+    document = json_reply(openapi_document(routes))
 
     async def openapi(request: Request) -> Response:
-        return json_reply(document)
+        return Response(document.body, headers=dict(document.headers))
 
     table = [Route(r.path, _endpoint(api, r), methods=[r.method]) for r in routes]
     table.append(Route("/openapi.json", openapi, methods=["GET"]))
