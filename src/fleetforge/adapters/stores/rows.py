@@ -7,7 +7,6 @@ from typing import Any
 
 from fleetforge.domain.jsontext import compact
 from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
-from fleetforge.domain.tokens import Scope, TokenRow
 from fleetforge.ports.store import AttemptRow, DecisionRow
 
 __all__ = [
@@ -26,8 +25,6 @@ __all__ = [
     "step_from_row",
     "step_params",
     "step_update_params",
-    "token_from_row",
-    "token_params",
 ]
 
 
@@ -148,12 +145,3 @@ def decision_params(d: DecisionRow) -> tuple[Any, ...]:
 
 def decision_from_row(row: Any) -> DecisionRow:
     return DecisionRow(*row)
-
-
-def token_params(t: TokenRow) -> tuple[Any, ...]:
-    return (t.id, t.name, t.scope.value, t.digest, t.created_us, t.revoked_us)
-
-
-def token_from_row(r: Any) -> TokenRow:
-    return TokenRow(id=str(r[0]), name=str(r[1]), scope=Scope(r[2]), digest=str(r[3]), created_us=int(r[4]),
-                    revoked_us=None if r[5] is None else int(r[5]))

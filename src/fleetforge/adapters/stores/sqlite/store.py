@@ -14,7 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters.stores import rows, sqlfiles
+from fleetforge.adapters.stores import rows, sqlfiles, token_rows
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
@@ -356,14 +356,14 @@ class SqliteStore:
 
     def insert_token(self, row: TokenRow) -> None:
         with self.transaction() as tx:
-            tx.c.execute(Q["insert_token"], rows.token_params(row))
+            tx.c.execute(Q["insert_token"], token_rows.token_params(row))
 
     def list_tokens(self) -> list[TokenRow]:
-        return [rows.token_from_row(tuple(r)) for r in self._query(Q["list_tokens"])]
+        return [token_rows.token_from_row(tuple(r)) for r in self._query(Q["list_tokens"])]
 
     def token_by_digest(self, digest: str) -> TokenRow | None:
         found = self._query(Q["token_by_digest"], (digest,))
-        return rows.token_from_row(tuple(found[0])) if found else None
+        return token_rows.token_from_row(tuple(found[0])) if found else None
 
     def revoke_token(self, token_id: str, now_us: int) -> bool:
         with self.transaction() as tx:
