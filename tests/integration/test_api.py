@@ -28,7 +28,7 @@ from fleetforge.adapters.cli.wiring import build_runtime, tools_registry
 from fleetforge.adapters.executors.pytools import register_tools
 from fleetforge.core.tokens import create_token, revoke_token
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.errors import NotFoundError, SpecError
+from fleetforge.domain.errors import ConfigError, NotFoundError, SpecError
 from fleetforge.domain.tokens import TOKEN_PATTERN, Forbidden, Scope, Unauthorized
 from fleetforge.ports.clock import SystemClock
 from fleetforge.ports.store import Store
@@ -314,7 +314,8 @@ README_SPEC = {
 }
 
 
-def test_the_client_over_the_api_runs_the_readme_flow(api: Api) -> None:
+def test_the_client_over_the_api_runs_the_readme_flow(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETFORGE_API_TOKEN", raising=False)
     with Client(api.url, token=api.tokens[Scope.SUBMIT]) as client:
         assert isinstance(client, ApiClient)
         run = client.submit(README_SPEC, idempotency_key="ticket-1001")
@@ -345,6 +346,15 @@ def test_the_client_over_the_api_runs_the_readme_flow(api: Api) -> None:
         assert control.run(run.run_id).cancel() is False  # already ended
     with Client(api.url, token=api.revoked) as revoked, pytest.raises(Unauthorized):
         revoked.runs()
+    with Client(api.url, token=api.tokens[Scope.READ]) as reader:
+        with pytest.raises(ConfigError, match="fleetforge worker"):
+            reader.worker(tools=[crm_account])
+        with pytest.raises(ConfigError, match="no store"):
+            reader.store.list_runs()
+    with pytest.raises(ConfigError, match="needs a bearer token"):
+        Client(api.url)
+    with pytest.raises(ConfigError, match="only an API URL"):
+        Client(f"sqlite:///{api.url}.db", token=api.tokens[Scope.READ])
 
 
 def test_the_client_over_the_api_times_out_and_cancels(api: Api) -> None:

@@ -39,6 +39,8 @@ __all__ = ["TOKEN_ENV", "ApiClient", "ApiError", "ApiRunHandle", "sse_events"]
 TOKEN_ENV: Final = "FLEETFORGE_API_TOKEN"
 _END_KINDS: Final = frozenset({"run_succeeded", "run_failed", "run_canceled"})
 _RECONNECTS: Final = 5
+_NO_WORKER: Final = ("a worker needs the store: run `fleetforge worker` beside `fleetforge serve`, or use "
+                     "Client(store_url) in the worker's process")
 
 
 class ApiError(FleetForgeError):
@@ -63,9 +65,7 @@ def _raise(response: httpx.Response) -> NoReturn:
         raise Forbidden(Scope(doc["held"]), Scope(doc["needed"]))
     if status == 404:
         raise NotFoundError(message)
-    if status == 422 and isinstance(problems, list):
-        raise SpecError([str(p) for p in problems])
-    if status == 400 and isinstance(problems, list):
+    if status in (400, 422) and isinstance(problems, list):  # an unreadable or invalid spec
         raise SpecError([str(p) for p in problems])
     if status in (400, 413, 415):
         raise ConfigError(message)
@@ -232,10 +232,9 @@ class ApiClient(Client):
 
     def worker(self, tools: Iterable[Any] = (), *, concurrency: int = 16, poll_interval_s: float = 0.05,
                worker_id: str | None = None) -> InProcessWorker:
-        raise ConfigError("a worker needs the store: run `fleetforge worker` beside `fleetforge serve`, or use "
-                          "Client(store_url) in the worker's process")
+        raise ConfigError(_NO_WORKER)
 
     def run_until_idle(self, tools: Iterable[Any] = (), *, concurrency: int = 16, poll_interval_s: float = 0.05,
                        timeout: float | None = None) -> int:
-        return self.worker().join()
+        raise ConfigError(_NO_WORKER)
 
