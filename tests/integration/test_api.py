@@ -369,3 +369,23 @@ def test_the_client_over_the_api_times_out_and_cancels(api: Api) -> None:
 
 def test_token_pattern_matches_created_tokens(api: Api) -> None:
     assert all(TOKEN_PATTERN.fullmatch(t) for t in api.tokens.values())
+
+
+def test_the_client_resumes_its_event_stream_across_a_server_restart(store: Store) -> None:
+    token, _ = create_token(cast(TokenStore, store), Scope.READ, "reader", CLOCK)
+    first = ApiServer(api_context(store, poll_s=0.02, heartbeat_s=0.3), port=0).start()
+    url = first.url.rstrip("/")
+    port = int(url.rsplit(":", 1)[1])
+    run_id = api_context(store).runtime.submit(SPEC)
+    with Client(url, token=token) as client:
+        stream = client.run(run_id).events(timeout=60)
+        got = [next(stream)]  # run_submitted, from the first server
+        first.stop()  # the connection drops; the client reconnects with Last-Event-ID
+        second = ApiServer(api_context(store, poll_s=0.02, heartbeat_s=0.3), port=port).start()
+        try:
+            work(store)
+            got.extend(stream)
+        finally:
+            second.stop()
+    assert [e.id for e in got] == [i for _, i in outbox_events(store, run_id)]
+    assert got[-1].kind == "run_succeeded"
