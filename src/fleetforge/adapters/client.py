@@ -28,7 +28,7 @@ from fleetforge.core.replay_report import ReplayReport, Tolerance
 from fleetforge.core.runtime import Runtime
 from fleetforge.core.worker import Worker
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.errors import NotFoundError, SpecError
+from fleetforge.domain.errors import ConfigError, NotFoundError, SpecError
 from fleetforge.domain.models import RunRow, RunStatus
 from fleetforge.domain.names import EventKind
 from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text
@@ -185,10 +185,23 @@ class Client:
 
     `store` injects an opened store instead (it is migrated, and closed with the client). `tools` are
     registered for submit (step validation) and for every in-process worker.
+
+    Given an API URL (``http://`` or ``https://``, a `fleetforge serve`), the client is an `ApiClient`
+    (adapters/api/remote.py) with the same methods, authenticated by `token` (else FLEETFORGE_API_TOKEN).
     """
 
+    def __new__(cls, store_url: str | None = None, *args: Any, **kwargs: Any) -> Client:
+        if cls is Client and isinstance(store_url, str) and store_url.lower().startswith(("http://", "https://")):
+            from fleetforge.adapters.api.remote import ApiClient
+
+            return super().__new__(ApiClient)
+        return super().__new__(cls)
+
     def __init__(self, store_url: str | None = None, data_dir: str | Path | None = None, *,
-                 store: Store | None = None, tools: Iterable[Any] = ()) -> None:
+                 store: Store | None = None, tools: Iterable[Any] = (), token: str | None = None) -> None:
+        if token is not None:
+            raise ConfigError("token: only an API URL (http:// or https://, a `fleetforge serve`) takes a token; "
+                              "a store URL is opened directly")
         if store is None:
             url = store_url or os.environ.get("FLEETFORGE_STORE_URL") or None
             folder = data_dir or os.environ.get("FLEETFORGE_DATA_DIR") or None
@@ -231,7 +244,7 @@ class Client:
         The same `idempotency_key` always gives the same run, stored once (concurrent submits too).
         Raises SpecError naming every problem; nothing is stored then.
         """
-        data = _spec_data(spec)
+        data = spec_data(spec)
         return RunHandle(self, self._with_runtime(lambda rt: rt.submit(data, idempotency_key=idempotency_key)))
 
     def approve(self, run_id: str, step: str, reason: str | None = None, actor: str | None = None) -> None:
@@ -276,10 +289,7 @@ class Client:
 
     def runs(self, status: str | None = None, workspace: str | None = None, limit: int = 50) -> list[RunInfo]:
         """The most recent runs, newest first."""
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status: got {status!r}, expected one of {', '.join(STATUSES)}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise ValueError(f"limit: got {limit!r}, expected an integer from 1 to 10000")
+        check_runs_query(status, limit)
         return [RunInfo(r.id, r.workspace, r.app, str(r.status), r.created_us, r.finished_us, r.error_kind)
                 for r in self.store.list_runs(status=status, workspace=workspace, limit=limit)]
 
@@ -376,7 +386,15 @@ class InProcessWorker:
         self.join()
 
 
-def _spec_data(spec: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+def check_runs_query(status: str | None, limit: int) -> None:
+    """ValueError naming a bad `runs()` argument."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status: got {status!r}, expected one of {', '.join(STATUSES)}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit: got {limit!r}, expected an integer from 1 to 10000")
+
+
+def spec_data(spec: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(spec, Path):
         try:
             raw = spec.read_bytes()[:MAX_SPEC_BYTES + 1]

@@ -12,7 +12,7 @@ from fleetforge.domain.models import TERMINAL_RUN
 from fleetforge.domain.names import EventKind
 from fleetforge.ports.store import OutboxPosition, Store
 
-__all__ = ["END_KINDS", "MAX_CANDIDATES", "AmbiguousRunId", "follow_run", "resolve_run_id"]
+__all__ = ["END_KINDS", "MAX_CANDIDATES", "AmbiguousRunId", "RunFollower", "follow_run", "resolve_run_id"]
 
 MAX_CANDIDATES: Final = 10
 """At most this many matching ids are named when a prefix is ambiguous."""
@@ -51,32 +51,58 @@ def resolve_run_id(store: Store, text: str) -> str:
     return found[0]
 
 
+class RunFollower:
+    """Reads one run's events from the outbox in commit order, a pass at a time, never waiting itself.
+
+    `poll` returns what committed since the last pass as (outbox position, event) pairs and sets `done`
+    after the event that ends the run; when that event is no longer in the outbox (retention pruned it),
+    once the run is finished and every event committed before was read. Starting `after` a position
+    read earlier resumes exactly after it: nothing is skipped or repeated.
+    """
+
+    def __init__(self, store: Store, run_id: str, *, after: OutboxPosition = (0, 0), batch: int = 2_000) -> None:
+        self.store, self.run_id, self.position, self.batch = store, run_id, after, batch
+        self.done = False
+
+    def poll(self) -> list[tuple[OutboxPosition, Envelope]]:
+        """The run's events committed since the last pass. Raises NotFoundError when the run does not exist."""
+        found: list[tuple[OutboxPosition, Envelope]] = []
+        while not self.done:
+            rows = self.store.read_outbox(self.position, self.batch)
+            for row in rows:
+                self.position = row.position
+                if row.run_id == self.run_id:
+                    env = Envelope.from_json(row.envelope)
+                    found.append((row.position, env))
+                    if env.kind in END_KINDS:
+                        self.done = True
+                        return found
+            if len(rows) == self.batch:
+                continue
+            run = self.store.get_run(self.run_id)
+            if run is None:
+                raise NotFoundError(f"no run {self.run_id!r}; list runs with `fleetforge runs list`")
+            if run.status not in TERMINAL_RUN:
+                return found
+            # finished, its end event pruned: drain what committed before, then stop
+            while rows := self.store.read_outbox(self.position, self.batch):
+                self.position = rows[-1].position
+                found.extend((r.position, Envelope.from_json(r.envelope)) for r in rows if r.run_id == self.run_id)
+            self.done = True
+        return found
+
+
 def follow_run(store: Store, run_id: str, *, after: OutboxPosition = (0, 0), poll_s: float = 0.2,
                batch: int = 2_000, sleep: Callable[[float], None] = time.sleep) -> Iterator[Envelope]:
     """The run's events in commit order, read from the outbox after `after`, waiting `poll_s` between
-    reads when there is nothing new; ends after the event that ends the run.
+    reads when there is nothing new; ends after the event that ends the run (see `RunFollower`).
 
-    When that event is no longer in the outbox (retention pruned it), it ends once the run is finished
-    and every event committed before was read. Raises NotFoundError when the run does not exist.
+    Raises NotFoundError when the run does not exist.
     """
-    pos = after
+    follower = RunFollower(store, run_id, after=after, batch=batch)
     while True:
-        rows = store.read_outbox(pos, batch)
-        for row in rows:
-            pos = row.position
-            if row.run_id == run_id:
-                env = Envelope.from_json(row.envelope)
-                yield env
-                if env.kind in END_KINDS:
-                    return
-        if len(rows) == batch:
-            continue
-        run = store.get_run(run_id)
-        if run is None:
-            raise NotFoundError(f"no run {run_id!r}; list runs with `fleetforge runs list`")
-        if run.status in TERMINAL_RUN:  # finished, its end event pruned: drain what committed before
-            while rows := store.read_outbox(pos, batch):
-                pos = rows[-1].position
-                yield from (Envelope.from_json(r.envelope) for r in rows if r.run_id == run_id)
+        for _, env in follower.poll():
+            yield env
+        if follower.done:
             return
         sleep(poll_s)

@@ -5,6 +5,7 @@ Every URL, header set, setting or error text that may be printed or logged passe
   fragment hidden (API keys travel in all three);
 - `redact_text`: free text (an exception message, a log line) with the known secret values, every URL
   in it (as `redact_url`) and ``password=…``-like pairs hidden;
+- FleetForge API tokens (``fft_…``, domain/tokens.py) wherever they appear in text;
 - `redact_headers` / `redact_mapping`: header or setting values hidden when their name looks secret
   (Authorization, X-Api-Key, Cookie, ...password / secret / token / key...).
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
+
+from fleetforge.domain.tokens import TOKEN_PATTERN
 
 __all__ = ["MASK", "is_secret_name", "redact_headers", "redact_mapping", "redact_text", "redact_url"]
 
@@ -79,10 +82,11 @@ def _looks_like_token(user: str) -> bool:
 
 
 def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` with the given secret values, every URL's secrets and ``key=secret`` pairs hidden."""
+    """`text` with the given secret values, API tokens, every URL's secrets and ``key=secret`` pairs hidden."""
     for secret in sorted((s for s in secrets if s and len(s) >= MIN_SECRET_CHARS), key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    text = TOKEN_PATTERN.sub(MASK, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
     return _PAIR_IN_TEXT.sub(
         lambda m: m.group(0) if m.group("value") == MASK else f"{m.group('key')}{m.group('sep')}{MASK}", text

@@ -38,7 +38,8 @@ runs_app = typer.Typer(help="List, inspect, cancel, approve, pause, resume, fork
 app.add_typer(runs_app, name="runs")
 
 # Command modules of the other areas; each exposes register(app).
-_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor", "retention", "telemetry")
+_AREAS = ("analytics", "forwarder", "exporters", "observability", "dashboard", "doctor", "retention", "telemetry",
+          "serve", "tokens")
 
 
 def _version(value: bool) -> None:

@@ -15,6 +15,18 @@ INSERT INTO idempotency_keys (key, run_id, created_us) VALUES (%s, %s, %s) ON CO
 -- name: select_idempotency_key
 SELECT run_id FROM idempotency_keys WHERE key = %s;
 
+-- name: insert_token
+INSERT INTO api_tokens (id, name, scope, digest, created_us, revoked_us) VALUES (%s, %s, %s, %s, %s, %s);
+
+-- name: list_tokens
+SELECT id, name, scope, digest, created_us, revoked_us FROM api_tokens ORDER BY created_us, id;
+
+-- name: token_by_digest
+SELECT id, name, scope, digest, created_us, revoked_us FROM api_tokens WHERE digest = %s;
+
+-- name: revoke_token
+UPDATE api_tokens SET revoked_us = %(now)s WHERE id = %(id)s AND revoked_us IS NULL RETURNING id;
+
 -- name: update_run
 UPDATE runs SET status = %s, started_us = %s, finished_us = %s, error_kind = %s,
                 outputs = COALESCE(%s::jsonb, outputs) WHERE id = %s;

@@ -20,12 +20,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from fleetforge.adapters.stores import rows, sqlfiles
+from fleetforge.adapters.stores import rows, sqlfiles, token_rows
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.domain.secrets import redact_text
+from fleetforge.domain.tokens import TokenRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
 from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
@@ -517,6 +518,21 @@ class PostgresStore:
         with self.transaction() as tx:
             return len(tx.execute("delete_runs", Q["delete_runs"],
                                   {"ids": list(run_ids), "budget_prefix": budget_prefix}))
+
+    # -- API tokens (ports.tokens.TokenStore) ---------------------------------------------------------
+
+    def insert_token(self, row: TokenRow) -> None:
+        self._query_none("insert_token", token_rows.token_params(row))
+
+    def list_tokens(self) -> list[TokenRow]:
+        return [token_rows.token_from_row(r) for r in self._query("list_tokens")]
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        found = self._query("token_by_digest", (digest,))
+        return token_rows.token_from_row(found[0]) if found else None
+
+    def revoke_token(self, token_id: str, now_us: int) -> bool:
+        return bool(self._query("revoke_token", {"id": token_id, "now": now_us}))
 
     def close(self) -> None:
         self._pool.close()

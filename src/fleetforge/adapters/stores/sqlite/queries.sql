@@ -30,6 +30,18 @@ INSERT INTO idempotency_keys (key, run_id, created_us) VALUES (?, ?, ?) ON CONFL
 -- name: select_idempotency_key
 SELECT run_id FROM idempotency_keys WHERE key = ?;
 
+-- name: insert_token
+INSERT INTO api_tokens (id, name, scope, digest, created_us, revoked_us) VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: list_tokens
+SELECT id, name, scope, digest, created_us, revoked_us FROM api_tokens ORDER BY created_us, id;
+
+-- name: token_by_digest
+SELECT id, name, scope, digest, created_us, revoked_us FROM api_tokens WHERE digest = ?;
+
+-- name: revoke_token
+UPDATE api_tokens SET revoked_us = ?2 WHERE id = ?1 AND revoked_us IS NULL;
+
 -- name: find_run_ids
 -- A range scan of the primary key (BINARY collation), then an exact prefix check.
 SELECT id FROM runs WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1

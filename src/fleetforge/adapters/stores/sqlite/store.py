@@ -14,11 +14,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from fleetforge.adapters.stores import rows, sqlfiles
+from fleetforge.adapters.stores import rows, sqlfiles, token_rows
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
+from fleetforge.domain.tokens import TokenRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
 from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
@@ -366,6 +367,23 @@ class SqliteStore:
                 tx.c.execute(Q[name], (doc,))
             tx.c.execute(Q["delete_run_budgets"], (budget_prefix, doc))
             return int(tx.c.execute(Q["delete_runs"], (doc,)).rowcount)
+
+    # -- API tokens (ports.tokens.TokenStore) ---------------------------------------------------------
+
+    def insert_token(self, row: TokenRow) -> None:
+        with self.transaction() as tx:
+            tx.c.execute(Q["insert_token"], token_rows.token_params(row))
+
+    def list_tokens(self) -> list[TokenRow]:
+        return [token_rows.token_from_row(tuple(r)) for r in self._query(Q["list_tokens"])]
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        found = self._query(Q["token_by_digest"], (digest,))
+        return token_rows.token_from_row(tuple(found[0])) if found else None
+
+    def revoke_token(self, token_id: str, now_us: int) -> bool:
+        with self.transaction() as tx:
+            return tx.c.execute(Q["revoke_token"], (token_id, now_us)).rowcount > 0
 
     def close(self) -> None:
         with self._lock:
