@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleetforge.core import agent as A
@@ -82,6 +82,7 @@ class _Batch:
     decisions: list[DecisionRow] = field(default_factory=list)
     failed_runs: set[str] = field(default_factory=set)
     touched_runs: set[str] = field(default_factory=set)
+    wake: bool = False  # steps were queued ready now: wake the workers once this commits
     # state of runs and budget rows as read, so that flush writes only the rows that changed
     run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -98,7 +99,9 @@ class _Batch:
         self.budget_seen.setdefault(row.scope, _budget_state(row))
         self.budgets[row.scope] = row
 
-    def flush(self, tx: Tx) -> None:
+    def flush(self, tx: Tx, now: int) -> None:
+        if self.wake or any(s.status is StepStatus.QUEUED and s.not_before_us <= now for s in self.steps.values()):
+            tx.notify_ready()
         runs = [r for r in self.runs.values() if self.run_seen.get(r.id) != _run_state(r)]
         if runs:
             tx.update_runs(runs)
@@ -209,7 +212,10 @@ class Scheduler:
         return self._parsed(run).spec
 
     def _step_spec(self, run: RunRow, step: StepRow | str) -> StepSpec:
-        return self._parsed(run).step(step)
+        spec = self._parsed(run).step(step)
+        if not isinstance(step, str) and step.type == StepType.AGENT and isinstance(step.spec.get("inputs"), dict):
+            return replace(spec, inputs=step.spec["inputs"])  # resolved at the agent's first claim, kept
+        return spec
 
     def _budgets(self, tx: Tx, b: _Batch, run: RunRow) -> list[BudgetRow]:
         scopes = B.scopes_of(run)
@@ -305,6 +311,7 @@ class Scheduler:
                               priority_boost=s.priority_boost)
                    for s in steps if s.status is StepStatus.QUEUED]
         tx.append_events(events)
+        tx.notify_ready()
         return events
 
     # -- claim ---------------------------------------------------------------------------------
@@ -327,26 +334,27 @@ class Scheduler:
             spec = self._step_spec(run, step)
             res = reservations[(run.id, step.step_id)] = B.reservation_for(
                 spec, self.executors[step.type].estimate(spec))
-            if res.tokens or res.micros:
+            if res.tokens or res.micros or step.type == StepType.AGENT:  # an agent leases its first unit at once
                 moving.update(B.scopes_of(run))
         self._lock_budgets(tx, b, first.values(), moving)
         # Read the runs again now that their budget rows are locked: a concurrent claim of another
         # step of the same run has committed by now, so a run is started (run_started) only once.
         b.add_runs(tx.reread_runs(list(first.values())))
         claims: list[Claim] = []
-        for step in ready:
+        for index, step in enumerate(ready):
             run = b.runs[step.run_id]
             if _doomed(run, b):  # failed earlier in this batch (a denial): the step is skipped, not started
                 self._mark_failed(b, run, run.error_kind)
                 continue
-            if step.type == StepType.AGENT:
-                claim = agent_loop.advance(self, tx, b, run, step, worker, now)
-            else:
-                claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
+            if step.type == StepType.AGENT:  # its units take the room the rest of the batch leaves
+                room = limit - len(claims) - (len(ready) - index - 1)
+                claims += agent_loop.advance(self, tx, b, run, step, worker, now, room=room)
+                continue
+            claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
             if claim is not None:
                 claims.append(claim)
         self._finish_failed_runs(tx, b, now)
-        b.flush(tx)
+        b.flush(tx, now)
         return claims, b.events
 
     def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
@@ -469,6 +477,14 @@ class Scheduler:
 
     def complete(self, tx: Tx, outcomes: Sequence[Outcome], now: int) -> tuple[list[Outcome], list[Envelope]]:
         """Record finished attempts. Returns the outcomes accepted (lease still held) and the events."""
+        accepted, _, events = self.complete_and_claim(tx, outcomes, now, "", 0)
+        return accepted, events
+
+    def complete_and_claim(self, tx: Tx, outcomes: Sequence[Outcome], now: int, worker: str,
+                           room: int) -> tuple[list[Outcome], list[Claim], list[Envelope]]:
+        """`complete`, and lease to `worker` (up to `room`) the units of the agents these outcomes woke, in
+        the same transaction: an agent's next unit waits for no claim. Returns accepted outcomes, claims
+        and events."""
         b = _Batch()
         # Lock every open step of these runs (their dependents and siblings too) before any budget
         # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
@@ -478,12 +494,13 @@ class Scheduler:
         live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
         b.add_runs(tx.reread_runs([o.claim.run for o in outcomes]))  # their state now (the rest never changes)
         moving: set[str] = set()
-        for o in outcomes:
-            if _moves_budgets(o):
+        for o in outcomes:  # an agent's unit may wake it, and the agent lease its next unit at once
+            if _moves_budgets(o) or (room > 0 and A.parent_of(o.claim.step) is not None):
                 run = b.runs.get(o.claim.run.id)
                 moving.update(B.scopes_of(run if run is not None else o.claim.run))
         self._lock_budgets(tx, b, b.runs.values(), moving)
         accepted: list[Outcome] = []
+        claims: list[Claim] = []
         released: list[tuple[str, str]] = []
         for o in outcomes:
             step = live.get((o.claim.run.id, o.claim.step.step_id))
@@ -502,7 +519,8 @@ class Scheduler:
                     continue
                 self._queue(b, run, dep, now, not_before=now)
                 if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
-                    agent_loop.advance(self, tx, b, run, dep, outcomes[0].claim.worker, now, settle=False)
+                    claims += agent_loop.advance(self, tx, b, run, dep, worker, now, room=room - len(claims),
+                                                 settle=room > len(claims))
                     continue
                 b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
                                            queue_target_ms=dep.queue_target_ms,
@@ -510,8 +528,8 @@ class Scheduler:
         # Nothing else of these runs changed in the database since their open steps were locked above,
         # unless dependents were released: then read them again.
         self._finish_failed_runs(tx, b, now, None if released else open_rows)
-        b.flush(tx)
-        return accepted, b.events
+        b.flush(tx, now)
+        return accepted, claims, b.events
 
     def _finish_attempt(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
         """Settle one attempt; True when the step succeeded and its dependents may be released."""
@@ -710,6 +728,6 @@ class Scheduler:
                 b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now, reason="run canceled"))
         b.events.append(run_event(K.RUN_CANCELED, run, now, duration_ms=(now - run.created_us) / 1000,
                                   queue_target_ms=run.queue_target_ms))
-        b.flush(tx)
+        b.flush(tx, now)
         return b.events
 

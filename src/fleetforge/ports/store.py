@@ -7,7 +7,7 @@ return batches so that a backend can send them in few round trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -143,6 +143,9 @@ class Tx(Protocol):
     def append_events(self, events: Sequence[Envelope]) -> None:
         """Append envelopes to the outbox, in order."""
         ...
+    def notify_ready(self) -> None:
+        """Steps this transaction queued are ready: once it commits, wake the workers (`Store.on_ready`)."""
+        ...
 
 
 class Store(Protocol):
@@ -199,5 +202,9 @@ class Store(Protocol):
         ...
     def release_lease(self, name: str, holder: str) -> None:
         """Expire lease `name` now if `holder` holds it."""
+        ...
+    def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from any thread) after each commit of a transaction that called `Tx.notify_ready`: in
+        this process, and on PostgreSQL in any process (LISTEN/NOTIFY). Returns the function that stops it."""
         ...
     def close(self) -> None: ...

@@ -439,3 +439,7 @@ SELECT state FROM reader_state WHERE name = %s;
 -- name: set_reader_state
 INSERT INTO reader_state (name, state, updated_us) VALUES (%s, %s, %s)
 ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_us = excluded.updated_us;
+
+-- name: notify_ready
+-- Sent when the transaction commits: workers LISTENing on the channel claim at once (wakeup.py).
+SELECT pg_notify(%s, '');

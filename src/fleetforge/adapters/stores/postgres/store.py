@@ -21,6 +21,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from fleetforge.adapters.stores import rows, sqlfiles
+from fleetforge.adapters.stores.postgres.wakeup import ReadyListener, channel_for
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
@@ -115,10 +116,17 @@ class _Pool:
 
 
 class _PostgresTx:
-    def __init__(self, conn: Conn, clock: Clock, errors: _Errors) -> None:
+    def __init__(self, conn: Conn, clock: Clock, errors: _Errors, channel: str) -> None:
         self.c = conn
         self.clock = clock
         self._errors = errors
+        self._channel = channel
+        self._notified = False
+
+    def notify_ready(self) -> None:
+        if not self._notified:  # one NOTIFY per transaction (PostgreSQL folds equal ones anyway)
+            self._notified = True
+            self._run("notify_ready", lambda: self.c.execute(Q["notify_ready"], (self._channel,)))
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -307,6 +315,8 @@ class PostgresStore:
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
         self._pool = _Pool(self._new_connection, pool_size, timeout_s=max(30.0, 3 * connect_timeout_s))
+        self._channel = channel_for(schema)
+        self._listener = ReadyListener(self._new_connection, self._channel)
 
     def _new_connection(self) -> Conn:
         extra: dict[str, Any] = {}
@@ -334,7 +344,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 self._errors.raise_(exc, "transaction")
             try:
-                yield _PostgresTx(conn, self.clock, self._errors)
+                yield _PostgresTx(conn, self.clock, self._errors, self._channel)
             except BaseException:
                 _rollback(conn)
                 raise
@@ -503,7 +513,12 @@ class PostgresStore:
             return len(tx.execute("delete_runs", Q["delete_runs"],
                                   {"ids": list(run_ids), "budget_prefix": budget_prefix}))
 
+    def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Wake-ups from every process using this database and schema (LISTEN/NOTIFY, see wakeup.py)."""
+        return self._listener.subscribe(wake)
+
     def close(self) -> None:
+        self._listener.close()
         self._pool.close()
 
 

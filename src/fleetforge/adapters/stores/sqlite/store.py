@@ -9,7 +9,7 @@ import json
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self.c = conn
         self.clock = clock
+        self.ready = False
+
+    def notify_ready(self) -> None:
+        self.ready = True
 
     def insert_run(self, run: RunRow) -> None:
         self.c.execute(Q["insert_run"], rows.run_params(run))
@@ -158,6 +162,7 @@ class SqliteStore:
         self._local = threading.local()
         self._all: dict[threading.Thread, sqlite3.Connection] = {}  # per thread, closed once it ended
         self._lock = threading.Lock()
+        self._wakes: list[Callable[[], None]] = []
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -199,8 +204,9 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store {self.path} is not writable: {exc}") from exc
+        tx = _SqliteTx(conn, self.clock)
         try:
-            yield _SqliteTx(conn, self.clock)
+            yield tx
         except sqlite3.Error as exc:
             _rollback(conn)
             raise self._failed("SQLite transaction failed", exc) from exc
@@ -212,6 +218,20 @@ class SqliteStore:
         except sqlite3.Error as exc:
             _rollback(conn)
             raise self._failed("commit failed", exc) from exc
+        if tx.ready:
+            for wake in list(self._wakes):
+                wake()
+
+    def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Wake-ups within this process (workers of other processes find new steps by polling)."""
+        with self._lock:
+            self._wakes.append(wake)
+
+        def stop() -> None:
+            with self._lock, suppress(ValueError):
+                self._wakes.remove(wake)
+
+        return stop
 
     def _failed(self, doing: str, exc: sqlite3.Error) -> StoreError | StoreFull:
         """The error to raise for `exc`; a full disk says where and what to do."""
