@@ -525,9 +525,11 @@ class Scheduler:
                 b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now,
                                            queue_target_ms=dep.queue_target_ms,
                                            priority_boost=dep.priority_boost))
-        # Nothing else of these runs changed in the database since their open steps were locked above,
-        # unless dependents were released: then read them again.
-        self._finish_failed_runs(tx, b, now, None if released else open_rows)
+        # Nothing else of these runs changed in the database since their open steps were locked above but
+        # released dependents (in the batch now, as any step it changed) and the units agents created (each
+        # of those agents is open, and its run with it). Only a run that failed must read them again: its
+        # open steps are skipped, and what is written must be their current rows.
+        self._finish_failed_runs(tx, b, now, None if released and b.failed_runs else open_rows)
         b.flush(tx, now)
         return accepted, claims, b.events
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import orjson
 import psycopg
@@ -116,26 +116,64 @@ class _Pool:
 
 
 class _PostgresTx:
+    """One transaction. Statements whose results nothing reads (inserts, updates, NOTIFY) are not sent at
+    once: they go in one pipeline with the next read, or with the COMMIT, so a transaction costs a round
+    trip per read plus one (BEGIN travels with the first read)."""
+
     def __init__(self, conn: Conn, clock: Clock, errors: _Errors, channel: str) -> None:
         self.c = conn
         self.clock = clock
         self._errors = errors
         self._channel = channel
         self._notified = False
+        self._pending: list[tuple[str, Any, Any, bool]] = [("transaction", q, None, False) for q in _BEGIN]
 
     def notify_ready(self) -> None:
         if not self._notified:  # one NOTIFY per transaction (PostgreSQL folds equal ones anyway)
             self._notified = True
-            self._run("notify_ready", lambda: self.c.execute(Q["notify_ready"], (self._channel,)))
+            self._defer("notify_ready", Q["notify_ready"], (self._channel,))
+
+    def _defer(self, name: str, query: Any, params: Any, many: bool = False) -> None:
+        self._pending.append((name, query, params, many))
+
+    def _send(self, last: Callable[[], T] | None = None, doing: str = "") -> T | None:
+        """Send the deferred statements and then `last` (a read) in one pipeline; `last`'s result."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return None if last is None else self._run(doing, last)
+        names = ", ".join(dict.fromkeys(n for n, *_ in pending if n != "transaction")) or "transaction"
+        got: list[Any] = []
+        try:
+            with self.c.pipeline():
+                for _, query, params, many in pending:
+                    if many:
+                        with self.c.cursor() as cur:
+                            cur.executemany(query, params)
+                    else:
+                        self.c.execute(query, params)
+                if last is not None:
+                    names += f", {doing}"
+                    got.append(last())
+        except psycopg.Error as exc:
+            self._errors.raise_(exc, names)
+        return got[0] if got else None
+
+    def commit(self) -> None:
+        """Send what is deferred and COMMIT, in one round trip."""
+        self._defer("commit", "COMMIT", None)
+        self._send()
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
+        if self._pending:
+            return cast(T, self._send(fn, what))
         try:
             return fn()
         except psycopg.Error as exc:
             self._errors.raise_(exc, what)
 
     def execute(self, doing: str, query: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
-        """Run one statement (several when `params` is None); its rows, if it returns any."""
+        """Run one statement (several when `params` is None), at once; its rows, if it returns any."""
+        self._send()  # a script of several statements cannot travel in a pipeline
 
         def go() -> list[tuple[Any, ...]]:
             cur = self.c.execute(query, params)
@@ -144,14 +182,9 @@ class _PostgresTx:
         return self._run(doing, go)
 
     def _many(self, name: str, params: Sequence[Sequence[Any]]) -> None:
-        """Run a named statement once per parameter row (psycopg pipelines the batch)."""
-
-        def go() -> None:
-            with self.c.cursor() as cur:
-                cur.executemany(Q[name], params)
-
+        """Run a named statement once per parameter row (deferred; psycopg pipelines the batch)."""
         if params:
-            self._run(name, go)
+            self._defer(name, Q[name], params, many=True)
 
     def _rows(self, name: str, params: Sequence[Sequence[Any]], fallback: str) -> None:
         """Write a batch with one statement taking the rows as a JSON array of arrays (see queries.sql);
@@ -163,25 +196,21 @@ class _PostgresTx:
         except (TypeError, orjson.JSONEncodeError):
             self._many(fallback, params)
             return
-        self._run(name, lambda: self.c.execute(Q[name], (doc,)))
+        self._defer(name, Q[name], (doc,))
 
     def _tuples(self, name: str, params: Any) -> list[tuple[Any, ...]]:
-        return self._run(name, lambda: self.c.execute(Q[name], params).fetchall())
+        cur = self._run(name, lambda: self.c.execute(Q[name], params))
+        return self._run(name, cur.fetchall)
 
     def _steps(self, name: str, params: Any) -> list[StepRow]:
-        def go() -> list[dict[str, Any]]:
-            with self.c.cursor(row_factory=dict_row) as cur:
-                return cur.execute(Q[name], params).fetchall()
-
-        return [rows.step_from_row(r) for r in self._run(name, go)]
+        cur = self._run(name, lambda: self.c.cursor(row_factory=dict_row).execute(Q[name], params))
+        return [rows.step_from_row(r) for r in self._run(name, cur.fetchall)]
 
     def insert_run(self, run: RunRow) -> None:
-        params = rows.run_params(run)
-        self._run("insert_run", lambda: self.c.execute(Q["insert_run"], params))
+        self._defer("insert_run", Q["insert_run"], rows.run_params(run))
 
     def claim_idempotency_key(self, key: str, run_id: str, now_us: int) -> str:
-        params = (key, run_id, now_us)
-        self._run("claim_idempotency_key", lambda: self.c.execute(Q["claim_idempotency_key"], params))
+        self._defer("claim_idempotency_key", Q["claim_idempotency_key"], (key, run_id, now_us))
         return str(self._tuples("select_idempotency_key", (key,))[0][0])
 
     def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
@@ -272,13 +301,13 @@ class _PostgresTx:
             return
         columns = [self.clock.now_us(), *map(list, zip(*[(e.id, str(e.kind), e.run_id, e.to_json())
                                                           for e in events], strict=True))]
-        self._run("insert_event", lambda: self.c.execute(Q["insert_events_set"], columns))
+        self._defer("insert_event", Q["insert_events_set"], columns)
 
 
 # Transactions start with the planner told to prefer indexes: scheduler statements look rows up by
 # key, and a plan prepared while a table was still small (a sequential scan was cheapest then) would
-# otherwise keep scanning it whole as it grows, until autovacuum analyzes it. One round trip.
-_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off"
+# otherwise keep scanning it whole as it grows, until autovacuum analyzes it. Sent with the first read.
+_BEGIN = ("BEGIN", "SET LOCAL enable_seqscan = off")
 
 
 def _rollback(conn: Conn) -> None:
@@ -339,20 +368,17 @@ class PostgresStore:
     @contextmanager
     def transaction(self) -> Iterator[_PostgresTx]:
         with self._pool.connection() as conn:
+            tx = _PostgresTx(conn, self.clock, self._errors, self._channel)
             try:
-                conn.execute(_BEGIN)
-            except psycopg.Error as exc:
-                self._errors.raise_(exc, "transaction")
-            try:
-                yield _PostgresTx(conn, self.clock, self._errors, self._channel)
+                yield tx
             except BaseException:
                 _rollback(conn)
                 raise
             try:
-                conn.execute("COMMIT")  # as psycopg's transaction(): on a transaction in error, a ROLLBACK
-            except psycopg.Error as exc:
+                tx.commit()  # as psycopg's transaction(): on a transaction in error, a ROLLBACK
+            except StoreError:
                 _rollback(conn)
-                self._errors.raise_(exc, "transaction")
+                raise
 
     def _query(self, name: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self._pool.connection() as conn:

@@ -31,7 +31,8 @@ def channel_for(schema: str) -> str:
 
 
 class ReadyListener:
-    """LISTENs on `channel` on its own connection (from `connect`) while at least one wake is subscribed."""
+    """LISTENs on `channel` on its own connection (from `connect`) from the first subscription until
+    `close` (so a process that starts one worker after another does not connect again for each)."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], channel: str) -> None:
         self._connect = connect
@@ -55,15 +56,17 @@ class ReadyListener:
             with self._lock:
                 if wake in self._wakes:
                     self._wakes.remove(wake)
-                if not self._wakes:
-                    self._stop.set()
 
         return stop
 
     def close(self) -> None:
+        """Stop listening; waits for the thread (at most one wait) so its connection is closed on return."""
         with self._lock:
             self._wakes.clear()
             self._stop.set()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2 * _WAIT_S)
 
     def _wake_all(self) -> None:
         with self._lock:
