@@ -75,7 +75,8 @@ def _agent(**inputs: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("spec", "match"), [
-    (_agent(instructions="${{ steps.nope.output.text }}"), r"steps\[1\]\.inputs\.instructions: .*nope.*a known step id"),
+    (_agent(instructions="${{ steps.nope.output.text }}"),
+     r"steps\[1\]\.inputs\.instructions: .*nope.*a known step id"),
     (_agent(instructions="${{ steps.act.output }}"), r"steps\[1\]\.inputs\.instructions: .*own output"),
     (_agent(instructions="${{ steps.plan.output..x }}"), r"steps\[1\]\.inputs\.instructions: .*a name after"),
     (_agent(instructions="${{ env.HOME }}"), r"steps\[1\]\.inputs\.instructions: .*root 'env'"),
@@ -164,3 +165,47 @@ def test_pii_redaction_redacts_an_upstream_email_before_the_first_turn(tmp_path:
     decisions = [(d.step_id, d.hook, d.effect) for d in store.get_decisions(rid) if d.step_id == "act"]
     assert ("act", "pre", "modify") in decisions
     agree(store)
+
+
+def test_a_parked_agent_is_pending_and_running_only_while_leased(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleetforge.adapters.cli.main import app
+    from fleetforge.adapters.client import Client
+    from fleetforge.core.scheduler import Outcome
+
+    rt, store, _ = make(tmp_path / "state.db")
+    rid = rt.submit({"seed": 1, "steps": [{"id": "a", "type": "agent", "inputs": {
+        "model": "sim-small", "instructions": "Go.", "tools": ["noop"], "sim_tool_turns": 1}}]})
+    client = Client(store=store)
+
+    def shown() -> dict[str, str]:
+        """Step statuses as `runs get --json` and the Client show them (they must agree)."""
+        got = CliRunner().invoke(app, ["runs", "get", rid, "--json", "--data-dir", str(tmp_path)])
+        assert got.exit_code == 0, got.output
+        cli = {s["step_id"]: s["status"] for s in json.loads(got.output)["steps"]}
+        assert cli == {sid: s.status for sid, s in client.run(rid).result().steps.items()}
+        return cli
+
+    now = store.clock.now_us
+    with store.transaction() as tx:
+        claims, _ = rt.scheduler.claim(tx, "w", now(), 8)
+    seen = [shown()]
+    while claims:  # each unit: completed, and the next one leased in the same transaction
+        c = claims[0]
+        result = ExecutionResult({"text": "done"} if c.step.step_id == "a.t2" else
+                                 {"text": "", "tool_calls": [{"id": "x", "type": "function",
+                                                              "function": {"name": "noop", "arguments": "{}"}}]}
+                                 if c.step.step_id == "a.t1" else {"ok": True} if c.step.type == "tool" else
+                                 c.inputs.get("output", {}))
+        with store.transaction() as tx:
+            _, claims, _ = rt.scheduler.complete_and_claim(tx, [Outcome(c, now(), result=result)], now(), "w", 8)
+        seen.append(shown())
+    assert seen == [
+        {"a": "pending", "a.t1": "running"},
+        {"a": "pending", "a.t1": "succeeded", "a.t1.cx": "running"},
+        {"a": "pending", "a.t1": "succeeded", "a.t1.cx": "succeeded", "a.t2": "running"},
+        {"a": "running", "a.t1": "succeeded", "a.t1.cx": "succeeded", "a.t2": "succeeded"},  # leased to settle
+        {"a": "succeeded", "a.t1": "succeeded", "a.t1.cx": "succeeded", "a.t2": "succeeded"},
+    ]
+    assert [r.status for r in client.runs()] == ["succeeded"]

@@ -84,7 +84,8 @@ def _start(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, spec: St
     """Begin the agent's one attempt (it spans all its units): resolve its references and run the pre-hook
     guardrails on them, as for any step, and keep the result in its row for every later turn. False when
     a guardrail denied it."""
-    step.attempt, inputs = 1, {}
+    step.attempt = 1
+    inputs: dict[str, Any] = {}
     if step.step_id in s._parsed(run).flows:
         inputs, invalid = s._resolve(tx, run, spec)
         if invalid is not None:

@@ -84,7 +84,11 @@ class Worker:
         lease_s = self.scheduler.config.lease_ms / 1000
         next_reap = next_heartbeat = 0.0
         loop = asyncio.get_running_loop()
-        unsubscribe = self.store.on_ready(lambda: loop.call_soon_threadsafe(self._ready))
+
+        def wake() -> None:  # from the store's thread
+            loop.call_soon_threadsafe(self._ready)
+
+        unsubscribe = self.store.on_ready(wake)
         try:
             while True:
                 now = loop.time()
