@@ -240,14 +240,20 @@ class Scheduler:
         (app, fleet) whose values decide something: one with a limit, and the fleet row when in-flight
         caps are set. Other shared rows are not locked (and stand in as rows without limits): with no
         limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
+        scopes, shared = self._budget_locks(b, runs, moving)
+        if scopes:
+            self._add_budgets(b, scopes, tx.lock_budgets(scopes, if_limited=shared))
+
+    def _budget_locks(self, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> tuple[list[str], list[str]]:
+        """The scopes `_lock_budgets` locks, and those of them locked only when they carry a limit."""
         runs = list(runs)
         scopes = sorted({s for run in runs for s in B.scopes_of(run)} - b.budgets.keys())
-        if not scopes:
-            return
         own = {B.run_scope(run.id) for run in runs}
         caps = self.config.max_inflight_tokens is not None or self.config.max_inflight_cost is not None
-        shared = [s for s in scopes if s not in own and s not in moving and not (s == B.FLEET and caps)]
-        found = tx.lock_budgets(scopes, if_limited=shared)
+        return scopes, [s for s in scopes if s not in own and s not in moving and not (s == B.FLEET and caps)]
+
+    @staticmethod
+    def _add_budgets(b: _Batch, scopes: list[str], found: Mapping[str, BudgetRow]) -> None:
         for s in scopes:  # a shared row left out has no limit: its values decide nothing, and it stays as is
             b.add_budget(found.get(s) or BudgetRow(s, None, None))
 
@@ -489,16 +495,18 @@ class Scheduler:
         # Lock every open step of these runs (their dependents and siblings too) before any budget
         # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
         # the budgets (in _finish_failed_runs) would deadlock with it.
+        # Then the runs' state now (the rest never changes) and their budget rows: three reads, one round trip.
         keys = {(o.claim.run.id, o.claim.step.step_id) for o in outcomes}
-        open_rows = tx.lock_open_steps(sorted({k[0] for k in keys}))
-        live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
-        b.add_runs(tx.reread_runs([o.claim.run for o in outcomes]))  # their state now (the rest never changes)
+        given = {o.claim.run.id: o.claim.run for o in outcomes}
         moving: set[str] = set()
         for o in outcomes:  # an agent's unit may wake it, and the agent lease its next unit at once
             if _moves_budgets(o) or (room > 0 and A.parent_of(o.claim.step) is not None):
-                run = b.runs.get(o.claim.run.id)
-                moving.update(B.scopes_of(run if run is not None else o.claim.run))
-        self._lock_budgets(tx, b, b.runs.values(), moving)
+                moving.update(B.scopes_of(o.claim.run))
+        scopes, shared = self._budget_locks(b, given.values(), moving)
+        open_rows, runs, found = tx.lock_for_completion(sorted(given), list(given.values()), scopes, shared)
+        live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
+        b.add_runs(runs)
+        self._add_budgets(b, scopes, found)
         accepted: list[Outcome] = []
         claims: list[Claim] = []
         released: list[tuple[str, str]] = []

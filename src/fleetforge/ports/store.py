@@ -115,6 +115,11 @@ class Tx(Protocol):
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         """Lock every non-terminal step of the given runs."""
         ...
+    def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
+                            if_limited: Sequence[str]) -> tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow]]:
+        """`lock_open_steps(run_ids)`, `reread_runs(runs)`, then `lock_budgets(scopes, if_limited=...)`, in this
+        order, as if called one after the other (a backend may send them in one round trip)."""
+        ...
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         """Write every mutable field of the given steps."""
         ...

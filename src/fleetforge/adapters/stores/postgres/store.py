@@ -7,7 +7,6 @@ so a transaction that commits late is never skipped by a reader.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar, cast
@@ -21,6 +20,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from fleetforge.adapters.stores import rows, sqlfiles
+from fleetforge.adapters.stores.postgres.pool import Pool
 from fleetforge.adapters.stores.postgres.wakeup import ReadyListener, channel_for
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
@@ -65,56 +65,6 @@ def _scrub_all(text: str, dsn: str) -> str:
     return text.replace(dsn, "<dsn>")
 
 
-class _Pool:
-    """At most `size` connections; one is checked out per transaction or query."""
-
-    def __init__(self, connect: Callable[[], Conn], size: int, timeout_s: float) -> None:
-        self._connect = connect
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[Conn] = []
-        self._lock = threading.Lock()
-        self._timeout_s = timeout_s
-        self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[Conn]:
-        if not self._slots.acquire(timeout=self._timeout_s):
-            raise StoreUnavailable(f"no free PostgreSQL connection after {self._timeout_s:g}s")
-        conn: Conn | None = None
-        try:
-            with self._lock:
-                while self._idle and conn is None:
-                    conn = self._idle.pop()
-                    if conn.closed or conn.broken:
-                        conn = None
-            if conn is None:
-                conn = self._connect()
-            yield conn
-        finally:
-            if conn is not None:
-                self._give_back(conn)
-            self._slots.release()
-
-    def _give_back(self, conn: Conn) -> None:
-        if not conn.closed and not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-            try:
-                conn.rollback()
-            except psycopg.Error:
-                conn.close()
-        with self._lock:
-            if self._closed or conn.closed or conn.broken:
-                conn.close()
-            else:
-                self._idle.append(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
 class _PostgresTx:
     """One transaction. Statements whose results nothing reads (inserts, updates, NOTIFY) are not sent at
     once: they go in one pipeline with the next read, or with the COMMIT, so a transaction costs a round
@@ -136,12 +86,14 @@ class _PostgresTx:
     def _defer(self, name: str, query: Any, params: Any, many: bool = False) -> None:
         self._pending.append((name, query, params, many))
 
-    def _send(self, last: Callable[[], T] | None = None, doing: str = "") -> T | None:
-        """Send the deferred statements and then `last` (a read) in one pipeline; `last`'s result."""
+    def _send(self, last: Callable[[], T] | None = None, doing: str = "", *, pipeline: bool = False) -> T | None:
+        """Send the deferred statements and then `last` (reads) in one pipeline (also with none deferred when
+        `pipeline`); `last`'s result."""
         pending, self._pending = self._pending, []
-        if not pending:
+        if not pending and not pipeline:
             return None if last is None else self._run(doing, last)
         names = ", ".join(dict.fromkeys(n for n, *_ in pending if n != "transaction")) or "transaction"
+        names = names if pending else doing
         got: list[Any] = []
         try:
             with self.c.pipeline():
@@ -152,7 +104,7 @@ class _PostgresTx:
                     else:
                         self.c.execute(query, params)
                 if last is not None:
-                    names += f", {doing}"
+                    names += f", {doing}" if pending else ""
                     got.append(last())
         except psycopg.Error as exc:
             self._errors.raise_(exc, names)
@@ -251,6 +203,31 @@ class _PostgresTx:
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         return self._steps("open_steps_of_runs", (list(dict.fromkeys(run_ids)),)) if run_ids else []
 
+    def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
+                            if_limited: Sequence[str]) -> tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow]]:
+        """The three reads in one pipeline (one round trip, with BEGIN and anything deferred)."""
+        given = {r.id: r for r in runs}
+        wanted = list(dict.fromkeys(scopes))
+
+        def go() -> tuple[Any, Any, Any]:
+            steps = self.c.cursor(row_factory=dict_row).execute(Q["open_steps_of_runs"],
+                                                                 (list(dict.fromkeys(run_ids)),))
+            states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
+            budgets = None
+            if wanted and if_limited:
+                budgets = self.c.execute(Q["lock_budgets_if_limited"],
+                                         {"scopes": wanted, "if_limited": list(if_limited)})
+            elif wanted:
+                budgets = self.c.execute(Q["lock_budgets"], (wanted,))
+            return steps, states, budgets
+
+        got = self._send(go, "lock_for_completion", pipeline=True)
+        assert got is not None
+        steps, states, budgets = got
+        return ([rows.step_from_row(r) for r in steps.fetchall()],
+                {rid: rows.run_with_state(given[rid], *st) for rid, *st in (states.fetchall() if states else [])},
+                {b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])})
+
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         last = {(s.run_id, s.step_id): s for s in steps}  # of a step given twice, the last one is written
         self._rows("update_steps_json", [rows.step_update_params(s) for _, s in sorted(last.items())],
@@ -343,7 +320,7 @@ class PostgresStore:
         self._errors = _Errors(dsn)
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
-        self._pool = _Pool(self._new_connection, pool_size, timeout_s=max(30.0, 3 * connect_timeout_s))
+        self._pool = Pool(self._new_connection, pool_size, timeout_s=max(30.0, 3 * connect_timeout_s))
         self._channel = channel_for(schema)
         self._listener = ReadyListener(self._new_connection, self._channel)
 

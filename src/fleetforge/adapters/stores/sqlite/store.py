@@ -105,6 +105,11 @@ class _SqliteTx:
             for r in self.c.execute(Q["open_steps_of_run"], (rid,))
         ]
 
+    def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
+                            if_limited: Sequence[str]) -> tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow]]:
+        return (self.lock_open_steps(run_ids), self.reread_runs(runs),
+                self.lock_budgets(scopes, if_limited=if_limited))
+
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         self.c.executemany(Q["update_step"], [rows.step_update_params(s) for s in steps])
 
