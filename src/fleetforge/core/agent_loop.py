@@ -41,8 +41,11 @@ def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker:
     if step.attempt == 0 and not _start(s, tx, b, run, step, spec, worker, now):
         return []
     spec = s._step_spec(run, step)  # with its references resolved
-    children = {c.step_id: c for c in tx.get_steps(run.id) if A.parent_of(c) == step.step_id}
-    children.update((sid, row) for (rid, sid), row in b.steps.items()  # changed in this transaction
+    # its units as committed (read with the completion that woke it: its open ones stay locked since), then
+    # as changed in this transaction
+    committed = b.run_steps[run.id] if run.id in b.run_steps else tx.get_steps(run.id)
+    children = {c.step_id: c for c in committed if A.parent_of(c) == step.step_id}
+    children.update((sid, row) for (rid, sid), row in b.steps.items()
                     if rid == run.id and A.parent_of(row) == step.step_id)
     model = str(spec.inputs.get("model", ""))
     invalid = step.spec.get(_INVALID)

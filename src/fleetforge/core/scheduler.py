@@ -83,6 +83,7 @@ class _Batch:
     failed_runs: set[str] = field(default_factory=set)
     touched_runs: set[str] = field(default_factory=set)
     wake: bool = False  # steps were queued ready now: wake the workers once this commits
+    run_steps: dict[str, list[StepRow]] = field(default_factory=dict)  # every step of some runs, read at its start
     # state of runs and budget rows as read, so that flush writes only the rows that changed
     run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -503,7 +504,9 @@ class Scheduler:
             if _moves_budgets(o) or (room > 0 and A.parent_of(o.claim.step) is not None):
                 moving.update(B.scopes_of(o.claim.run))
         scopes, shared = self._budget_locks(b, given.values(), moving)
-        open_rows, runs, found = tx.lock_for_completion(sorted(given), list(given.values()), scopes, shared)
+        agents = sorted({o.claim.run.id for o in outcomes if A.parent_of(o.claim.step) is not None})
+        open_rows, runs, found, b.run_steps = tx.lock_for_completion(sorted(given), list(given.values()), scopes,
+                                                                     shared, agents)
         live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
         b.add_runs(runs)
         self._add_budgets(b, scopes, found)

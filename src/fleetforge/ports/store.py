@@ -17,6 +17,7 @@ from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 
 __all__ = [
     "AttemptRow",
+    "Completion",
     "DecisionRow",
     "OutboxPosition",
     "OutboxRecord",
@@ -79,6 +80,10 @@ class OutboxRecord:
     created_us: int
 
 
+Completion = tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow], dict[str, list[StepRow]]]
+"""What `Tx.lock_for_completion` returns: open steps, runs, budget rows, every step of some runs."""
+
+
 class Tx(Protocol):
     """Operations inside one transaction. Rows returned by `lock_*` stay locked until commit."""
 
@@ -116,9 +121,10 @@ class Tx(Protocol):
         """Lock every non-terminal step of the given runs."""
         ...
     def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
-                            if_limited: Sequence[str]) -> tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow]]:
-        """`lock_open_steps(run_ids)`, `reread_runs(runs)`, then `lock_budgets(scopes, if_limited=...)`, in this
-        order, as if called one after the other (a backend may send them in one round trip)."""
+                            if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
+        """`lock_open_steps(run_ids)`, `reread_runs(runs)`, `lock_budgets(scopes, if_limited=...)`, then
+        `get_steps` of each run in `steps_of`, in this order, as if called one after the other (a backend may
+        send them in one round trip)."""
         ...
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         """Write every mutable field of the given steps."""

@@ -29,7 +29,7 @@ from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.domain.secrets import redact_text
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
-from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
+from fleetforge.ports.store import AttemptRow, Completion, DecisionRow, OutboxPosition, OutboxRecord
 
 __all__ = ["PostgresStore"]
 
@@ -204,12 +204,12 @@ class _PostgresTx:
         return self._steps("open_steps_of_runs", (list(dict.fromkeys(run_ids)),)) if run_ids else []
 
     def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
-                            if_limited: Sequence[str]) -> tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow]]:
-        """The three reads in one pipeline (one round trip, with BEGIN and anything deferred)."""
+                            if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
+        """The reads in one pipeline (one round trip, with BEGIN and anything deferred)."""
         given = {r.id: r for r in runs}
         wanted = list(dict.fromkeys(scopes))
 
-        def go() -> tuple[Any, Any, Any]:
+        def go() -> tuple[Any, Any, Any, dict[str, Any]]:
             steps = self.c.cursor(row_factory=dict_row).execute(Q["open_steps_of_runs"],
                                                                  (list(dict.fromkeys(run_ids)),))
             states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
@@ -219,14 +219,17 @@ class _PostgresTx:
                                          {"scopes": wanted, "if_limited": list(if_limited)})
             elif wanted:
                 budgets = self.c.execute(Q["lock_budgets"], (wanted,))
-            return steps, states, budgets
+            every = {rid: self.c.cursor(row_factory=dict_row).execute(Q["select_steps_of_run"], (rid,))
+                     for rid in dict.fromkeys(steps_of)}
+            return steps, states, budgets, every
 
         got = self._send(go, "lock_for_completion", pipeline=True)
         assert got is not None
-        steps, states, budgets = got
+        steps, states, budgets, every = got
         return ([rows.step_from_row(r) for r in steps.fetchall()],
                 {rid: rows.run_with_state(given[rid], *st) for rid, *st in (states.fetchall() if states else [])},
-                {b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])})
+                {b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])},
+                {rid: [rows.step_from_row(r) for r in cur.fetchall()] for rid, cur in every.items()})
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         last = {(s.run_id, s.step_id): s for s in steps}  # of a step given twice, the last one is written

@@ -21,7 +21,7 @@ from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
-from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord
+from fleetforge.ports.store import AttemptRow, Completion, DecisionRow, OutboxPosition, OutboxRecord
 
 __all__ = ["SqliteStore"]
 
@@ -106,9 +106,9 @@ class _SqliteTx:
         ]
 
     def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
-                            if_limited: Sequence[str]) -> tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow]]:
+                            if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
         return (self.lock_open_steps(run_ids), self.reread_runs(runs),
-                self.lock_budgets(scopes, if_limited=if_limited))
+                self.lock_budgets(scopes, if_limited=if_limited), {rid: self.get_steps(rid) for rid in steps_of})
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         self.c.executemany(Q["update_step"], [rows.step_update_params(s) for s in steps])
