@@ -6,6 +6,7 @@ SQLite serializes writers, so outbox sequence order is commit order and readers 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ from fleetforge.ports.store import AttemptRow, Completion, DecisionRow, OutboxPo
 __all__ = ["SqliteStore"]
 
 Q = load_queries("fleetforge.adapters.stores.sqlite")
+log = logging.getLogger("fleetforge.store.sqlite")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -225,7 +227,10 @@ class SqliteStore:
             raise self._failed("commit failed", exc) from exc
         if tx.ready:
             for wake in list(self._wakes):
-                wake()
+                try:
+                    wake()
+                except Exception:  # committed already: a subscriber's failure is not the transaction's
+                    log.exception("wake-up callback failed")
 
     def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Wake-ups within this process (workers of other processes find new steps by polling)."""
