@@ -4,7 +4,9 @@ An agent of N turns (each but the last calling one tool) runs on the simulator w
 inline no-op tool, so what is measured is the runtime: claim, guardrails, ledger, outbox, completion,
 coordination, and the wake-up of the next unit. The baseline is a plain Python loop calling the same
 simulated LLM and the same tool with no durability. Figures: per-unit added latency p50 and p95 (each
-run's wall time minus the plain loop's, divided by its units), on SQLite and (when reachable) PostgreSQL.
+run's wall time minus the plain loop's, divided by its units), and write transactions per unit (submit,
+claims, completions and lease checks of the measured runs: a figure the machine's load does not move), on
+SQLite and (when reachable) PostgreSQL.
 With the langgraph extra, a LangGraph row per store: the governance time per model call and per tool call
 of the example graph run as a step, beside the same graph invoked directly (bench/agent/graph.py).
 
@@ -19,6 +21,8 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ from fleetforge.core.pricing import PriceTable
 from fleetforge.core.runtime import Runtime
 from fleetforge.domain.models import StepRow, StepSpec, StepStatus
 from fleetforge.ports.executor import ExecutionContext
-from fleetforge.ports.store import Store
+from fleetforge.ports.store import Store, Tx
 
 
 def _tools() -> ToolRegistry:
@@ -70,6 +74,22 @@ async def plain_loop(turns: int, seed: int) -> float:
                                           "", output=r.output)
 
 
+class Counting:
+    """`store`, counting its write transactions."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.transactions = store, 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        self.transactions += 1
+        with self.store.transaction() as tx:
+            yield tx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
 async def durable(store: Store, runs: int, turns: int) -> list[float]:
     """Seconds per agent run, one run at a time, through a worker."""
     out = []
@@ -88,13 +108,15 @@ async def durable(store: Store, runs: int, turns: int) -> list[float]:
 def report(name: str, store: Store, runs: int, turns: int) -> None:
     units = turns + (turns - 1)
     asyncio.run(durable(store, 3, turns))  # warm up
-    durable_s = asyncio.run(durable(store, runs, turns))
+    counting = Counting(store)
+    durable_s = asyncio.run(durable(counting, runs, turns))  # type: ignore[arg-type]
     plain_s = [asyncio.run(plain_loop(turns, i)) for i in range(runs)]
     added = sorted((d - p) / units * 1000 for d, p in zip(durable_s, plain_s, strict=True))
     p95 = added[min(len(added) - 1, round(0.95 * (len(added) - 1)))]
     print(f"{name:10s} units/run={units}  plain loop {statistics.median(plain_s) / units * 1e3:.3f} ms/unit  "
           f"durable {statistics.median(durable_s) / units * 1e3:.3f} ms/unit  "
-          f"added p50 {statistics.median(added):.3f} ms  p95 {p95:.3f} ms")
+          f"added p50 {statistics.median(added):.3f} ms  p95 {p95:.3f} ms  "
+          f"transactions/unit {counting.transactions / (runs * units):.2f}")
 
 
 def graph_row(name: str, store: Store, runs: int, turns: int) -> None:

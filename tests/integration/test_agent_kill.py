@@ -1,6 +1,6 @@
-"""Kill test for agents: a `fleetforge worker` is SIGKILLed in the middle of agent runs of 8 turns and
-another worker finishes them. Every run succeeds; the ledger shows each LLM turn paid exactly once; the
-`tally` tool (tests/integration/agentkilltools.py) shows each call committed before the kill never ran
+"""Kill test for agents, on SQLite and PostgreSQL: a `fleetforge worker` is SIGKILLed in the middle of agent
+runs of 8 turns and another worker finishes them. Every run succeeds; the ledger shows each LLM turn paid
+exactly once; the `tally` tool (tests/integration/agentkilltools.py) shows each call committed before the kill never ran
 again, and each call ran to its committed attempt exactly once."""
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import httpx
 import pytest
 
 from fleetforge.adapters.cli.wiring import build_runtime
-from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.summary import summary_from_events, summary_from_store
-from tests.integration.test_worker_kill import _cli
+from fleetforge.ports.store import Store
+from tests.integration.test_worker_kill import _cli, target
+
+__all__ = ["target"]  # the fixture: a migrated SQLite file or PostgreSQL database, and the worker's options
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = "tests.integration.agentkilltools:register"
@@ -42,10 +44,9 @@ def _lines(log: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
 
 
-def test_sigkilled_worker_mid_agent_resumes_at_the_first_unfinished_unit(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    store = SqliteStore(data_dir / "state.db")
-    store.migrate()
+def test_sigkilled_worker_mid_agent_resumes_at_the_first_unfinished_unit(
+        tmp_path: Path, target: tuple[Store, list[str]]) -> None:
+    store, where = target
     log = tmp_path / "calls.log"
 
     async def submit() -> list[str]:
@@ -56,7 +57,7 @@ def test_sigkilled_worker_mid_agent_resumes_at_the_first_unfinished_unit(tmp_pat
     run_ids = asyncio.run(submit())
     env = {**os.environ, "FLEETFORGE_LEASE_MS": "1500", "AGENT_KILL_LOG": str(log), "AGENT_KILL_SLEEP_MS": "40"}
     env.pop("FLEETFORGE_TOOLS", None)
-    args = [*_cli(), "worker", "--data-dir", str(data_dir), "--tools", TOOLS]
+    args = [*_cli(), "worker", *where, "--tools", TOOLS]
     with (tmp_path / "victim.out").open("wb") as out:
         victim = subprocess.Popen([*args, "--id", "victim"], cwd=REPO, env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
@@ -114,6 +115,5 @@ def test_sigkilled_worker_mid_agent_resumes_at_the_first_unfinished_unit(tmp_pat
         "the kill interrupted no unit"
     events = [r.envelope for r in store.iter_outbox()]
     assert summary_from_events(events) == summary_from_store(store)
-    store.close()
     if os.environ.get("CI") is None and not events:
         pytest.fail("no events")

@@ -425,7 +425,8 @@ def late_commit(store: PostgresStore, while_open: Callable[[], None]) -> tuple[E
     a, b = event("rA", 1), event("rB", 2)
     with ExitStack() as stack:
         tx_a = stack.enter_context(store.transaction())
-        tx_a.append_events([a])  # A takes its xid and the smaller seq first
+        tx_a.append_events([a])  # A takes its xid and the smaller seq first (writes go out with the next read)
+        tx_a.get_steps("rA")
         with store.transaction() as tx_b:
             tx_b.append_events([b])
         while_open()

@@ -165,16 +165,3 @@ def test_trace_nests_agent_then_turns_and_tool_calls(tmp_path: Path) -> None:
     for sp in spans:  # every span's lineage ends at its parent
         if sp.parent_span_id is not None:
             assert sp.lineage[-1][0] == sp.parent_span_id
-
-
-def test_references_in_an_agent_steps_inputs_are_refused_at_submit() -> None:
-    from fleetforge.core.policies.registry import option_validators
-    from fleetforge.domain.errors import SpecError
-    from fleetforge.domain.spec import parse_spec
-
-    spec = {"workspace": "w", "app": "a", "steps": [
-        {"id": "plan", "type": "llm", "inputs": {"model": "sim-small", "prompt": "plan"}},
-        {"id": "act", "type": "agent", "depends_on": ["plan"],
-         "inputs": {"model": "sim-small", "instructions": "do ${{ steps.plan.output.text }}", "tools": []}}]}
-    with pytest.raises(SpecError, match=r"steps\[1\]\.inputs: .*no references in an agent step's inputs"):
-        parse_spec(spec, packs=option_validators(default_packs()))

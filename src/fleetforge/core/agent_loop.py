@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from fleetforge.core import agent as A
+from fleetforge.core import gates
 from fleetforge.core.events import run_event, step_event
 from fleetforge.domain.models import TERMINAL_STEP, ErrorKind, RunRow, RunStatus, StepRow, StepSpec, StepStatus
 from fleetforge.domain.names import EventKind as K
@@ -23,39 +24,43 @@ if TYPE_CHECKING:
 
 __all__ = ["advance"]
 
+_INVALID: Final = "invalid"
+"""Key of an agent row's spec: why its references could not be resolved (the agent fails with validation)."""
 _PASSES: Final = 4
 """Coordination passes per claim: a pass whose new units were all refused (answered at once) goes on."""
 
 
 def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
-            *, settle: bool = True) -> Claim | None:
+            *, room: int, settle: bool = True) -> list[Claim]:
     """Create the agent's next units and park it, or lease it to `worker` to settle it. One transaction.
 
-    With ``settle=False`` (in the completion that woke it) an agent whose loop ended stays queued for
-    the next claim to settle."""
+    Up to `room` of the new units are leased to `worker` at once (the caller holds the run's budget
+    rows), so the next unit waits for no other claim; the others stay queued. With ``settle=False``
+    (lease recovery, or a worker with no room) an agent whose loop ended stays queued for the next claim
+    to settle. Returns the claims made."""
     spec = s._step_spec(run, step)
-    if step.attempt == 0:  # the agent's one attempt spans all its units
-        step.attempt, step.started_us = 1, now
-        if run.status is RunStatus.QUEUED:
-            run.status, run.started_us = RunStatus.RUNNING, now
-            b.events.append(run_event(K.RUN_STARTED, run, now, queue_lag_ms=(now - run.created_us) / 1000))
-        b.events.append(step_event(K.STEP_STARTED, run, step, 1, now,
-                                   queue_lag_ms=max(0, now - step.ready_us) / 1000, worker=worker,
-                                   inputs={}))
-    children = {c.step_id: c for c in tx.get_steps(run.id) if A.parent_of(c) == step.step_id}
-    children.update((sid, row) for (rid, sid), row in b.steps.items()  # changed in this transaction
+    if step.attempt == 0 and not _start(s, tx, b, run, step, spec, worker, now):
+        return []
+    spec = s._step_spec(run, step)  # with its references resolved
+    # its units as committed (read with the completion that woke it: its open ones stay locked since), then
+    # as changed in this transaction
+    committed = b.run_steps[run.id] if run.id in b.run_steps else tx.get_steps(run.id)
+    children = {c.step_id: c for c in committed if A.parent_of(c) == step.step_id}
+    children.update((sid, row) for (rid, sid), row in b.steps.items()
                     if rid == run.id and A.parent_of(row) == step.step_id)
     model = str(spec.inputs.get("model", ""))
+    invalid = step.spec.get(_INVALID)
     for _ in range(_PASSES):
-        decision = A.coordinate(spec, children)
+        decision = A.Decision(failure=(ErrorKind.VALIDATION, invalid)) if isinstance(invalid, str) \
+            else A.coordinate(spec, children)
         if not settle and (decision.failure is not None or decision.output is not None):
-            return None
+            return []
         if decision.failure is not None:
             kind, message = decision.failure
-            return s._agent_claim(b, run, step, {"failure": {"kind": str(kind), "message": message},
-                                                 "model": model}, worker, now)
+            return [s._agent_claim(b, run, step, {"failure": {"kind": str(kind), "message": message},
+                                                  "model": model}, worker, now)]
         if decision.output is not None:
-            return s._agent_claim(b, run, step, {"output": decision.output, "model": model}, worker, now)
+            return [s._agent_claim(b, run, step, {"output": decision.output, "model": model}, worker, now)]
         new = [_unit_row(s, b, run, step, spec, unit, worker, now) for unit in decision.create]
         children.update((r.step_id, r) for r in new)
         if new:
@@ -65,10 +70,45 @@ def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker:
             step.status, step.deps_remaining = StepStatus.PENDING, len(waiting)
             step.lease_owner, step.lease_expires_us = "", 0
             b.step(step)
-            return None
+            claims: list[Claim] = []
+            for row in new:
+                if row.status is StepStatus.QUEUED and len(claims) < room and not gates.gate(s, b, run, row, now):
+                    claim = s._claim_one(tx, b, run, row, worker, now, None)
+                    if claim is not None:
+                        claims.append(claim)
+            b.wake = b.wake or any(r.status is StepStatus.QUEUED for r in new)
+            return claims
     step.not_before_us = now  # refused again and again: look again at the next claim
     b.step(step)
-    return None
+    return []
+
+
+def _start(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, worker: str,
+           now: int) -> bool:
+    """Begin the agent's one attempt (it spans all its units): resolve its references and run the pre-hook
+    guardrails on them, as for any step, and keep the result in its row for every later turn. False when
+    a guardrail denied it."""
+    step.attempt = 1
+    inputs: dict[str, Any] = {}
+    if step.step_id in s._parsed(run).flows:
+        inputs, invalid = s._resolve(tx, run, spec, step)
+        if invalid is not None:
+            step.spec, inputs = {_INVALID: invalid}, {}  # fails as the agent's answer (validation)
+        else:
+            if s.run_spec(run).packs or spec.policy.packs:
+                inputs, denied = s._policy(b, Hook.PRE, run, step, spec, 1, inputs, now)
+                if denied is not None:
+                    s._deny(b, run, step, 1, now, ErrorKind.POLICY_DENIED, denied, denied.split(":", 1)[0], worker)
+                    return False
+            step.spec = {"inputs": inputs}
+    step.started_us = now
+    if run.status is RunStatus.QUEUED:
+        run.status, run.started_us = RunStatus.RUNNING, now
+        b.events.append(run_event(K.RUN_STARTED, run, now, queue_lag_ms=(now - run.created_us) / 1000))
+    b.events.append(step_event(K.STEP_STARTED, run, step, 1, now, queue_lag_ms=max(0, now - step.ready_us) / 1000,
+                               worker=worker, inputs=inputs))
+    b.step(step)
+    return True
 
 
 def _unit_row(s: Scheduler, b: _Batch, run: RunRow, agent: StepRow, spec: StepSpec, unit: A.Unit, worker: str,

@@ -84,7 +84,7 @@ def _answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str,
         gates.answer(s, tx, b, run, step, now, allow=allow, actor=actor, reason=reason)
         unit = A.parent_of(step) is not None  # its agent may have grown new units: read the open steps again
         s._finish_failed_runs(tx, b, now, None if unit else open_rows)
-        b.flush(tx)
+        b.flush(tx, now)
     rt._emit(b.events)
 
 
@@ -148,7 +148,7 @@ def resume(rt: Runtime, run_id: str, *, patches: Mapping[str, Any] | None = None
                                            queue_target_ms=step.queue_target_ms, priority_boost=step.priority_boost))
         run.status = RunStatus.RUNNING if run.started_us is not None else RunStatus.QUEUED
         b.events.insert(0, run_event(K.RUN_RESUMED, run, now, actor=who, patched=sorted(changed)))
-        b.flush(tx)
+        b.flush(tx, now)
     rt._emit(b.events)
     return sorted(changed)
 

@@ -81,7 +81,7 @@ def open_unit(s: Scheduler, tx: Tx, agent: Claim, unit: A.Unit, key: str, worker
     if claim is not None:
         row.spec = {**row.spec, "inputs": claim.inputs}  # what the unit receives, after the pre-hooks
     s._finish_failed_runs(tx, b, now)
-    b.flush(tx)
+    b.flush(tx, now)
     return row, claim, events + b.events
 
 

@@ -84,6 +84,8 @@ class _Batch:
     failed_runs: set[str] = field(default_factory=set)
     touched_runs: set[str] = field(default_factory=set)
     compensations: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # gates.on_failed
+    wake: bool = False  # steps were queued ready now: wake the workers once this commits
+    run_steps: dict[str, list[StepRow]] = field(default_factory=dict)  # every step of some runs, read at its start
     # state of runs and budget rows as read, so that flush writes only the rows that changed
     run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -100,7 +102,9 @@ class _Batch:
         self.budget_seen.setdefault(row.scope, _budget_state(row))
         self.budgets[row.scope] = row
 
-    def flush(self, tx: Tx) -> None:
+    def flush(self, tx: Tx, now: int) -> None:
+        if self.wake or any(s.status is StepStatus.QUEUED and s.not_before_us <= now for s in self.steps.values()):
+            tx.notify_ready()
         runs = [r for r in self.runs.values() if self.run_seen.get(r.id) != _run_state(r)]
         if runs:
             tx.update_runs(runs)
@@ -213,7 +217,11 @@ class Scheduler:
         return self._parsed(run).spec
 
     def _step_spec(self, run: RunRow, step: StepRow | str) -> StepSpec:
-        return self._parsed(run).step(step)
+        spec = self._parsed(run).step(step)
+        if (not isinstance(step, str) and step.type == StepType.AGENT and isinstance(step.spec.get("inputs"), dict)
+                and not A.holds_worker(spec)):
+            return replace(spec, inputs=step.spec["inputs"])  # resolved at the agent's first claim, kept
+        return spec
 
     def _budgets(self, tx: Tx, b: _Batch, run: RunRow) -> list[BudgetRow]:
         scopes = B.scopes_of(run)
@@ -238,14 +246,20 @@ class Scheduler:
         (app, fleet) whose values decide something: one with a limit, and the fleet row when in-flight
         caps are set. Other shared rows are not locked (and stand in as rows without limits): with no
         limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
+        scopes, shared = self._budget_locks(b, runs, moving)
+        if scopes:
+            self._add_budgets(b, scopes, tx.lock_budgets(scopes, if_limited=shared))
+
+    def _budget_locks(self, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> tuple[list[str], list[str]]:
+        """The scopes `_lock_budgets` locks, and those of them locked only when they carry a limit."""
         runs = list(runs)
         scopes = sorted({s for run in runs for s in B.scopes_of(run)} - b.budgets.keys())
-        if not scopes:
-            return
         own = {B.run_scope(run.id) for run in runs}
         caps = self.config.max_inflight_tokens is not None or self.config.max_inflight_cost is not None
-        shared = [s for s in scopes if s not in own and s not in moving and not (s == B.FLEET and caps)]
-        found = tx.lock_budgets(scopes, if_limited=shared)
+        return scopes, [s for s in scopes if s not in own and s not in moving and not (s == B.FLEET and caps)]
+
+    @staticmethod
+    def _add_budgets(b: _Batch, scopes: list[str], found: Mapping[str, BudgetRow]) -> None:
         for s in scopes:  # a shared row left out has no limit: its values decide nothing, and it stays as is
             b.add_budget(found.get(s) or BudgetRow(s, None, None))
 
@@ -310,6 +324,7 @@ class Scheduler:
                               priority_boost=s.priority_boost)
                    for s in steps if s.status is StepStatus.QUEUED]
         tx.append_events(events)
+        tx.notify_ready()
         return events
 
     # -- claim ---------------------------------------------------------------------------------
@@ -332,14 +347,14 @@ class Scheduler:
             spec = self._step_spec(run, step)
             res = reservations[(run.id, step.step_id)] = B.reservation_for(
                 spec, self.executors[step.type].estimate(spec))
-            if res.tokens or res.micros:
+            if res.tokens or res.micros or step.type == StepType.AGENT:  # an agent leases its first unit at once
                 moving.update(B.scopes_of(run))
         self._lock_budgets(tx, b, first.values(), moving)
         # Read the runs again now that their budget rows are locked: a concurrent claim of another
         # step of the same run has committed by now, so a run is started (run_started) only once.
         b.add_runs(tx.reread_runs(list(first.values())))
         claims: list[Claim] = []
-        for step in ready:
+        for index, step in enumerate(ready):
             run = b.runs[step.run_id]
             if _doomed(run, b) and not gates.compensating(step):  # failed earlier (a denial): skipped, not started
                 self._mark_failed(b, run, run.error_kind)
@@ -347,13 +362,15 @@ class Scheduler:
             if gates.gate(self, b, run, step, now):  # paused, a breakpoint, or waiting for approval
                 continue
             if step.type == StepType.AGENT and not A.holds_worker(self._step_spec(run, step)):
-                claim = agent_loop.advance(self, tx, b, run, step, worker, now)
-            else:
-                claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
+                # its units take the room the rest of the batch leaves
+                room = limit - len(claims) - (len(ready) - index - 1)
+                claims += agent_loop.advance(self, tx, b, run, step, worker, now, room=room)
+                continue
+            claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
             if claim is not None:
                 claims.append(claim)
         self._finish_failed_runs(tx, b, now)
-        b.flush(tx)
+        b.flush(tx, now)
         return claims, b.events
 
     def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
@@ -482,21 +499,34 @@ class Scheduler:
 
     def complete(self, tx: Tx, outcomes: Sequence[Outcome], now: int) -> tuple[list[Outcome], list[Envelope]]:
         """Record finished attempts. Returns the outcomes accepted (lease still held) and the events."""
+        accepted, _, events = self.complete_and_claim(tx, outcomes, now, "", 0)
+        return accepted, events
+
+    def complete_and_claim(self, tx: Tx, outcomes: Sequence[Outcome], now: int, worker: str,
+                           room: int) -> tuple[list[Outcome], list[Claim], list[Envelope]]:
+        """`complete`, and lease to `worker` (up to `room`) the units of the agents these outcomes woke, in
+        the same transaction: an agent's next unit waits for no claim. Returns accepted outcomes, claims
+        and events."""
         b = _Batch()
         # Lock every open step of these runs (their dependents and siblings too) before any budget
         # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
         # the budgets (in _finish_failed_runs) would deadlock with it.
+        # Then the runs' state now (the rest never changes) and their budget rows: three reads, one round trip.
         keys = {(o.claim.run.id, o.claim.step.step_id) for o in outcomes}
-        open_rows = tx.lock_open_steps(sorted({k[0] for k in keys}))
-        live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
-        b.add_runs(tx.reread_runs([o.claim.run for o in outcomes]))  # their state now (the rest never changes)
+        given = {o.claim.run.id: o.claim.run for o in outcomes}
         moving: set[str] = set()
-        for o in outcomes:
-            if _moves_budgets(o):
-                run = b.runs.get(o.claim.run.id)
-                moving.update(B.scopes_of(run if run is not None else o.claim.run))
-        self._lock_budgets(tx, b, b.runs.values(), moving)
+        for o in outcomes:  # an agent's unit may wake it, and the agent lease its next unit at once
+            if _moves_budgets(o) or (room > 0 and A.parent_of(o.claim.step) is not None):
+                moving.update(B.scopes_of(o.claim.run))
+        scopes, shared = self._budget_locks(b, given.values(), moving)
+        agents = sorted({o.claim.run.id for o in outcomes if A.parent_of(o.claim.step) is not None})
+        open_rows, runs, found, b.run_steps = tx.lock_for_completion(sorted(given), list(given.values()), scopes,
+                                                                     shared, agents)
+        live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
+        b.add_runs(runs)
+        self._add_budgets(b, scopes, found)
         accepted: list[Outcome] = []
+        claims: list[Claim] = []
         released: list[tuple[str, str]] = []
         for o in outcomes:
             step = live.get((o.claim.run.id, o.claim.step.step_id))
@@ -508,15 +538,20 @@ class Scheduler:
             if self._finish_attempt(tx, b, run, step, o, now) and self._has_dependents(run, step):
                 released.append((step.run_id, step.step_id))
         if released:
-            self._release(tx, b, released, outcomes[0].claim.worker, now)
-        # Nothing else of these runs changed in the database since their open steps were locked above,
-        # unless dependents were released: then read them again.
-        self._finish_failed_runs(tx, b, now, None if released else open_rows)
-        b.flush(tx)
-        return accepted, b.events
+            claims += self._release(tx, b, released, worker, now, room)
+        # Nothing else of these runs changed in the database since their open steps were locked above but
+        # released dependents (in the batch now, as any step it changed) and the units agents created (each
+        # of those agents is open, and its run with it). Only a run that failed must read them again: its
+        # open steps are skipped, and what is written must be their current rows.
+        self._finish_failed_runs(tx, b, now, None if released and b.failed_runs else open_rows)
+        b.flush(tx, now)
+        return accepted, claims, b.events
 
-    def _release(self, tx: Tx, b: _Batch, done: list[tuple[str, str]], worker: str, now: int) -> None:
-        """Queue the dependents of the `done` (run id, step id) steps whose last dependency this was."""
+    def _release(self, tx: Tx, b: _Batch, done: list[tuple[str, str]], worker: str, now: int,
+                 room: int = 0) -> list[Claim]:
+        """Queue the dependents of the `done` (run id, step id) steps whose last dependency this was; an
+        agent they wake leases its next units to `worker` at once, up to `room`. Returns those claims."""
+        claims: list[Claim] = []
         for dep in tx.release_dependents(done):
             run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
             b.runs[run.id] = run
@@ -524,10 +559,12 @@ class Scheduler:
                 continue
             self._queue(b, run, dep, now, not_before=now)
             if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
-                agent_loop.advance(self, tx, b, run, dep, worker, now, settle=False)
+                claims += agent_loop.advance(self, tx, b, run, dep, worker, now, room=room - len(claims),
+                                             settle=room > len(claims))
                 continue
             b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now, queue_target_ms=dep.queue_target_ms,
                                        priority_boost=dep.priority_boost))
+        return claims
 
     def _finish_attempt(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
         """Settle one attempt; True when the step succeeded and its dependents may be released."""
@@ -710,7 +747,7 @@ class Scheduler:
         gates.expire(self, tx, b, now, limit)  # approval waits past their deadline
         if b.runs:
             self._finish_failed_runs(tx, b, now)
-            b.flush(tx)
+            b.flush(tx, now)
         expired = tx.lock_expired_leases(now, limit)
         if not expired:
             return b.events
@@ -744,6 +781,6 @@ class Scheduler:
                 b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now, reason="run canceled"))
         b.events.append(run_event(K.RUN_CANCELED, run, now, duration_ms=(now - run.created_us) / 1000,
                                   queue_target_ms=run.queue_target_ms))
-        b.flush(tx)
+        b.flush(tx, now)
         return b.events
 

@@ -8,7 +8,6 @@ reaped so their attempts are retried.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -63,6 +62,8 @@ class Worker:
         self._done: list[Outcome] = []
         self._units: dict[tuple[str, str], Claim] = {}  # held units of graph steps, running now
         self._wake = asyncio.Event()
+        self._look = True  # steps may be ready that this worker has not tried to claim yet
+        self._signals = 0  # wake-ups received (`_ready`), to tell one that came during a claim
         self.completed = 0
 
     @property
@@ -86,11 +87,16 @@ class Worker:
         lease_s = self.scheduler.config.lease_ms / 1000
         next_reap = next_heartbeat = 0.0
         loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # from the store's thread
+            loop.call_soon_threadsafe(self._ready)
+
+        unsubscribe = self.store.on_ready(wake)
         try:
             while True:
                 now = loop.time()
                 if self._done:
-                    await self._flush()
+                    await self._flush(0 if stop.is_set() else self.concurrency - len(self._inflight))
                 if now >= next_reap:
                     self._emit(await self._tx(lambda tx, t: self.scheduler.reap(tx, t)))
                     next_reap = now + min(lease_s / 2, 5.0)
@@ -100,7 +106,7 @@ class Worker:
                 claimed = 0
                 if not stop.is_set():
                     room = self.concurrency - len(self._inflight)
-                    if room > 0:
+                    if room > 0 and self._look:
                         claimed = await self._claim(min(room, self.scheduler.config.claim_batch))
                 elif not self._inflight and not self._done:
                     return
@@ -109,9 +115,12 @@ class Worker:
                 if until_idle and not self._inflight and await self._call(self.store.count_open_runs) == 0:
                     return
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                except TimeoutError:
+                    self._look = True  # the poll: steps may have become due (a retry's backoff ended)
         finally:
+            unsubscribe()
             for _, task in self._inflight.values():
                 task.cancel()
             self._db.shutdown(wait=True)
@@ -138,22 +147,27 @@ class Worker:
             claims.extend(got)
             return events
 
+        signals = self._signals
         events = await self._tx(fn)
+        if events is None:  # rolled back: nothing was leased
+            return 0
         self._emit(events)
-        for c in claims:
-            key = (c.run.id, c.step.step_id)
-            self._inflight[key] = (c, asyncio.create_task(self._execute(c)))
-        # an agent step advanced (units queued, nothing leased): claim again now, not after a poll
-        progressed = any(e.kind is K.STEP_QUEUED for e in events or ())
-        return len(claims) or int(progressed)
+        self._start(claims)
+        # a full batch, steps left queued (an agent's units beyond the room) or a wake-up since: claim again
+        self._look = len(claims) >= limit or self._left_queued(events, claims) or self._signals != signals
+        return len(claims) or int(self._look)
 
-    async def _flush(self) -> None:
+    async def _flush(self, room: int) -> None:
+        """Complete what finished; lease at once (up to `room`) the next units of the agents it woke."""
         outcomes, self._done = self._done, []
         accepted: list[Outcome] = []
+        claims: list[Claim] = []
 
         def fn(tx: object, now: int) -> list[Envelope]:
-            ok, events = self.scheduler.complete(tx, outcomes, now)  # type: ignore[arg-type]
+            ok, got, events = self.scheduler.complete_and_claim(tx, outcomes, now, self.worker_id,  # type: ignore[arg-type]
+                                                                room)
             accepted.extend(ok)
+            claims.extend(got)
             return events
 
         events = await self._tx(fn)
@@ -162,6 +176,25 @@ class Worker:
             return
         self.completed += len(accepted)
         self._emit(events)
+        self._start(claims)
+        if self._left_queued(events, claims) or any(e.kind is K.STEP_RETRY_SCHEDULED for e in events):
+            self._look = True
+
+    def _ready(self) -> None:
+        """Another transaction queued ready steps (this process or, on PostgreSQL, any other)."""
+        self._look = True
+        self._signals += 1
+        self._wake.set()
+
+    def _start(self, claims: list[Claim]) -> None:
+        for c in claims:
+            self._inflight[(c.run.id, c.step.step_id)] = (c, asyncio.create_task(self._execute(c)))
+
+    @staticmethod
+    def _left_queued(events: list[Envelope], claims: list[Claim]) -> bool:
+        """Some step these events queued was not leased with them."""
+        leased = {(c.run.id, c.step.step_id) for c in claims}
+        return any(e.kind is K.STEP_QUEUED and (e.run_id, e.step_id) not in leased for e in events)
 
     async def _heartbeat(self) -> None:
         claims = [c for c, _ in self._inflight.values()] + list(self._units.values())

@@ -32,7 +32,7 @@ from fleetforge.domain.models import (
     StepType,
 )
 from fleetforge.domain.money import MAX_USD
-from fleetforge.domain.steptypes import GRAPH_ENTRYPOINT, STEP_TYPES, StepTypeSpec, canonical
+from fleetforge.domain.steptypes import STEP_TYPES, StepTypeSpec, canonical
 
 __all__ = [
     "MAX_DEPTH",
@@ -303,9 +303,6 @@ def _agent_namespaces(check: _Checker, steps: tuple[StepSpec, ...]) -> None:
     """An agent step's units are steps named `<agent id>.t<n>...`: no other step may take such an id."""
     agents = [s.id for s in steps if s.type == StepType.AGENT]
     for index, s in enumerate(steps):
-        if s.type == StepType.AGENT and GRAPH_ENTRYPOINT not in s.inputs and flow.has_refs(s.inputs):
-            check.bad(f"steps[{index}].inputs", "a ${{ }} reference", "no references in an agent step's inputs "
-                      "yet: pass the upstream text through an llm or tool step, or write it in the spec")
         for agent in agents:
             if s.id.startswith(f"{agent}."):
                 check.bad(f"steps[{index}].id", s.id, f"an id not starting with {agent + '.'!r} "

@@ -7,7 +7,7 @@ return batches so that a backend can send them in few round trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +17,7 @@ from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 
 __all__ = [
     "AttemptRow",
+    "Completion",
     "DecisionRow",
     "OutboxPosition",
     "OutboxRecord",
@@ -93,6 +94,10 @@ class OutboxRecord:
     created_us: int
 
 
+Completion = tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow], dict[str, list[StepRow]]]
+"""What `Tx.lock_for_completion` returns: open steps, runs, budget rows, every step of some runs."""
+
+
 class Tx(Protocol):
     """Operations inside one transaction. Rows returned by `lock_*` stay locked until commit."""
 
@@ -133,6 +138,12 @@ class Tx(Protocol):
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         """Lock every non-terminal step of the given runs."""
         ...
+    def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
+                            if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
+        """`lock_open_steps(run_ids)`, `reread_runs(runs)`, `lock_budgets(scopes, if_limited=...)`, then
+        `get_steps` of each run in `steps_of`, in this order, as if called one after the other (a backend may
+        send them in one round trip)."""
+        ...
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         """Write every mutable field of the given steps."""
         ...
@@ -163,6 +174,9 @@ class Tx(Protocol):
         ...
     def append_events(self, events: Sequence[Envelope]) -> None:
         """Append envelopes to the outbox, in order."""
+        ...
+    def notify_ready(self) -> None:
+        """Steps this transaction queued are ready: once it commits, wake the workers (`Store.on_ready`)."""
         ...
 
 
@@ -223,5 +237,9 @@ class Store(Protocol):
         ...
     def release_lease(self, name: str, holder: str) -> None:
         """Expire lease `name` now if `holder` holds it."""
+        ...
+    def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from any thread) after each commit of a transaction that called `Tx.notify_ready`: in
+        this process, and on PostgreSQL in any process (LISTEN/NOTIFY). Returns the function that stops it."""
         ...
     def close(self) -> None: ...

@@ -468,3 +468,7 @@ INSERT INTO run_origins (run_id, kind, source_run, source_step, actor, created_u
 
 -- name: select_origin
 SELECT run_id, kind, source_run, source_step, actor, created_us FROM run_origins WHERE run_id = %s;
+
+-- name: notify_ready
+-- Sent when the transaction commits: workers LISTENing on the channel claim at once (wakeup.py).
+SELECT pg_notify(%s, '');

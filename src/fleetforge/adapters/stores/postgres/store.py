@@ -7,10 +7,9 @@ so a transaction that commits late is never skipped by a reader.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import orjson
 import psycopg
@@ -21,6 +20,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from fleetforge.adapters.stores import rows, sqlfiles, token_rows
+from fleetforge.adapters.stores.postgres.pool import Pool
+from fleetforge.adapters.stores.postgres.wakeup import ReadyListener, channel_for
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
@@ -29,7 +30,7 @@ from fleetforge.domain.secrets import redact_text
 from fleetforge.domain.tokens import TokenRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
-from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
+from fleetforge.ports.store import AttemptRow, Completion, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
 
 __all__ = ["PostgresStore"]
 
@@ -65,70 +66,67 @@ def _scrub_all(text: str, dsn: str) -> str:
     return text.replace(dsn, "<dsn>")
 
 
-class _Pool:
-    """At most `size` connections; one is checked out per transaction or query."""
-
-    def __init__(self, connect: Callable[[], Conn], size: int, timeout_s: float) -> None:
-        self._connect = connect
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[Conn] = []
-        self._lock = threading.Lock()
-        self._timeout_s = timeout_s
-        self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[Conn]:
-        if not self._slots.acquire(timeout=self._timeout_s):
-            raise StoreUnavailable(f"no free PostgreSQL connection after {self._timeout_s:g}s")
-        conn: Conn | None = None
-        try:
-            with self._lock:
-                while self._idle and conn is None:
-                    conn = self._idle.pop()
-                    if conn.closed or conn.broken:
-                        conn = None
-            if conn is None:
-                conn = self._connect()
-            yield conn
-        finally:
-            if conn is not None:
-                self._give_back(conn)
-            self._slots.release()
-
-    def _give_back(self, conn: Conn) -> None:
-        if not conn.closed and not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-            try:
-                conn.rollback()
-            except psycopg.Error:
-                conn.close()
-        with self._lock:
-            if self._closed or conn.closed or conn.broken:
-                conn.close()
-            else:
-                self._idle.append(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
 class _PostgresTx:
-    def __init__(self, conn: Conn, clock: Clock, errors: _Errors) -> None:
+    """One transaction. Statements whose results nothing reads (inserts, updates, NOTIFY) are not sent at
+    once: they go in one pipeline with the next read, or with the COMMIT, so a transaction costs a round
+    trip per read plus one (BEGIN travels with the first read)."""
+
+    def __init__(self, conn: Conn, clock: Clock, errors: _Errors, channel: str) -> None:
         self.c = conn
         self.clock = clock
         self._errors = errors
+        self._channel = channel
+        self._notified = False
+        self._pending: list[tuple[str, Any, Any, bool]] = [("transaction", q, None, False) for q in _BEGIN]
+
+    def notify_ready(self) -> None:
+        if not self._notified:  # one NOTIFY per transaction (PostgreSQL folds equal ones anyway)
+            self._notified = True
+            self._defer("notify_ready", Q["notify_ready"], (self._channel,))
+
+    def _defer(self, name: str, query: Any, params: Any, many: bool = False) -> None:
+        self._pending.append((name, query, params, many))
+
+    def _send(self, last: Callable[[], T] | None = None, doing: str = "", *, pipeline: bool = False) -> T | None:
+        """Send the deferred statements and then `last` (reads) in one pipeline (also with none deferred when
+        `pipeline`); `last`'s result."""
+        pending, self._pending = self._pending, []
+        if not pending and not pipeline:
+            return None if last is None else self._run(doing, last)
+        names = ", ".join(dict.fromkeys(n for n, *_ in pending if n != "transaction")) or "transaction"
+        names = names if pending else doing
+        got: list[Any] = []
+        try:
+            with self.c.pipeline():
+                for _, query, params, many in pending:
+                    if many:
+                        with self.c.cursor() as cur:
+                            cur.executemany(query, params)
+                    else:
+                        self.c.execute(query, params)
+                if last is not None:
+                    names += f", {doing}" if pending else ""
+                    got.append(last())
+        except psycopg.Error as exc:
+            self._errors.raise_(exc, names)
+        return got[0] if got else None
+
+    def commit(self) -> None:
+        """Send what is deferred and COMMIT, in one round trip."""
+        self._defer("commit", "COMMIT", None)
+        self._send()
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
+        if self._pending:
+            return cast(T, self._send(fn, what))
         try:
             return fn()
         except psycopg.Error as exc:
             self._errors.raise_(exc, what)
 
     def execute(self, doing: str, query: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
-        """Run one statement (several when `params` is None); its rows, if it returns any."""
+        """Run one statement (several when `params` is None), at once; its rows, if it returns any."""
+        self._send()  # a script of several statements cannot travel in a pipeline
 
         def go() -> list[tuple[Any, ...]]:
             cur = self.c.execute(query, params)
@@ -137,14 +135,9 @@ class _PostgresTx:
         return self._run(doing, go)
 
     def _many(self, name: str, params: Sequence[Sequence[Any]]) -> None:
-        """Run a named statement once per parameter row (psycopg pipelines the batch)."""
-
-        def go() -> None:
-            with self.c.cursor() as cur:
-                cur.executemany(Q[name], params)
-
+        """Run a named statement once per parameter row (deferred; psycopg pipelines the batch)."""
         if params:
-            self._run(name, go)
+            self._defer(name, Q[name], params, many=True)
 
     def _rows(self, name: str, params: Sequence[Sequence[Any]], fallback: str) -> None:
         """Write a batch with one statement taking the rows as a JSON array of arrays (see queries.sql);
@@ -156,25 +149,21 @@ class _PostgresTx:
         except (TypeError, orjson.JSONEncodeError):
             self._many(fallback, params)
             return
-        self._run(name, lambda: self.c.execute(Q[name], (doc,)))
+        self._defer(name, Q[name], (doc,))
 
     def _tuples(self, name: str, params: Any) -> list[tuple[Any, ...]]:
-        return self._run(name, lambda: self.c.execute(Q[name], params).fetchall())
+        cur = self._run(name, lambda: self.c.execute(Q[name], params))
+        return self._run(name, cur.fetchall)
 
     def _steps(self, name: str, params: Any) -> list[StepRow]:
-        def go() -> list[dict[str, Any]]:
-            with self.c.cursor(row_factory=dict_row) as cur:
-                return cur.execute(Q[name], params).fetchall()
-
-        return [rows.step_from_row(r) for r in self._run(name, go)]
+        cur = self._run(name, lambda: self.c.cursor(row_factory=dict_row).execute(Q[name], params))
+        return [rows.step_from_row(r) for r in self._run(name, cur.fetchall)]
 
     def insert_run(self, run: RunRow) -> None:
-        params = rows.run_params(run)
-        self._run("insert_run", lambda: self.c.execute(Q["insert_run"], params))
+        self._defer("insert_run", Q["insert_run"], rows.run_params(run))
 
     def claim_idempotency_key(self, key: str, run_id: str, now_us: int) -> str:
-        params = (key, run_id, now_us)
-        self._run("claim_idempotency_key", lambda: self.c.execute(Q["claim_idempotency_key"], params))
+        self._defer("claim_idempotency_key", Q["claim_idempotency_key"], (key, run_id, now_us))
         return str(self._tuples("select_idempotency_key", (key,))[0][0])
 
     def insert_steps(self, steps: Sequence[StepRow], deps: Sequence[tuple[str, str, str]]) -> None:
@@ -217,6 +206,34 @@ class _PostgresTx:
 
     def lock_open_steps(self, run_ids: Sequence[str]) -> list[StepRow]:
         return self._steps("open_steps_of_runs", (list(dict.fromkeys(run_ids)),)) if run_ids else []
+
+    def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
+                            if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
+        """The reads in one pipeline (one round trip, with BEGIN and anything deferred)."""
+        given = {r.id: r for r in runs}
+        wanted = list(dict.fromkeys(scopes))
+
+        def go() -> tuple[Any, Any, Any, dict[str, Any]]:
+            steps = self.c.cursor(row_factory=dict_row).execute(Q["open_steps_of_runs"],
+                                                                 (list(dict.fromkeys(run_ids)),))
+            states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
+            budgets = None
+            if wanted and if_limited:
+                budgets = self.c.execute(Q["lock_budgets_if_limited"],
+                                         {"scopes": wanted, "if_limited": list(if_limited)})
+            elif wanted:
+                budgets = self.c.execute(Q["lock_budgets"], (wanted,))
+            every = {rid: self.c.cursor(row_factory=dict_row).execute(Q["select_steps_of_run"], (rid,))
+                     for rid in dict.fromkeys(steps_of)}
+            return steps, states, budgets, every
+
+        got = self._send(go, "lock_for_completion", pipeline=True)
+        assert got is not None
+        steps, states, budgets, every = got
+        return ([rows.step_from_row(r) for r in steps.fetchall()],
+                {rid: rows.run_with_state(given[rid], *st) for rid, *st in (states.fetchall() if states else [])},
+                {b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])},
+                {rid: [rows.step_from_row(r) for r in cur.fetchall()] for rid, cur in every.items()})
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         last = {(s.run_id, s.step_id): s for s in steps}  # of a step given twice, the last one is written
@@ -271,13 +288,13 @@ class _PostgresTx:
             return
         columns = [self.clock.now_us(), *map(list, zip(*[(e.id, str(e.kind), e.run_id, e.to_json())
                                                           for e in events], strict=True))]
-        self._run("insert_event", lambda: self.c.execute(Q["insert_events_set"], columns))
+        self._defer("insert_event", Q["insert_events_set"], columns)
 
 
 # Transactions start with the planner told to prefer indexes: scheduler statements look rows up by
 # key, and a plan prepared while a table was still small (a sequential scan was cheapest then) would
-# otherwise keep scanning it whole as it grows, until autovacuum analyzes it. One round trip.
-_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off"
+# otherwise keep scanning it whole as it grows, until autovacuum analyzes it. Sent with the first read.
+_BEGIN = ("BEGIN", "SET LOCAL enable_seqscan = off")
 
 
 def _rollback(conn: Conn) -> None:
@@ -313,7 +330,9 @@ class PostgresStore:
         self._errors = _Errors(dsn)
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
-        self._pool = _Pool(self._new_connection, pool_size, timeout_s=max(30.0, 3 * connect_timeout_s))
+        self._pool = Pool(self._new_connection, pool_size, timeout_s=max(30.0, 3 * connect_timeout_s))
+        self._channel = channel_for(schema)
+        self._listener = ReadyListener(self._new_connection, self._channel)
 
     @property
     def database(self) -> str:
@@ -341,20 +360,17 @@ class PostgresStore:
     @contextmanager
     def transaction(self) -> Iterator[_PostgresTx]:
         with self._pool.connection() as conn:
+            tx = _PostgresTx(conn, self.clock, self._errors, self._channel)
             try:
-                conn.execute(_BEGIN)
-            except psycopg.Error as exc:
-                self._errors.raise_(exc, "transaction")
-            try:
-                yield _PostgresTx(conn, self.clock, self._errors)
+                yield tx
             except BaseException:
                 _rollback(conn)
                 raise
             try:
-                conn.execute("COMMIT")  # as psycopg's transaction(): on a transaction in error, a ROLLBACK
-            except psycopg.Error as exc:
+                tx.commit()  # as psycopg's transaction(): on a transaction in error, a ROLLBACK
+            except StoreError:
                 _rollback(conn)
-                self._errors.raise_(exc, "transaction")
+                raise
 
     def _query(self, name: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self._pool.connection() as conn:
@@ -519,6 +535,10 @@ class PostgresStore:
             return len(tx.execute("delete_runs", Q["delete_runs"],
                                   {"ids": list(run_ids), "budget_prefix": budget_prefix}))
 
+    def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Wake-ups from every process using this database and schema (LISTEN/NOTIFY, see wakeup.py)."""
+        return self._listener.subscribe(wake)
+
     # -- API tokens (ports.tokens.TokenStore) ---------------------------------------------------------
 
     def insert_token(self, row: TokenRow) -> None:
@@ -535,6 +555,7 @@ class PostgresStore:
         return bool(self._query("revoke_token", {"id": token_id, "now": now_us}))
 
     def close(self) -> None:
+        self._listener.close()
         self._pool.close()
 
 

@@ -6,10 +6,11 @@ SQLite serializes writers, so outbox sequence order is commit order and readers 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.domain.tokens import TokenRow
 from fleetforge.ports.clock import Clock, SystemClock
 from fleetforge.ports.retention import ReaderCursor
-from fleetforge.ports.store import AttemptRow, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
+from fleetforge.ports.store import AttemptRow, Completion, DecisionRow, OutboxPosition, OutboxRecord, RunOrigin
 
 __all__ = ["SqliteStore"]
 
 Q = load_queries("fleetforge.adapters.stores.sqlite")
+log = logging.getLogger("fleetforge.store.sqlite")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -49,6 +51,10 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self.c = conn
         self.clock = clock
+        self.ready = False
+
+    def notify_ready(self) -> None:
+        self.ready = True
 
     def insert_run(self, run: RunRow) -> None:
         self.c.execute(Q["insert_run"], rows.run_params(run))
@@ -104,6 +110,11 @@ class _SqliteTx:
             for rid in dict.fromkeys(run_ids)
             for r in self.c.execute(Q["open_steps_of_run"], (rid,))
         ]
+
+    def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
+                            if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
+        return (self.lock_open_steps(run_ids), self.reread_runs(runs),
+                self.lock_budgets(scopes, if_limited=if_limited), {rid: self.get_steps(rid) for rid in steps_of})
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         self.c.executemany(Q["update_step"], [rows.step_update_params(s) for s in steps])
@@ -165,6 +176,7 @@ class SqliteStore:
         self._local = threading.local()
         self._all: dict[threading.Thread, sqlite3.Connection] = {}  # per thread, closed once it ended
         self._lock = threading.Lock()
+        self._wakes: list[Callable[[], None]] = []
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -212,8 +224,9 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store {self.path} is not writable: {exc}") from exc
+        tx = _SqliteTx(conn, self.clock)
         try:
-            yield _SqliteTx(conn, self.clock)
+            yield tx
         except sqlite3.Error as exc:
             _rollback(conn)
             raise self._failed("SQLite transaction failed", exc) from exc
@@ -225,6 +238,23 @@ class SqliteStore:
         except sqlite3.Error as exc:
             _rollback(conn)
             raise self._failed("commit failed", exc) from exc
+        if tx.ready:
+            for wake in list(self._wakes):
+                try:
+                    wake()
+                except Exception:  # committed already: a subscriber's failure is not the transaction's
+                    log.exception("wake-up callback failed")
+
+    def on_ready(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Wake-ups within this process (workers of other processes find new steps by polling)."""
+        with self._lock:
+            self._wakes.append(wake)
+
+        def stop() -> None:
+            with self._lock, suppress(ValueError):
+                self._wakes.remove(wake)
+
+        return stop
 
     def _failed(self, doing: str, exc: sqlite3.Error) -> StoreError | StoreFull:
         """The error to raise for `exc`; a full disk says where and what to do."""
