@@ -77,8 +77,10 @@ _RUN_COMMON = (
     Field("slo_tier", "str", "SLO tier of the run (that of its step with the tightest queue target)"),
 )
 _STEP_COMMON = (
-    Field("step_type", "str", "llm | tool | http"),
+    Field("step_type", "str", "llm | tool | http | agent"),
     Field("slo_tier", "str", "SLO tier of the step"),
+    Field("agent", "str", "the agent step that grew this step (an LLM turn or a tool call); empty for the "
+                          "steps of the run spec", column=False),
 )
 _USAGE = (
     Field("tokens", "int", "tokens (prompt + completion) involved"),
@@ -142,7 +144,8 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("delay_ms", "float", "delay before the step is eligible again"))),
         KindSpec(EventKind.STEP_DENIED, "step", "a budget or policy denied the attempt (terminal)",
                  (*_STEP_COMMON, Field("error_kind", "str", "budget_exceeded | policy_denied"),
-                  Field("reason", "str", "why"), Field("pack", "str", "denying pack, if any"))),
+                  Field("reason", "str", "why"), Field("pack", "str", "denying pack, if any"),
+                  Field("tool", "str", "the tool an agent's denied tool call asked for; empty otherwise"))),
         KindSpec(EventKind.STEP_SKIPPED, "step", "the run failed or was canceled before the step ran",
                  (*_STEP_COMMON, Field("reason", "str", "why"))),
         KindSpec(EventKind.POLICY_DECISION, "step", "a guardrail pack evaluated a step",
@@ -174,7 +177,9 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                  (*_STEP_COMMON, Field("tool", "str", "tool name or host"),
                   Field("provider", "str", "python | http | provider name"),
                   Field("ok", "bool", "succeeded"), Field("error_kind", "str", "empty on success"),
-                  Field("latency_ms", "float", "call latency"))),
+                  Field("latency_ms", "float", "call latency"),
+                  Field("call_id", "str", "the model's id of an agent's tool call (`tool_calls[i].id`); empty "
+                                          "for a tool step of the run spec", column=False))),
     )
 }
 
