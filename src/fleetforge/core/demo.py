@@ -148,7 +148,7 @@ def _support_agent(rng: random.Random, i: int) -> dict[str, Any]:
     if rng.random() < 0.25:
         message += " " + rng.choice(_PII).format(name=name.lower())
     slo = {"slo": _slo("gold")}
-    no_weather = rng.random() < 0.35  # its calls of `weather` are denied and answered as tool errors
+    no_weather = i // len(_SHAPES) % 3 == 1  # a third of them: their calls of `weather` are denied
     return {
         "workspace": "acme", "app": "support-agent", "labels": {"workflow": "support_agent"},
         "budget": {"tokens": 20_000, "cost": 0.2},
@@ -160,7 +160,7 @@ def _support_agent(rng: random.Random, i: int) -> dict[str, Any]:
              "inputs": {"model": "sim-small", "tools": ["crm_lookup", "weather"], "max_turns": 6,
                         "instructions": "You are a support agent. Look the customer up before answering.",
                         "messages": [{"role": "user", "content": message}],
-                        "sim_tool_turns": rng.randint(1, 3), "sim_parallel_calls": rng.choice([1, 1, 2]),
+                        "sim_tool_turns": rng.randint(2 if no_weather else 1, 3), "sim_parallel_calls": rng.choice([1, 1, 2]),
                         "fail_rate": 0.05, "latency_ms": 30}},
             {"id": "notify", "type": "http", "depends_on": ["resolve"], "policy": slo,
              "execution": {"max_attempts": 3, "retry_backoff_ms": 20, "deadline_ms": 2_000},
