@@ -11,13 +11,12 @@ from collections import Counter
 import pytest
 
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
-from fleetforge.core.agent import call_id
 from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan, guardrail_span_id, unit_span_id
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.names import EventKind
 from fleetforge.ports.store import OutboxRecord
-from tests.exporters_support import run_fleet
+from tests.exporters_support import asked_tool_calls, run_fleet
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +187,8 @@ def test_demo_fleet_fixture_is_realistic(records: list[OutboxRecord]) -> None:
 
 def test_an_agents_tool_calls_carry_the_models_call_ids(fleet: SqliteStore, records: list[OutboxRecord]) -> None:
     _, spans = assemble(records)
-    asked = {}  # (run, call step) -> the id the model gave, from the turns' stored outputs
-    for run in fleet.list_runs(limit=1000):
-        for turn in fleet.get_steps(run.id):
-            taken: set[str] = set()
-            for k, call in enumerate((turn.output or {}).get("tool_calls", []) if turn.type == "llm" else []):
-                asked[(run.id, call_id(turn.step_id, call["id"], k, taken))] = call["id"]
-    ran = {(s.run_id, s.step_id): s.call_id for s in spans if s.kind is SpanKind.TOOL and s.run_id and
-           (s.run_id, s.step_id) in asked}
+    asked = asked_tool_calls(fleet)
+    ran = {(s.run_id, s.step_id): (s.call_id, s.tool) for s in spans
+           if s.kind is SpanKind.TOOL and (s.run_id, s.step_id or "") in asked}
     assert ran and ran == {k: v for k, v in asked.items() if k in ran}
-    assert all(not s.call_id for s in spans if s.kind is SpanKind.TOOL and (s.run_id, s.step_id) not in asked)
+    assert all(not s.call_id for s in spans if s.kind is SpanKind.TOOL and (s.run_id, s.step_id or "") not in asked)
