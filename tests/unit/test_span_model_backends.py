@@ -134,9 +134,9 @@ def test_sdk_and_every_platform_show_the_same_spans_and_times(records: list[Outb
     assert ls == rows
     assert runs == [langsmith_run(s, platform.project) for s in model]
     for run in runs:
-        meta, s = run["extra"]["metadata"], by_id[back[run["id"]]]
-        assert meta.get("gen_ai.operation.name") == GENAI_OP.get(str(s.kind))
-        assert meta.get("gen_ai.tool.call.id") == tool_call_id(s)
+        meta, span = run["extra"]["metadata"], by_id[back[run["id"]]]
+        assert meta.get("gen_ai.operation.name") == GENAI_OP.get(str(span.kind))
+        assert meta.get("gen_ai.tool.call.id") == tool_call_id(span)
     assert any(s.call_id for s in model)  # the demo's agents called tools
 
 

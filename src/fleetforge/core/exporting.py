@@ -3,10 +3,12 @@
 The tree is run -> step attempt -> (llm | tool | http | agent unit), with each policy decision a
 zero-length guardrail span under its attempt. An agent's units nest under its `invoke_agent` span:
 each turn's attempt (-> `chat`), and each tool call's attempt (-> `execute_tool`) under the `chat` span
-of the turn that asked for it, so a trace reads agent -> LLM -> tool. Ids are the envelopes' own (`trace.trace_id`, the run span
-`run_span_id`, the attempt span `attempt_span_id`); the unit and guardrail span ids derive from the
-attempt's. Times: a run spans its submission to its terminal event; an attempt its `step_started` to its
-terminal event (which commits the post-hook decisions and the budget settlement); the unit spans what
+of the turn that asked for it, so a trace reads agent -> LLM -> tool (a tool call's span starts after
+its turn's `chat` span ends: it ran once the model had asked). Ids are the envelopes' own
+(`trace.trace_id`, the run span `run_span_id`, the attempt span `attempt_span_id`); the unit and
+guardrail span ids derive from the attempt's. Times: a run spans its submission to its terminal event;
+an attempt its `step_started` to its terminal event (which commits the post-hook decisions and the
+budget settlement); the unit spans what
 the executor ran (`step_started` plus the terminal event's `duration_ms`); a decision is a point at its
 event. The OTel SDK renderer (adapters/readers/telemetry/spans) and the LangSmith, Langfuse and Phoenix encoders
 (adapters/exporters) all render these spans, so every backend shows the same tree with the same times.
