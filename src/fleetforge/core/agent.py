@@ -143,15 +143,15 @@ def _call_unit(cid: str, call: dict[str, Any], allowed: list[str]) -> Unit:
     model_id = str(call.get("id", ""))
     if name not in allowed:
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
-                    f"tool: got {name!r:.60}, expected one of: {', '.join(allowed) or 'no tools'}", model_id)
+                    f"tool: got {name!r:.60}, expected one of: {', '.join(allowed) or 'no tools'}", call_id=model_id)
     try:
         args = json.loads(raw_args or "{}")
     except ValueError as exc:
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
-                    f"arguments: not JSON ({exc})", model_id)
+                    f"arguments: not JSON ({exc})", call_id=model_id)
     if not isinstance(args, dict):
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
-                    f"arguments: got {type(args).__name__}, expected a JSON object", model_id)
+                    f"arguments: got {type(args).__name__}, expected a JSON object", call_id=model_id)
     return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": args}, call_id=model_id)
 
 

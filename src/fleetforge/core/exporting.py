@@ -8,10 +8,10 @@ its turn's `chat` span ends: it ran once the model had asked). Ids are the envel
 (`trace.trace_id`, the run span `run_span_id`, the attempt span `attempt_span_id`); the unit and
 guardrail span ids derive from the attempt's. Times: a run spans its submission to its terminal event;
 an attempt its `step_started` to its terminal event (which commits the post-hook decisions and the
-budget settlement); the unit spans what
-the executor ran (`step_started` plus the terminal event's `duration_ms`); a decision is a point at its
-event. The OTel SDK renderer (adapters/readers/telemetry/spans) and the LangSmith, Langfuse and Phoenix encoders
-(adapters/exporters) all render these spans, so every backend shows the same tree with the same times.
+budget settlement); the unit spans what the executor ran (`step_started` plus the terminal event's
+`duration_ms`); a decision is a point at its event. The OTel SDK renderer
+(adapters/readers/telemetry/spans) and the LangSmith, Langfuse and Phoenix encoders (adapters/exporters)
+all render these spans, so every backend shows the same tree with the same times.
 
 A span is complete when its terminal event arrives (run_succeeded/failed/canceled; step_succeeded/
 failed/denied). Until then the assembler keeps what the earlier events said about it, in bounded
@@ -428,7 +428,7 @@ class TraceAssembler:
             asked = run.turns.get(f"{agent}.{turn}") if sep else None
             if asked is not None:  # a tool call: under the chat span of the turn that asked for it
                 lineage = (*lineage, asked, (unit_span_id(asked[0]), asked[1]))
-            elif kind is K.STEP_SUCCEEDED:
+            elif not sep and kind is K.STEP_SUCCEEDED:  # a turn: the parent of the calls it asks for
                 run.turns[att.step_id] = (att.span_id, start)
         span = TraceSpan(
             kind=SpanKind.STEP, name=att.step_id, trace_name=_trace_name(run), trace_id=run.trace_id,

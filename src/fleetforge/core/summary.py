@@ -128,8 +128,8 @@ def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
                 roles[key] = "agent"
             elif p.get("agent"):
                 roles[key] = "turn" if p.get("step_type") == "llm" else "call"
-        if ev.kind in (K.TOOL_CALL, K.STEP_DENIED) and p.get("tool"):
-            unit_tools.setdefault(key, p["tool"])
+        if ev.kind in (K.TOOL_CALL, K.STEP_DENIED) and roles.get(key) == "call" and p.get("tool"):
+            unit_tools.setdefault(key, p["tool"])  # the tool the model asked for
         if ev.kind in (K.RUN_SUBMITTED, K.RUN_STARTED, K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED):
             run_status[ev.run_id] = p["status"]
         elif ev.kind is K.STEP_QUEUED:
