@@ -43,14 +43,18 @@ def step_event(kind: EventKind, run: RunRow, step: StepRow, attempt: int, now_us
 
 
 def _agent_fields(kind: EventKind, step: StepRow) -> dict[str, str]:
-    """`agent` (the agent step that grew `step`, else ""); a tool call's `call_id`; a denied call's `tool`."""
+    """The optional fields of an agent's unit: `agent` (its agent step), a tool call's `call_id`, a denied
+    call's `tool`; none for the steps of the run spec."""
     spec = step.spec or {}
     parent = spec.get(PARENT)
-    fields = {"agent": parent if isinstance(parent, str) else ""}
-    if kind is EventKind.TOOL_CALL:
-        fields["call_id"] = str(spec.get(CALL_ID, ""))
+    if not isinstance(parent, str):
+        return {}
+    fields = {"agent": parent}
+    if kind is EventKind.TOOL_CALL and spec.get(CALL_ID):
+        fields["call_id"] = str(spec[CALL_ID])
     elif kind is EventKind.STEP_DENIED:
         inputs = spec.get("inputs")
         tool = inputs.get("tool") if isinstance(inputs, dict) else None
-        fields["tool"] = tool if isinstance(tool, str) else ""
+        if isinstance(tool, str) and tool:
+            fields["tool"] = tool
     return fields

@@ -54,12 +54,14 @@ class Field:
     """One payload field: its name, a type among str|int|float|bool|json, and its meaning.
 
     `column` False keeps a field out of the typed analytics columns (it stays in the raw `payload`).
+    `optional` fields are left out of a payload when they would be empty (an agent's units carry them).
     """
 
     name: str
     type: str
     doc: str
     column: bool = True
+    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +81,8 @@ _RUN_COMMON = (
 _STEP_COMMON = (
     Field("step_type", "str", "llm | tool | http | agent"),
     Field("slo_tier", "str", "SLO tier of the step"),
-    Field("agent", "str", "the agent step that grew this step (an LLM turn or a tool call); empty for the "
-                          "steps of the run spec", column=False),
+    Field("agent", "str", "the agent step that grew this step (an LLM turn or a tool call); absent for the "
+                          "steps of the run spec", column=False, optional=True),
 )
 _USAGE = (
     Field("tokens", "int", "tokens (prompt + completion) involved"),
@@ -145,7 +147,7 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
         KindSpec(EventKind.STEP_DENIED, "step", "a budget or policy denied the attempt (terminal)",
                  (*_STEP_COMMON, Field("error_kind", "str", "budget_exceeded | policy_denied"),
                   Field("reason", "str", "why"), Field("pack", "str", "denying pack, if any"),
-                  Field("tool", "str", "the tool an agent's denied tool call asked for; empty otherwise"))),
+                  Field("tool", "str", "the tool an agent's denied tool call asked for", optional=True))),
         KindSpec(EventKind.STEP_SKIPPED, "step", "the run failed or was canceled before the step ran",
                  (*_STEP_COMMON, Field("reason", "str", "why"))),
         KindSpec(EventKind.POLICY_DECISION, "step", "a guardrail pack evaluated a step",
@@ -178,8 +180,8 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("provider", "str", "python | http | provider name"),
                   Field("ok", "bool", "succeeded"), Field("error_kind", "str", "empty on success"),
                   Field("latency_ms", "float", "call latency"),
-                  Field("call_id", "str", "the model's id of an agent's tool call (`tool_calls[i].id`); empty "
-                                          "for a tool step of the run spec", column=False))),
+                  Field("call_id", "str", "the model's id of an agent's tool call (`tool_calls[i].id`)",
+                        column=False, optional=True))),
     )
 }
 
