@@ -21,13 +21,14 @@ def render() -> str:
         "`schema_version`, `occurred_at` (RFC 3339, microseconds, UTC), `run_id`, `step_id` (null for run",
         "events), `attempt`, `workspace`, `app`, `trace` {`trace_id`, `span_id`, `traceparent`} and the",
         "kind's `payload` below. Run kinds land in `telemetry.run_events`, step kinds in",
-        "`telemetry.step_events`.",
+        "`telemetry.step_events`. A field marked optional is left out of a payload when it would be empty:",
+        "the `agent`, `call_id` and `tool` fields of an agent's LLM turns and tool calls.",
         "",
     ]
     for spec in CATALOG.values():
         lines += [f"## `{spec.kind}` ({spec.scope})", "", spec.doc[0].upper() + spec.doc[1:] + ".", "",
                   "| field | type | meaning |", "|---|---|---|"]
-        lines += [f"| `{f.name}` | {f.type} | {f.doc} |" for f in spec.fields]
+        lines += [f"| `{f.name}` | {f.type}{' (optional)' if f.optional else ''} | {f.doc} |" for f in spec.fields]
         lines.append("")
     lines += ["## Metric names", "", "| OpenTelemetry name | Prometheus name |", "|---|---|"]
     lines += [f"| `{m.value}` | `{m.value.replace('.', '_')}` |" for m in Metric]

@@ -19,12 +19,14 @@ from fleetforge.adapters.devstack.webhook import WebhookServer
 from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
+from fleetforge.core.agent import call_id
 from fleetforge.core.demo import WEBHOOK_PLACEHOLDER, demo_fleet
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
 from fleetforge.core.runtime import Runtime
 
-__all__ = ["Answer", "LoopbackPlatform", "Received", "free_port", "run_fleet", "write_manifests"]
+__all__ = ["Answer", "LoopbackPlatform", "Received", "agent_chain", "asked_tool_calls", "free_port", "run_fleet",
+           "write_manifests"]
 
 
 def run_fleet(path: Path, runs: int = 12, seed: int = 7, *, before: Callable[[], None] | None = None) -> SqliteStore:
@@ -49,6 +51,27 @@ def run_fleet(path: Path, runs: int = 12, seed: int = 7, *, before: Callable[[],
     finally:
         hook.stop()
     return store
+
+
+def asked_tool_calls(store: SqliteStore) -> dict[tuple[str, str], tuple[str, str]]:
+    """(run id, tool call step id) -> (the model's call id, tool name), from the agents' turns as stored."""
+    asked = {}
+    for run in store.list_runs(limit=10_000):
+        for turn in store.get_steps(run.id):
+            taken: set[str] = set()
+            for k, call in enumerate((turn.output or {}).get("tool_calls", []) if turn.type == "llm" else []):
+                asked[(run.id, call_id(turn.step_id, call["id"], k, taken))] = (call["id"], call["function"]["name"])
+    return asked
+
+
+def agent_chain(span_id: str, parent_of: Callable[[str], str | None], kind_of: Callable[[str], str]) -> list[str]:
+    """The kinds from a span up to the root (`parent_of` gives a span's parent id, None at the root)."""
+    kinds = [kind_of(span_id)]
+    parent = parent_of(span_id)
+    while parent is not None:
+        kinds.append(kind_of(parent))
+        parent = parent_of(parent)
+    return kinds
 
 
 def write_manifests(folder: Path, names: Iterable[str], **delivery: Any) -> Path:
@@ -233,6 +256,8 @@ def check_langfuse_attributes(attrs: dict[str, Any]) -> None:
     names = {v for k, v in vars(A).items() if not k.startswith("_") and isinstance(v, str)}
     prefixes = (A.OBSERVATION_METADATA + ".", A.TRACE_METADATA + ".")
     ours = {"run_id", "step_id", "workspace", "app", "attempt"}
+    ours |= {"gen_ai.operation.name", "gen_ai.request.model", "gen_ai.agent.name", "gen_ai.tool.name",
+             "gen_ai.tool.call.id"}  # OTel GenAI conventions, which Langfuse's OTLP ingestion also reads
     for key in attrs:
         assert key in names or key.startswith(prefixes) or key in ours, key
     assert attrs[A.OBSERVATION_TYPE] in get_observation_types_list(ObservationTypeLiteral)

@@ -6,7 +6,8 @@
 INSERT INTO telemetry.step_events (event_id, kind, schema_version, occurred_at, run_id, step_id, attempt,
     workspace, app, trace_id, span_id, traceparent, step_type, slo_tier, queue_lag_ms, tokens, cost_usd,
     duration_ms, tool, provider, recovered_after_ms, error_kind, final, pack, hook, effect, tokens_used,
-    cost_used_usd, tokens_limit, tokens_remaining, cost_remaining_usd, budget_active, ok, latency_ms, payload)
+    cost_used_usd, tokens_limit, tokens_remaining, cost_remaining_usd, budget_active, ok, latency_ms, attributes,
+    payload)
 SELECT
     toString(generateUUIDv4(number)) AS event_id,
     multiIf(r < 12, 'step_queued', r < 24, 'step_started', r < 34, 'budget_reserved', r < 44, 'budget_reconciled',
@@ -44,6 +45,7 @@ SELECT
     number % 4 = 0 AS budget_active,
     error_kind = '' AS ok,
     (intHash32(number * 73) % 30000) / 10. AS latency_ms,
+    if(step_type != 'http' AND number % 5 = 0, map('agent', 'agent'), map()) AS attributes,  -- a fifth: agent units
     '{}' AS payload
 FROM (SELECT number, intHash32(number * 101) % 100 AS r FROM numbers({rows:UInt64}));
 

@@ -50,6 +50,24 @@ RAW = {
         FROM telemetry.step_events
         WHERE kind = 'tool_call' AND $__timeFilter(occurred_at)
         GROUP BY tool, provider ORDER BY flake_rate DESC, calls DESC""",
+    "agent_turns": """
+        SELECT toUnixTimestamp(toStartOfInterval(toDateTime(occurred_at), INTERVAL $__interval_s second)) AS t,
+               countIf(kind = 'step_succeeded') AS turns_ok,
+               countIf(kind = 'step_denied' OR (kind = 'step_failed' AND final)) AS turns_failed,
+               countIf(kind != 'step_skipped' AND attempt > 1) AS turn_retries, sum(tokens) AS turn_tokens
+        FROM telemetry.step_events
+        WHERE kind IN ('step_succeeded', 'step_failed', 'step_denied', 'step_skipped') AND step_type = 'llm'
+          AND attributes['agent'] != '' AND $__timeFilter(occurred_at)
+          AND workspace IN (${workspace:singlequote}) AND app IN (${app:singlequote})
+        GROUP BY t ORDER BY t""",
+    "agent_tool_calls": """
+        SELECT tool, countIf(kind = 'step_succeeded') AS ok, countIf(kind = 'step_failed' AND final) AS failed,
+               countIf(kind = 'step_denied') AS denied, ok + failed + denied AS calls
+        FROM telemetry.step_events
+        WHERE kind IN ('step_succeeded', 'step_failed', 'step_denied') AND step_type = 'tool'
+          AND attributes['agent'] != '' AND $__timeFilter(occurred_at)
+          AND workspace IN (${workspace:singlequote}) AND app IN (${app:singlequote})
+        GROUP BY tool ORDER BY calls DESC, tool""",
     "budget_burndown": """
         SELECT toUnixTimestamp(toStartOfInterval(toDateTime(occurred_at), INTERVAL $__interval_s second)) AS t,
                workspace, app, sumIf(tokens_used, kind = 'budget_reconciled') AS tokens_used

@@ -134,7 +134,7 @@ CASES: dict[str, Case] = {
     "worker-concurrency-env-zero": Case(("worker", *DD), "Invalid value for '--concurrency'",
                                         env={"FLEETFORGE_WORKER_CONCURRENCY": "0"}),
     "runs-list-bad-status": Case(("runs", "list", "--status", "bogus", *DD),
-                                 "--status: got 'bogus', expected one of canceled, failed, queued, running"),
+                                 "--status: got 'bogus', expected one of canceled, failed, paused, queued, running"),
     "runs-list-limit-zero": Case(("runs", "list", "--limit", "0", *DD), "Invalid value for '--limit'"),
     "runs-get-unknown": Case(("runs", "get", "nope", *DD), "no run 'nope'; list runs with", code=3),
     "runs-cancel-unknown": Case(("runs", "cancel", "nope", *DD), "no run 'nope'", code=3),

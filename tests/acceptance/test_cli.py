@@ -52,6 +52,7 @@ SHAPE = {
     "policy_decisions": {"total", "by_effect", "by_pack"},
     "budget": {"tokens_reserved", "tokens_used", "cost_reserved", "cost_used", "by_workspace_app"},
     "tool_calls": {"total", "failed", "by_error_kind"},
+    "agents": {"steps", "turns", "tool_calls"},
 }
 
 
@@ -80,8 +81,14 @@ def test_demo_json_is_the_ground_truth_of_the_outbox(demo_run: tuple[str, Path])
     assert summary["policy_decisions"]["by_effect"]["modify"] > 0
     assert summary["steps"]["by_status"].get("denied", 0) > 0
     assert {(r["workspace"], r["app"]) for r in summary["budget"]["by_workspace_app"]} == {
-        ("acme", "support-bot"), ("acme", "research"), ("globex", "enrichment"), ("globex", "ops-bot")}
+        ("acme", "support-bot"), ("acme", "research"), ("globex", "enrichment"), ("globex", "ops-bot"),
+        ("acme", "support-agent")}
     assert summary["budget"]["tokens_used"] > 0 and summary["budget"]["cost_used"] > 0
+    agents = summary["agents"]  # the support agents looped over their tools; tool_acl denied some calls
+    assert set(agents["tool_calls"]["by_outcome"]) >= {"ok", "failed", "denied"}
+    assert agents["steps"]["by_status"].get("succeeded", 0) > 0 and agents["turns"]["total"] > agents["steps"]["total"]
+    assert set(agents["tool_calls"]["by_tool"]) == {"crm_lookup", "weather"}
+    assert agents["tool_calls"]["by_outcome"]["ok"] > 0 and agents["tool_calls"]["by_outcome"]["denied"] > 0
 
 
 def test_the_same_seed_gives_the_same_fleet(demo_run: tuple[str, Path], tmp_path: Path) -> None:

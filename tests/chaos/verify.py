@@ -42,7 +42,7 @@ def compare(store: PostgresStore, analytics: Any) -> dict[str, Any]:
     rows, distinct = _stored(analytics)
     ids = {str(i) for i, in analytics.rows("SELECT DISTINCT event_id FROM telemetry.event_ids")}
     want, got = truth(store), derived(analytics)
-    mismatched = [k for k in ("runs", "attempts", "budget", "decisions", "tools") if got[k] != want[k]]
+    mismatched = [k for k in ("runs", "attempts", "budget", "decisions", "tools", "agents") if got[k] != want[k]]
     return {
         "outbox_events": len(outbox_ids),
         "stored_events": rows,

@@ -63,8 +63,14 @@ def fleet_specs(runs: int, seed: int) -> list[dict[str, Any]]:
                              {"id": "calc", "type": "tool", "depends_on": ["draft"],
                               "inputs": {"tool": "calculator", "args": {"expression": f"{i} * 3"}}}]
             spec["packs"] = [{"name": "pii_redaction", "mode": "redact"}]
-        elif shape == 3:  # tool ACL denies crm_lookup
-            spec["steps"] = [weather, crm]
+        elif shape == 3:  # tool ACL denies crm_lookup, to the crm step and to the agent's calls of it
+            agent = {"id": "agent", "type": "agent", "depends_on": ["weather"],
+                     "inputs": {"model": "sim-small", "instructions": f"Help customer {i}.",
+                                "tools": ["weather", "crm_lookup"], "max_turns": 4, "sim_tool_turns": 2,
+                                "sim_parallel_calls": 2, "fail_rate": 0.2},
+                     "execution": {"max_attempts": 3, "retry_backoff_ms": 1, "retry_backoff_factor": 1.0},
+                     "policy": {"slo": slo}}
+            spec["steps"] = [weather, agent, {**crm, "depends_on": ["agent"]}]
             spec["packs"] = [{"name": "tool_acl", "deny": ["crm_lookup"]}]
         else:  # a tiny budget: the second LLM step exceeds it
             spec["steps"] = [llm, {**llm, "id": "refine", "depends_on": ["draft"]}]
@@ -116,12 +122,31 @@ def truth(store: SqliteStore) -> dict[str, Any]:
                          for b in s["budget"]["by_workspace_app"]),
         "decisions": sorted((p, h, e, n) for p, h, e, n in store.aggregate("summary_decisions")),
         "tools": sorted((t, p, k, n) for t, p, k, n in store.aggregate("summary_tools")),
+        "agents": {"steps": s["agents"]["steps"]["by_status"], "turns": s["agents"]["turns"]["by_status"],
+                   "calls": {o: n for o, n in s["agents"]["tool_calls"]["by_outcome"].items() if n},
+                   "by_tool": s["agents"]["tool_calls"]["by_tool"]},
         "summary": s,
     }
 
 
+def _agents(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """agent_activity rows (unit, status, tool, units) in the shape of `truth()["agents"]`."""
+    out: dict[str, Any] = {"steps": {}, "turns": {}, "calls": {}, "by_tool": {}}
+    for unit, status, tool, n in sorted(rows):
+        if not int(n):
+            continue
+        if unit == "call":
+            outcome = "ok" if status == "succeeded" else status
+            out["calls"][outcome] = out["calls"].get(outcome, 0) + int(n)
+            if outcome in ("ok", "failed", "denied"):
+                out["by_tool"].setdefault(tool, {"ok": 0, "failed": 0, "denied": 0})[outcome] += int(n)
+        else:
+            out["steps" if unit == "agent" else "turns"][status] = int(n)
+    return out
+
+
 def derived(analytics: Any, where: str = "1") -> dict[str, Any]:
-    """The same breakdowns, read from the five derived tables only (rows matching `where`)."""
+    """The same breakdowns, read from the six derived tables only (rows matching `where`)."""
 
     def q(sql: str) -> list[tuple[Any, ...]]:
         return analytics.rows(sql.replace("GROUP BY", f"AND {where} GROUP BY") if "WHERE" in sql
@@ -139,6 +164,7 @@ def derived(analytics: Any, where: str = "1") -> dict[str, Any]:
             "SELECT pack, hook, effect, sum(decisions) FROM telemetry.policy_decision_rates GROUP BY ALL")),
         "tools": sorted((t, p, k, int(n)) for t, p, k, n in analytics.rows(
             "SELECT tool, provider, error_kind, sum(calls) FROM telemetry.tool_error_taxonomy GROUP BY ALL")),
+        "agents": _agents(q("SELECT unit, status, tool, sum(units) FROM telemetry.agent_activity GROUP BY ALL")),
     }
 
 
@@ -154,6 +180,6 @@ def assert_exact(store: SqliteStore, analytics: Any, where: str = "1", hostile_t
         extra = sum(n for t, p, k, n in got["tools"] if (t, p, k) not in known)
         assert extra == hostile_tools, got["tools"]
         got["tools"] = [row for row in got["tools"] if row[:3] in known]
-    for key in ("runs", "attempts", "budget", "decisions", "tools"):
+    for key in ("runs", "attempts", "budget", "decisions", "tools", "agents"):
         assert got[key] == want[key], f"{key}: derived {got[key]} != truth {want[key]}"
     return want

@@ -25,7 +25,7 @@ from fleetforge.ports.analytics import AnalyticsError, AnalyticsUnavailable, Sou
 from tests.integration.clickhouse_fleet import assert_exact, derived, open_store, run_fleet
 
 GUIDE_TABLES = ["telemetry.run_latency_metrics", "telemetry.step_retry_heatmap", "telemetry.budget_burndown",
-                "telemetry.policy_decision_rates", "telemetry.tool_error_taxonomy"]
+                "telemetry.policy_decision_rates", "telemetry.tool_error_taxonomy", "telemetry.agent_activity"]
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def chdb(tmp_path: Path) -> Iterator[ChdbAnalytics]:
 def test_apply_is_idempotent_and_records_the_version(chdb: ChdbAnalytics) -> None:
     again = apply_schema(chdb)
     assert again.applied == [] and again.version == schema_version(chdb) == 1
-    assert again.views == 6
+    assert again.views == 7
     assert derived_tables() == GUIDE_TABLES
     rows = chdb.rows("SELECT version, name FROM telemetry.schema_migrations FINAL ORDER BY version")
     assert rows[0] == (1, "raw_events")

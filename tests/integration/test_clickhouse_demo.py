@@ -68,6 +68,24 @@ def test_demo_summary_equals_the_derived_tables(tmp_path: Path, seed: int) -> No
                                                        "GROUP BY error_kind")}
     assert kinds == summary["tool_calls"]["by_error_kind"]
 
+    agents = summary["agents"]  # the support agents: steps, LLM turns, tool calls by tool and outcome
+    assert agents["steps"]["total"] > 0 and agents["turns"]["total"] >= agents["steps"]["total"]
+    assert agents["tool_calls"]["by_outcome"]["denied"] > 0  # tool_acl denies `weather` in some runs
+    units = sql(data_dir, "SELECT unit, status, tool, sum(units) AS n FROM telemetry.agent_activity "
+                          "GROUP BY unit, status, tool HAVING n > 0")
+    for unit, part in (("agent", "steps"), ("turn", "turns")):
+        assert {u["status"]: int(u["n"]) for u in units if u["unit"] == unit} == agents[part]["by_status"]
+    by_tool: dict[str, dict[str, int]] = {}
+    outcomes: dict[str, int] = {}
+    for u in units:
+        if u["unit"] == "call":
+            outcome = "ok" if u["status"] == "succeeded" else u["status"]
+            outcomes[outcome] = outcomes.get(outcome, 0) + int(u["n"])
+            if outcome in ("ok", "failed", "denied"):
+                by_tool.setdefault(u["tool"], {"ok": 0, "failed": 0, "denied": 0})[outcome] += int(u["n"])
+    assert by_tool == agents["tool_calls"]["by_tool"]
+    assert outcomes == {k: v for k, v in agents["tool_calls"]["by_outcome"].items() if v}
+
 
 def test_sql_prints_like_clickhouse_client_and_fails_clearly(tmp_path: Path) -> None:
     data_dir = tmp_path / "ff"

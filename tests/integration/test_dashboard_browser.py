@@ -32,6 +32,7 @@ class _Page(HTMLParser):
         self.stats: dict[str, str] = {}
         self.panels: dict[str, int] = {}
         self.tools: list[list[str]] = []
+        self.agent_tools: list[list[str]] = []
         self.runs = 0
         self.body: dict[str, str] = {}
         self._table: str | None = None
@@ -48,7 +49,7 @@ class _Page(HTMLParser):
             self.panels[a["data-panel"]] = int(a["data-points"])
         if tag == "table":
             self._table = a.get("id")
-        if tag == "tr" and self._table == "table-tool_flakes" and "data-tool" in a:
+        if tag == "tr" and self._table in ("table-tool_flakes", "table-agent_tool_calls") and "data-tool" in a:
             self._row = []
         if tag == "tr" and self._table == "runs" and "data-run" in a:
             self.runs += 1
@@ -60,7 +61,7 @@ class _Page(HTMLParser):
         if tag == "td":
             self._cell = False
         if tag == "tr" and self._row is not None:
-            self.tools.append(self._row)
+            (self.tools if self._table == "table-tool_flakes" else self.agent_tools).append(self._row)
             self._row = None
         if tag == "table":
             self._table = None
@@ -119,7 +120,8 @@ def test_demo_dashboard_shows_the_ground_truth(browser: None, tmp_path: Path) ->
     assert page.body.get("data-loaded") == "true", page.body
     assert "data-error" not in page.body
     # every chart holds data, the tool table and the runs list have rows
-    assert set(page.panels) == {"run_slo", "retry_heatmap", "policy_bursts", "budget_burndown", "tool_flakes"}
+    assert set(page.panels) == {"run_slo", "retry_heatmap", "policy_bursts", "budget_burndown", "tool_flakes",
+                                "agent_turns", "agent_tool_calls"}
     assert all(n > 0 for n in page.panels.values()), page.panels
     assert page.runs == min(24, 50)
     # the numbers shown equal the demo's --json summary
@@ -133,6 +135,8 @@ def test_demo_dashboard_shows_the_ground_truth(browser: None, tmp_path: Path) ->
     calls = sum(int(r[2].replace(",", "")) for r in page.tools)
     failures = sum(int(r[3].replace(",", "")) for r in page.tools)
     assert (calls, failures) == (truth["tool_calls"]["total"], truth["tool_calls"]["failed"])
+    shown = {r[0]: {"ok": int(r[2]), "failed": int(r[3]), "denied": int(r[4])} for r in page.agent_tools}
+    assert shown == truth["agents"]["tool_calls"]["by_tool"]
 
 
 def test_empty_store_renders_gracefully(browser: None, tmp_path: Path) -> None:

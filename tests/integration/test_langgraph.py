@@ -75,7 +75,12 @@ def test_the_example_graph_on_the_simulator(tmp_path: Path) -> None:
     agent = next(sp for sp in spans if sp.kind is SpanKind.AGENT and sp.step_id == "graph")
     units = [sp for sp in spans if sp.kind is SpanKind.STEP and (sp.step_id or "").startswith("graph.")]
     assert sorted(sp.step_id or "" for sp in units) == sorted(set(steps) - {"graph"})
-    assert all(sp.parent_span_id == agent.span_id for sp in units)  # nested under the graph's invoke_agent
+    by_id = {sp.span_id: sp for sp in spans}
+    for sp in units:  # turns under the graph's invoke_agent, each tool call under the chat of its turn
+        sid = sp.step_id or ""
+        turn = sid.split(".c", 1)[0]
+        parent = by_id[sp.parent_span_id or ""]
+        assert parent is agent if sid == turn else (parent.step_id == turn and parent.kind is SpanKind.LLM), sid
     assert sorted(sp.kind for sp in spans if sp.parent_span_id in {u.span_id for u in units}
                   and sp.kind is not SpanKind.GUARDRAIL) == sorted([SpanKind.LLM] * 3 + [SpanKind.TOOL] * 2)
     store.close()

@@ -27,6 +27,8 @@ from tests.exporters_support import (
     Answer,
     LoopbackPlatform,
     Received,
+    agent_chain,
+    asked_tool_calls,
     attributes,
     check_langfuse_attributes,
     check_langsmith_run,
@@ -41,6 +43,7 @@ from tests.support import need
 SECRETS = {"LANGSMITH_API_KEY": "lsv2_pt_secret_langsmith_0001", "LANGFUSE_PUBLIC_KEY": "pk-lf-public-0002",
            "LANGFUSE_SECRET_KEY": "sk-lf-secret-langfuse-0003"}
 LF_PATH = "/api/public/otel/v1/traces"
+OP = "gen_ai.operation.name"
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +111,17 @@ def test_langsmith_multipart_and_langfuse_otlp_decode_to_the_published_models(tm
     assert len(roots) == sum(1 for s in spans if s.kind is SpanKind.RUN)
     tokens = sum(r["extra"]["metadata"].get("usage_metadata", {}).get("total_tokens", 0) for r in runs)
     assert tokens == sum(s.usage.total_tokens for s in spans if s.usage and s.kind is SpanKind.LLM)
+    # an agent's tool call nests under the chat of the turn that asked for it, under invoke_agent
+    asked = asked_tool_calls(store)
+    ls_runs = {r["id"]: r for r in runs}
+    ls_calls = [r for r in runs if r["run_type"] == "tool" and r["extra"]["metadata"].get("gen_ai.tool.call.id")]
+    assert ls_calls
+    for run in ls_calls:
+        meta = run["extra"]["metadata"]
+        assert (meta["gen_ai.tool.call.id"], meta["gen_ai.tool.name"]) == asked[(meta["run_id"], meta["step_id"])]
+        chain = agent_chain(run["id"], lambda i: ls_runs[i].get("parent_run_id"),
+                            lambda i: f'{ls_runs[i]["run_type"]}:{ls_runs[i]["extra"]["metadata"].get(OP, "")}')
+        assert chain[:5] == ["tool:execute_tool", "chain:", "llm:chat", "chain:", "chain:invoke_agent"]
 
     token = base64.b64encode(f"{SECRETS['LANGFUSE_PUBLIC_KEY']}:{SECRETS['LANGFUSE_SECRET_KEY']}".encode()).decode()
     decoded = []
@@ -127,6 +141,15 @@ def test_langsmith_multipart_and_langfuse_otlp_decode_to_the_published_models(tm
         if span.kind is SpanKind.LLM and span.usage:
             usage = json.loads(attrs["langfuse.observation.usage_details"])
             assert (usage["input"], usage["output"]) == (span.usage.input_tokens, span.usage.output_tokens)
+    lf_spans = {pb.span_id.hex(): attributes(pb) | {"parent": pb.parent_span_id.hex() or None} for _, pb in decoded}
+    lf_calls = [sid for sid, a in lf_spans.items() if a.get("gen_ai.tool.call.id")]
+    assert len(lf_calls) == len(ls_calls)
+    for sid in lf_calls:
+        a = lf_spans[sid]
+        assert (a["gen_ai.tool.call.id"], a["gen_ai.tool.name"]) == asked[(a["run_id"], a["step_id"])]
+        chain = agent_chain(sid, lambda i: lf_spans[i]["parent"],
+                            lambda i: f'{lf_spans[i]["langfuse.observation.type"]}:{lf_spans[i].get(OP, "")}')
+        assert chain[:5] == ["tool:execute_tool", "span:", "generation:chat", "span:", "agent:invoke_agent"]
     ls.close()
     lf.close()
 

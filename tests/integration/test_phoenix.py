@@ -25,7 +25,7 @@ from fleetforge.adapters.readers.traces import ExporterSet, start_exporters
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
 from fleetforge.core.exporting import SpanKind, TraceAssembler, TraceSpan
 from fleetforge.domain.envelope import Envelope
-from tests.exporters_support import free_port, run_fleet, write_manifests
+from tests.exporters_support import agent_chain, asked_tool_calls, free_port, run_fleet, write_manifests
 from tests.support import need
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -140,7 +140,7 @@ def test_a_fleet_reaches_phoenix_with_kinds_parents_and_tokens(tmp_path: Path, p
         if s.parent_span_id is not None:
             parent = by_id[s.parent_span_id]
             assert parent["context"]["trace_id"] == g["context"]["trace_id"]
-            assert parent["span_kind"] == ("CHAIN" if s.kind is not SpanKind.GUARDRAIL else kinds[want[
+            assert parent["span_kind"] == ("CHAIN" if s.kind not in (SpanKind.GUARDRAIL, SpanKind.STEP) else kinds[want[
                 s.parent_span_id].kind])
         assert g["status_code"] == ("OK" if s.ok else "ERROR")
         attrs = g["attributes"]
@@ -151,6 +151,17 @@ def test_a_fleet_reaches_phoenix_with_kinds_parents_and_tokens(tmp_path: Path, p
             assert attrs["llm.model_name"] == s.model
         if s.kind in (SpanKind.TOOL, SpanKind.HTTP):
             assert attrs["tool.name"] == (s.tool or s.name)
+    # an agent run: AGENT -> (turn) -> LLM -> (tool call) -> TOOL, each tool call the one the model asked for
+    asked = asked_tool_calls(store)
+    calls = [g for g in got if g["span_kind"] == "TOOL" and (g["attributes"]["run_id"], g["attributes"]["step_id"])
+             in asked]
+    assert calls
+    for g in calls:
+        a = g["attributes"]
+        assert (a["gen_ai.tool.call.id"], a["gen_ai.tool.name"]) == asked[(a["run_id"], a["step_id"])]
+        chain = agent_chain(g["context"]["span_id"], lambda i: by_id[i]["parent_id"], lambda i: by_id[i]["span_kind"])
+        assert chain[:5] == ["TOOL", "CHAIN", "LLM", "CHAIN", "AGENT"]
+        assert by_id[by_id[g["parent_id"]]["parent_id"]]["attributes"]["gen_ai.operation.name"] == "chat"
     ledger = sum(a.input_tokens + a.output_tokens for r in store.list_runs(limit=1000)
                  for a in store.get_attempts(r.id) if a.status == "succeeded" and a.model)
     assert sum(g["attributes"]["llm.token_count.total"] for g in got if "llm.token_count.total" in g["attributes"]

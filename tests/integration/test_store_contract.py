@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -407,6 +408,21 @@ def test_aggregates_have_the_same_shapes(store: Store) -> None:
     assert agg("summary_budget") == [("ws", "app", 20, 17, 6_000_000_000_000, 2_000_000_000_001),
                                      ("ws", "other", 0, 0, 0, 0)]
     assert agg("summary_tools") == [("GET", "api", "http_5xx", 1)]
+
+
+def test_the_agent_aggregate_tells_agents_turns_and_calls_apart(store: Store) -> None:
+    turn = {"parent": "ag", "unit": "turn", "inputs": {"model": "m"}}
+    call = {"parent": "ag", "unit": "call", "inputs": {"tool": "weather", "args": {}}, "call_id": "c1"}
+    submit(store, run_row("r1"), [
+        step_row("r1", "ag", type=StepType.AGENT, status=StepStatus.PENDING), step_row("r1", "plain"),
+        replace(step_row("r1", "ag.t1", status=StepStatus.SUCCEEDED), spec=turn),
+        replace(step_row("r1", "ag.t2"), spec=turn),
+        replace(step_row("r1", "ag.t1.cc1", type=StepType.TOOL, status=StepStatus.DENIED), spec=call),
+        replace(step_row("r1", "ag.t1.cc2", type=StepType.TOOL, status=StepStatus.SUCCEEDED), spec=call),
+    ])
+    assert sorted(store.aggregate("summary_agents")) == [
+        ("agent", "pending", "", 1), ("call", "denied", "weather", 1), ("call", "succeeded", "weather", 1),
+        ("turn", "queued", "", 1), ("turn", "succeeded", "", 1)]
 
 
 # -- PostgreSQL only: the late-commit race -----------------------------------------------------

@@ -145,7 +145,7 @@ def test_step_ids_in_an_agents_namespace_are_refused(tmp_path: Path) -> None:
 
 
 def test_trace_nests_agent_then_turns_and_tool_calls(tmp_path: Path) -> None:
-    from fleetforge.core.exporting import SpanKind, TraceAssembler
+    from fleetforge.core.exporting import SpanKind, TraceAssembler, genai_attributes
     from fleetforge.domain.envelope import Envelope
 
     rt, store, client = make_runtime(tmp_path / "s.db")
@@ -159,9 +159,19 @@ def test_trace_nests_agent_then_turns_and_tool_calls(tmp_path: Path) -> None:
     assert agent.name == "invoke_agent sim-small"
     chats = [sp for sp in spans if sp.kind is SpanKind.LLM]
     tools = [sp for sp in spans if sp.kind is SpanKind.TOOL]
-    assert [by_id[by_id[sp.parent_span_id].parent_span_id].span_id for sp in chats + tools] == \
-        [agent.span_id] * (len(chats) + len(tools))  # unit -> its step attempt -> invoke_agent
+    assert [by_id[by_id[sp.parent_span_id].parent_span_id].span_id for sp in chats] == \
+        [agent.span_id] * len(chats)  # chat -> its step attempt -> invoke_agent
+    first = by_id[by_id[chats[0].parent_span_id].parent_span_id]
+    assert [by_id[by_id[sp.parent_span_id].parent_span_id].span_id for sp in tools] == \
+        [chats[0].span_id]  # execute_tool -> its step attempt -> chat of the turn that asked for it
+    assert first is agent and chats[0].step_id == "support.t1"
     assert [sp.name for sp in tools] == ["execute_tool lookup"] and len(chats) == 2
+    turn = next(st for st in store.get_steps(rid) if st.step_id == "support.t1")
+    (asked,) = (turn.output or {})["tool_calls"]
+    assert [genai_attributes(sp) for sp in tools] == [{
+        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup", "gen_ai.tool.call.id": asked["id"]}]
+    assert genai_attributes(agent)["gen_ai.operation.name"] == "invoke_agent"
+    assert {genai_attributes(sp)["gen_ai.operation.name"] for sp in chats} == {"chat"}
     for sp in spans:  # every span's lineage ends at its parent
         if sp.parent_span_id is not None:
             assert sp.lineage[-1][0] == sp.parent_span_id

@@ -20,7 +20,7 @@ from fleetforge.core.analytics.tables import (
 from fleetforge.domain.names import CATALOG, EventKind, Field, KindSpec
 
 GUIDE_TABLES = {"telemetry.run_latency_metrics", "telemetry.step_retry_heatmap", "telemetry.budget_burndown",
-                "telemetry.policy_decision_rates", "telemetry.tool_error_taxonomy"}
+                "telemetry.policy_decision_rates", "telemetry.tool_error_taxonomy", "telemetry.agent_activity"}
 
 
 def _columns(sql: str, table: str) -> dict[str, str]:
@@ -76,7 +76,7 @@ def test_conflicting_field_types_are_refused() -> None:
         payload_columns("step", specs)
 
 
-def test_the_views_file_provisions_the_five_guide_tables() -> None:
+def test_the_views_file_provisions_the_guide_tables_and_agent_activity() -> None:
     views = view_definitions(views_sql())
     assert {v.target for v in views} == GUIDE_TABLES
     assert {v.source for v in views} <= {"telemetry.run_events", "telemetry.step_events"}

@@ -16,7 +16,7 @@ from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.names import EventKind
 from fleetforge.ports.store import OutboxRecord
-from tests.exporters_support import run_fleet
+from tests.exporters_support import asked_tool_calls, run_fleet
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_one_span_per_run_attempt_and_decision(fleet: SqliteStore, records: list
     assert kinds[SpanKind.RUN] == len(runs)
     assert kinds[SpanKind.STEP] == len(attempts)
     executed = [a for a in attempts if a.status != "denied"]
-    assert kinds[SpanKind.LLM] + kinds[SpanKind.TOOL] + kinds[SpanKind.HTTP] == len(executed) < len(attempts)
+    assert kinds[SpanKind.LLM] + kinds[SpanKind.TOOL] + kinds[SpanKind.HTTP] + kinds[SpanKind.AGENT] == \
+        len(executed) < len(attempts)
+    assert kinds[SpanKind.AGENT] > 0  # the demo's support agents
     assert kinds[SpanKind.GUARDRAIL] == len(decisions) > 0
     assert asm.open_runs == 0 and asm.oldest_hold() is None
     assert asm.stats.evicted_runs == asm.stats.dropped_attempts == asm.stats.dropped_decisions == 0
@@ -65,14 +67,23 @@ def test_ids_parents_and_times_follow_the_envelopes(fleet: SqliteStore, records:
         parent = by_id[s.parent_span_id or ""]
         assert s.start_us >= parent.start_us
         assert s.lineage[-1] == (parent.span_id, parent.start_us)
-        assert s.end_us <= parent.end_us
+        if parent.kind is not SpanKind.LLM:  # an agent's tool call runs after the chat that asked for it
+            assert s.end_us <= parent.end_us
         if s.kind is SpanKind.GUARDRAIL:
             assert parent.kind is SpanKind.STEP and s.start_us == s.end_us
             assert s.span_id in {guardrail_span_id(parent.span_id, s.inputs["hook"], s.inputs["pack"], i)
                                  for i in range(64)}
         elif s.kind is SpanKind.STEP:
             assert s.span_id == attempt_span_id(s.run_id, s.step_id or "", s.attempt)
-            assert parent.kind is SpanKind.RUN and s.parent_span_id == run_span_id(s.run_id)
+            if parent.kind is SpanKind.RUN:
+                assert s.parent_span_id == run_span_id(s.run_id)
+            else:  # an agent's unit: a turn under invoke_agent, a tool call under its turn's chat
+                assert s.step_id is not None and parent.step_id is not None
+                agent = s.step_id.split(".t")[0]
+                if ".c" in s.step_id:
+                    assert parent.kind is SpanKind.LLM and s.step_id.startswith(f"{parent.step_id}.c")
+                else:
+                    assert parent.kind is SpanKind.AGENT and parent.step_id == agent
         else:
             assert parent.kind is SpanKind.STEP and s.span_id == unit_span_id(parent.span_id)
             assert s.start_us == parent.start_us
@@ -172,3 +183,12 @@ def test_demo_fleet_fixture_is_realistic(records: list[OutboxRecord]) -> None:
     kinds = Counter(r.kind for r in records)
     for k in ("step_failed", "step_denied", "policy_decision", "run_failed", "tool_call"):
         assert kinds[k] > 0, k
+
+
+def test_an_agents_tool_calls_carry_the_models_call_ids(fleet: SqliteStore, records: list[OutboxRecord]) -> None:
+    _, spans = assemble(records)
+    asked = asked_tool_calls(fleet)
+    ran = {(s.run_id, s.step_id): (s.call_id, s.tool) for s in spans
+           if s.kind is SpanKind.TOOL and (s.run_id, s.step_id or "") in asked}
+    assert ran and ran == {k: v for k, v in asked.items() if k in ran}
+    assert all(not s.call_id for s in spans if s.kind is SpanKind.TOOL and (s.run_id, s.step_id or "") not in asked)

@@ -46,6 +46,14 @@ def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExporterConfi
     return {c.name: c for c in found.active}
 
 
+GENAI_OP = {"agent": "invoke_agent", "llm": "chat", "tool": "execute_tool", "http": "execute_tool"}
+
+
+def tool_call_id(span: TraceSpan) -> str | None:
+    """The call id a tool span must carry: the model's, for an agent's tool call."""
+    return span.call_id or None if span.kind is SpanKind.TOOL else None
+
+
 def rows_of_model(spans: list[TraceSpan]) -> dict[str, tuple[Row, str]]:
     return {s.span_id: ((s.span_id, s.parent_span_id, s.name, s.start_us, s.end_us), str(s.kind)) for s in spans}
 
@@ -58,15 +66,19 @@ def test_the_tree_is_run_attempt_unit_with_guardrails_under_the_attempt(model: l
             assert s.kind is SpanKind.RUN
             continue
         parent = by_id[s.parent_span_id]
-        want = SpanKind.RUN if s.kind is SpanKind.STEP else SpanKind.STEP
-        assert parent.kind is want, s
-        assert parent.start_us <= s.start_us <= s.end_us <= parent.end_us, s
+        if s.kind is SpanKind.STEP and parent.kind is not SpanKind.RUN:  # an agent's unit: agent -> LLM -> tool
+            assert (parent.kind, ".c" in (s.step_id or "")) in ((SpanKind.AGENT, False), (SpanKind.LLM, True)), s
+        else:
+            assert parent.kind is (SpanKind.RUN if s.kind is SpanKind.STEP else SpanKind.STEP), s
+        assert parent.start_us <= s.start_us <= s.end_us, s
+        assert s.end_us <= parent.end_us or parent.kind is SpanKind.LLM, s  # a tool call runs after its chat
 
 
 def test_sdk_and_every_platform_show_the_same_spans_and_times(records: list[OutboxRecord], model: list[TraceSpan],
                                                               configs: dict[str, ExporterConfig]) -> None:
     want = rows_of_model(model)
     rows = {sid: row for sid, (row, _) in want.items()}
+    by_id = {s.span_id: s for s in model}
 
     # (a) the OTel SDK, fed the same events in outbox order, one transaction-sized batch at a time
     exporter = InMemorySpanExporter()
@@ -88,9 +100,9 @@ def test_sdk_and_every_platform_show_the_same_spans_and_times(records: list[Outb
     # (b) Phoenix and Langfuse: OTLP bodies
     labels: dict[str, dict[str, Any]] = {
         "phoenix": {"run": "CHAIN", "step": "CHAIN", "llm": "LLM", "tool": "TOOL", "http": "TOOL",
-                    "guardrail": "GUARDRAIL"},
+                    "agent": "AGENT", "guardrail": "GUARDRAIL"},
         "langfuse": {"run": "chain", "step": "span", "llm": "generation", "tool": "tool", "http": "tool",
-                     "guardrail": "guardrail"},
+                     "agent": "agent", "guardrail": "guardrail"},
     }
     label_key = {"phoenix": "openinference.span.kind", "langfuse": "langfuse.observation.type"}
     for name, cls in (("phoenix", PhoenixPlatform), ("langfuse", LangfusePlatform)):
@@ -101,7 +113,10 @@ def test_sdk_and_every_platform_show_the_same_spans_and_times(records: list[Outb
             sid = pb.span_id.hex()
             got[sid] = (sid, pb.parent_span_id.hex() or None, pb.name, pb.start_time_unix_nano // 1000,
                         pb.end_time_unix_nano // 1000)
-            assert attributes(pb)[label_key[name]] == labels[name][want[sid][1]], name
+            attrs = attributes(pb)
+            assert attrs[label_key[name]] == labels[name][want[sid][1]], name
+            assert attrs.get("gen_ai.operation.name") == GENAI_OP.get(want[sid][1]), name
+            assert attrs.get("gen_ai.tool.call.id") == tool_call_id(by_id[sid]), name
         assert got == rows, name
 
     # (c) LangSmith: runs with UUID v7 ids derived from (trace, span, start)
@@ -118,6 +133,11 @@ def test_sdk_and_every_platform_show_the_same_spans_and_times(records: list[Outb
         assert run["tags"][-1] == want[sid][1]
     assert ls == rows
     assert runs == [langsmith_run(s, platform.project) for s in model]
+    for run in runs:
+        meta, span = run["extra"]["metadata"], by_id[back[run["id"]]]
+        assert meta.get("gen_ai.operation.name") == GENAI_OP.get(str(span.kind))
+        assert meta.get("gen_ai.tool.call.id") == tool_call_id(span)
+    assert any(s.call_id for s in model)  # the demo's agents called tools
 
 
 def _us(iso: str) -> int:

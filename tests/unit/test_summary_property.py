@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from fleetforge.adapters.executors.build import build_executors
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
+from fleetforge.core.agent import parent_of, unit_of
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.policies.registry import default_packs
 from fleetforge.core.pricing import PriceTable
@@ -150,10 +151,19 @@ def test_summary_from_events_equals_summary_from_store(specs: list[dict[str, Any
             assert len(runs) == len(specs) == from_store["runs"]["total"]
             assert store.count_open_runs() == 0
             ledger: list[tuple[str, str, int]] = []
+            units: Counter[tuple[str, str]] = Counter()  # agent steps and their units, from the rows
             for run in runs:
                 assert run.status in TERMINAL_RUN
                 assert all(s.status in TERMINAL_STEP for s in store.get_steps(run.id))
                 ledger += [(a.run_id, a.step_id, a.attempt) for a in store.get_attempts(run.id)]
+                for s in store.get_steps(run.id):
+                    if s.type == "agent" or parent_of(s):
+                        units[("agent" if s.type == "agent" else unit_of(s), str(s.status))] += 1
+            agents = from_store["agents"]
+            for role, part in (("agent", "steps"), ("turn", "turns")):
+                assert agents[part]["by_status"] == {st: n for (r, st), n in sorted(units.items()) if r == role}
+            calls = {("ok" if st == "succeeded" else st): n for (r, st), n in units.items() if r == "call"}
+            assert {k: v for k, v in agents["tool_calls"]["by_outcome"].items() if v} == calls
             terminal = [(e["run_id"], e["step_id"], e["attempt"]) for e in envelopes
                         if EventKind(e["kind"]) in TERMINAL_ATTEMPT_KINDS]
             assert sorted(terminal) == sorted(ledger)

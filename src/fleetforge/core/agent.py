@@ -21,6 +21,7 @@ from fleetforge.domain.steptypes import AGENT_DEFAULT_MAX_TURNS, GRAPH_ENTRYPOIN
 from fleetforge.ports.executor import ExecutionContext, ExecutionResult, Executor, StepFailure
 
 __all__ = [
+    "CALL_ID",
     "PARENT",
     "AgentExecutor",
     "Decision",
@@ -41,6 +42,8 @@ PARENT: Final = "parent"
 """Key of a child row's spec naming its agent step."""
 UNIT: Final = "unit"
 """Key of a child row's spec: "turn" (an LLM call) or "call" (a tool call)."""
+CALL_ID: Final = "call_id"
+"""Key of a tool call's row spec: the call id the model gave (`tool_calls[i].id`)."""
 PRECHECKED: Final = "prechecked"
 """Key of a child row's spec: its pre-hook guardrails were decided when it was created."""
 HELD: Final = "held"
@@ -63,6 +66,7 @@ class Unit:
     kind: str  # turn | call
     inputs: dict[str, Any]
     refusal: str = ""
+    call_id: str = ""  # the model's id of a tool call
 
 
 @dataclass(slots=True)
@@ -123,7 +127,10 @@ def child_spec(row: StepRow, agent: StepSpec) -> StepSpec:
 
 
 def child_row_spec(agent: str, unit: Unit, prechecked: bool) -> dict[str, Any]:
-    return {PARENT: agent, UNIT: unit.kind, "inputs": unit.inputs, PRECHECKED: prechecked}
+    spec = {PARENT: agent, UNIT: unit.kind, "inputs": unit.inputs, PRECHECKED: prechecked}
+    if unit.call_id:
+        spec[CALL_ID] = unit.call_id
+    return spec
 
 
 def initial_messages(inputs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -161,18 +168,19 @@ def call_parts(call: dict[str, Any]) -> tuple[str, str]:
 
 def _call_unit(cid: str, call: dict[str, Any], allowed: list[str]) -> Unit:
     name, raw_args = call_parts(call)
+    model_id = str(call.get("id", ""))
     if name not in allowed:
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
-                    f"tool: got {name!r:.60}, expected one of: {', '.join(allowed) or 'no tools'}")
+                    f"tool: got {name!r:.60}, expected one of: {', '.join(allowed) or 'no tools'}", call_id=model_id)
     try:
         args = json.loads(raw_args or "{}")
     except ValueError as exc:
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
-                    f"arguments: not JSON ({exc})")
+                    f"arguments: not JSON ({exc})", call_id=model_id)
     if not isinstance(args, dict):
         return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": {}},
-                    f"arguments: got {type(args).__name__}, expected a JSON object")
-    return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": args})
+                    f"arguments: got {type(args).__name__}, expected a JSON object", call_id=model_id)
+    return Unit(cid, StepType.TOOL, "call", {"tool": name, "args": args}, call_id=model_id)
 
 
 def _tool_message(call: dict[str, Any], row: StepRow) -> tuple[dict[str, Any], bool]:

@@ -9,6 +9,7 @@ the ordinary completion path.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from fleetforge.core import agent as A
@@ -129,7 +130,7 @@ def _unit_row(s: Scheduler, b: _Batch, run: RunRow, agent: StepRow, spec: StepSp
         inputs, denied = s._policy(b, Hook.PRE, run, row, child, 1, dict(inputs), now)
         if denied is not None:
             refusal, kind, pack = f"denied by {denied}", ErrorKind.POLICY_DENIED, denied.split(":", 1)[0]
-        row.spec = A.child_row_spec(agent.step_id, A.Unit(unit.step_id, unit.type, unit.kind, inputs), True)
+        row.spec = A.child_row_spec(agent.step_id, replace(unit, inputs=inputs), True)
         s._parsed(run).children.pop(row.step_id, None)  # built from the inputs before the pre-hooks
     if refusal:
         row.status, row.attempt, row.started_us, row.finished_us = StepStatus.DENIED, 1, now, now

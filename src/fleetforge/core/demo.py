@@ -1,7 +1,9 @@
 """The demo fleet: realistic run specs from a seed (the same seed gives the same fleet).
 
-Four workflow shapes over three workspace/app pairs, with flaky tools, retries, tight budgets,
-prompt injections, PII and forbidden tools, so every dashboard has something to show.
+Five workflow shapes over four workspace/app pairs, with flaky tools, retries, tight budgets,
+prompt injections, PII and forbidden tools, so every dashboard has something to show. A support agent
+(an `agent` step looping over `crm_lookup` and `weather`, `weather` denied by `tool_acl` in some runs)
+and a research flow passing its plan's output into its searches (`${{ steps.plan.output.text }}`).
 """
 
 from __future__ import annotations
@@ -72,15 +74,17 @@ def _research(rng: random.Random, i: int) -> dict[str, Any]:
     tight = rng.random() < 0.3
     slo = {"slo": _slo("standard")}
     caps = [{"name": "budget_caps", "max_tokens": 5_000, "warn_ratio": 0.6}]
-    searches = [
+    searches = [  # each search reads the plan's text
         {"id": f"search_{k}", "type": "tool", "depends_on": ["plan"], "policy": slo,
-         "inputs": {"tool": "search", "args": {"query": f"{topic} {aspect}", "k": 3}}}
+         "inputs": {"tool": "search", "args": {"query": f"{topic} {aspect}: ${{{{ steps.plan.output.text }}}}",
+                                               "k": 3}}}
         for k, aspect in enumerate(("benchmarks", "failure modes", "costs"))
     ]
     return {
         "workspace": "acme", "app": "research", "labels": {"workflow": "research"},
         "budget": {"tokens": 1_200 if tight else 5_000},
         "packs": caps,
+        "outputs": {"plan": "${{ steps.plan.output.text }}", "report": "${{ steps.synthesize.output.text }}"},
         "steps": [
             {"id": "plan", "type": "llm", "policy": slo,
              "inputs": {"model": "sim-small", "prompt": f"Plan a literature review of {topic}.",
@@ -137,7 +141,38 @@ def _ops(rng: random.Random, i: int) -> dict[str, Any]:
     }
 
 
-_SHAPES = (_support, _research, _enrichment, _ops)
+def _support_agent(rng: random.Random, i: int) -> dict[str, Any]:
+    name = rng.choice(_CUSTOMERS)
+    city = rng.choice(_CITIES)
+    message = f"Hi, I am {name} (customer C{i:05d}) in {city}: {rng.choice(_ISSUES)}."
+    if rng.random() < 0.25:
+        message += " " + rng.choice(_PII).format(name=name.lower())
+    slo = {"slo": _slo("gold")}
+    no_weather = i // len(_SHAPES) % 3 == 1  # a third of them: their calls of `weather` are denied
+    return {
+        "workspace": "acme", "app": "support-agent", "labels": {"workflow": "support_agent"},
+        "budget": {"tokens": 20_000, "cost": 0.2},
+        "packs": [{"name": "tool_acl", "deny": ["weather"]}] if no_weather else [],
+        "steps": [
+            {"id": "resolve", "type": "agent",
+             "policy": {**slo, "packs": [{"name": "pii_redaction", "mode": "redact"}]},
+             "execution": {"max_attempts": 3, "retry_backoff_ms": 20, "deadline_ms": LLM_DEADLINE_MS},
+             "inputs": {"model": "sim-small", "tools": ["crm_lookup", "weather"], "max_turns": 6,
+                        "instructions": "You are a support agent. Look the customer up before answering.",
+                        "messages": [{"role": "user", "content": message}],
+                        "sim_tool_turns": rng.randint(2 if no_weather else 1, 3),
+                        "sim_parallel_calls": rng.choice([1, 1, 2]),
+                        "fail_rate": 0.05, "latency_ms": 30}},
+            {"id": "notify", "type": "http", "depends_on": ["resolve"], "policy": slo,
+             "execution": {"max_attempts": 3, "retry_backoff_ms": 20, "deadline_ms": 2_000},
+             "inputs": {"method": "POST", "url": f"{WEBHOOK_PLACEHOLDER}/hooks/support?fail_rate=0.1",
+                        "json": {"ticket": i, "answer": "${{ steps.resolve.output.text }}"}}},
+        ],
+        "outputs": {"answer": "${{ steps.resolve.output.text }}", "turns": "${{ steps.resolve.output.turns }}"},
+    }
+
+
+_SHAPES = (_support, _research, _enrichment, _ops, _support_agent)
 
 
 def demo_fleet(runs: int, seed: int) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from fleetforge.core.agent import CALL_ID, PARENT
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope, TraceContext
 from fleetforge.domain.models import RunRow, StepRow
@@ -34,8 +35,26 @@ def run_event(kind: EventKind, run: RunRow, now_us: int, **payload: Any) -> Enve
 def step_event(kind: EventKind, run: RunRow, step: StepRow, attempt: int, now_us: int,
                **payload: Any) -> Envelope:
     assert CATALOG[kind].scope == "step", kind
-    body = {"step_type": str(step.type), "slo_tier": step.slo_tier, **payload}
+    body = {"step_type": str(step.type), "slo_tier": step.slo_tier, **_agent_fields(kind, step), **payload}
     return Envelope(kind=kind, occurred_us=now_us, run_id=run.id, step_id=step.step_id, attempt=attempt,
                     workspace=run.workspace, app=run.app,
                     trace=_attempt_trace(run.trace_id, run.id, step.step_id, attempt),
                     payload=body)
+
+
+def _agent_fields(kind: EventKind, step: StepRow) -> dict[str, str]:
+    """The optional fields of an agent's unit: `agent` (its agent step), a tool call's `call_id`, a denied
+    or reused call's `tool`; none for the steps of the run spec."""
+    spec = step.spec or {}
+    parent = spec.get(PARENT)
+    if not isinstance(parent, str):
+        return {}
+    fields = {"agent": parent}
+    if kind is EventKind.TOOL_CALL and spec.get(CALL_ID):
+        fields["call_id"] = str(spec[CALL_ID])
+    elif kind in (EventKind.STEP_DENIED, EventKind.STEP_REUSED):
+        inputs = spec.get("inputs")
+        tool = inputs.get("tool") if isinstance(inputs, dict) else None
+        if isinstance(tool, str) and tool:
+            fields["tool"] = tool
+    return fields

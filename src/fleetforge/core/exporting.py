@@ -1,13 +1,17 @@
 """The one span model: outbox envelopes to platform-neutral spans, rendered by every trace backend.
 
 The tree is run -> step attempt -> (llm | tool | http | agent unit), with each policy decision a
-zero-length guardrail span under its attempt. Ids are the envelopes' own (`trace.trace_id`, the run span
-`run_span_id`, the attempt span `attempt_span_id`); the unit and guardrail span ids derive from the
-attempt's. Times: a run spans its submission to its terminal event; an attempt its `step_started` to its
-terminal event (which commits the post-hook decisions and the budget settlement); the unit spans what
-the executor ran (`step_started` plus the terminal event's `duration_ms`); a decision is a point at its
-event. The OTel SDK renderer (adapters/readers/telemetry/spans) and the LangSmith, Langfuse and Phoenix encoders
-(adapters/exporters) all render these spans, so every backend shows the same tree with the same times.
+zero-length guardrail span under its attempt. An agent's units nest under its `invoke_agent` span:
+each turn's attempt (-> `chat`), and each tool call's attempt (-> `execute_tool`) under the `chat` span
+of the turn that asked for it, so a trace reads agent -> LLM -> tool (a tool call's span starts after
+its turn's `chat` span ends: it ran once the model had asked). Ids are the envelopes' own
+(`trace.trace_id`, the run span `run_span_id`, the attempt span `attempt_span_id`); the unit and
+guardrail span ids derive from the attempt's. Times: a run spans its submission to its terminal event;
+an attempt its `step_started` to its terminal event (which commits the post-hook decisions and the
+budget settlement); the unit spans what the executor ran (`step_started` plus the terminal event's
+`duration_ms`); a decision is a point at its event. The OTel SDK renderer
+(adapters/readers/telemetry/spans) and the LangSmith, Langfuse and Phoenix encoders (adapters/exporters)
+all render these spans, so every backend shows the same tree with the same times.
 
 A span is complete when its terminal event arrives (run_succeeded/failed/canceled; step_succeeded/
 failed/denied). Until then the assembler keeps what the earlier events said about it, in bounded
@@ -28,6 +32,7 @@ from typing import Any, Final
 from fleetforge.core.ids import run_span_id
 from fleetforge.domain.envelope import Envelope, traceparent
 from fleetforge.domain.models import ErrorKind, StepType
+from fleetforge.domain.names import Attr
 from fleetforge.domain.names import EventKind as K
 from fleetforge.domain.names import GenAIOperation as Op
 from fleetforge.domain.steptypes import STEP_TYPES, step_type_spec
@@ -40,6 +45,7 @@ __all__ = [
     "TraceAssembler",
     "TraceSpan",
     "Usage",
+    "genai_attributes",
     "guardrail_span_id",
     "unit_span_id",
 ]
@@ -91,7 +97,7 @@ class TraceSpan:
 
     `lineage` lists (span_id, start_us) of each ancestor, root first (empty for the run span).
     `inputs`, `outputs` and `metadata` come from the (already policy-processed) event payloads;
-    metadata values are str, int, float or bool.
+    metadata values are str, int, float or bool. `call_id` is the model's id of an agent's tool call.
     """
 
     kind: SpanKind
@@ -117,6 +123,7 @@ class TraceSpan:
     provider: str = ""
     tool: str = ""
     usage: Usage | None = None
+    call_id: str = ""
     position: OutboxPosition = _ZERO
     hold: OutboxPosition = _ZERO
 
@@ -142,6 +149,7 @@ class _Attempt:
     span_id: str
     step_type: str = ""
     slo_tier: str = ""
+    call_id: str = ""
     started_us: int | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -162,6 +170,7 @@ class _Run:
     metadata: dict[str, Any] = field(default_factory=dict)
     attempts: dict[tuple[str, int], _Attempt] = field(default_factory=dict)
     agents: dict[str, tuple[str, int]] = field(default_factory=dict)  # agent step -> (attempt span, start)
+    turns: dict[str, tuple[str, int]] = field(default_factory=dict)  # agent turn -> (its succeeded attempt, start)
     tokens: int = 0
     cost_usd: float = 0.0
     finished_attempts: int = 0
@@ -364,6 +373,7 @@ class TraceAssembler:
             att.metadata["tool_latency_ms"] = p.get("latency_ms", 0.0)
             att.metadata["tool"] = str(p.get("tool", ""))
             att.metadata["provider"] = str(p.get("provider", ""))
+            att.call_id = str(p.get("call_id", "") or "")
 
     def _finish_attempt(self, run: _Run, att: _Attempt, env: Envelope,
                         position: OutboxPosition) -> list[TraceSpan]:
@@ -414,12 +424,19 @@ class TraceAssembler:
         if agent is not None:  # a unit of an agent step: under the agent's invoke_agent span
             span_id, began = run.agents[agent]
             lineage = (*lineage, (span_id, began), (unit_span_id(span_id), began))
+            turn, sep, _ = att.step_id[len(agent) + 1:].partition(".c")
+            asked = run.turns.get(f"{agent}.{turn}") if sep else None
+            if asked is not None:  # a tool call: under the chat span of the turn that asked for it
+                lineage = (*lineage, asked, (unit_span_id(asked[0]), asked[1]))
+            elif not sep and kind is K.STEP_SUCCEEDED:  # a turn: the parent of the calls it asks for
+                run.turns[att.step_id] = (att.span_id, start)
         span = TraceSpan(
             kind=SpanKind.STEP, name=att.step_id, trace_name=_trace_name(run), trace_id=run.trace_id,
             span_id=att.span_id, parent_span_id=lineage[-1][0], lineage=lineage, start_us=start, end_us=end, ok=ok,
             status_message=message[:1000], run_id=run.run_id, step_id=att.step_id, attempt=att.attempt,
             workspace=run.workspace, app=run.app, inputs=inputs, outputs=outputs, metadata=metadata,
-            model=model, provider=provider, tool=tool, usage=usage, position=position, hold=run.hold,
+            model=model, provider=provider, tool=tool, usage=usage, call_id=att.call_id, position=position,
+            hold=run.hold,
         )
         inner = (*lineage, (att.span_id, start))
         spans = [self._guardrail(run, att, d, i, inner, position) for i, d in enumerate(att.decisions)]
@@ -456,6 +473,8 @@ class TraceAssembler:
             inputs = {"tool": attempt.tool, "provider": attempt.provider}
         metadata = {**_base_meta_of(attempt, span_id), "step_id": att.step_id, "attempt": att.attempt,
                     "step_type": step_type, **inputs}
+        if att.call_id:
+            inputs["call_id"] = att.call_id
         if not ok and "error_kind" in attempt.metadata:
             metadata["error_kind"] = attempt.metadata["error_kind"]
         return replace(attempt, kind=kind, name=name, span_id=span_id, parent_span_id=attempt.span_id,
@@ -481,6 +500,25 @@ class TraceAssembler:
             outputs={"effect": effect, "reason": p.get("reason", ""), "raw": p.get("raw")},
             metadata=metadata, position=position, hold=run.hold,
         )
+
+
+def genai_attributes(span: TraceSpan) -> dict[str, str]:
+    """The OTel GenAI attributes of a unit span: `gen_ai.operation.name` (`invoke_agent`, `chat` or
+    `execute_tool`), the agent's name (its step id) or model, the tool's name and the model's call id."""
+    if span.kind is SpanKind.AGENT:
+        attrs = {str(Attr.GENAI_OPERATION): str(Op.INVOKE_AGENT), str(Attr.GENAI_AGENT_NAME): span.step_id or ""}
+    elif span.kind is SpanKind.LLM:
+        attrs = {str(Attr.GENAI_OPERATION): str(Op.CHAT)}
+    elif span.kind in (SpanKind.TOOL, SpanKind.HTTP):
+        attrs = {str(Attr.GENAI_OPERATION): str(Op.EXECUTE_TOOL), str(Attr.GENAI_TOOL_NAME): span.tool}
+        if span.call_id:
+            attrs[str(Attr.GENAI_TOOL_CALL_ID)] = span.call_id
+        return attrs
+    else:
+        return {}
+    if span.model:
+        attrs[str(Attr.GENAI_MODEL)] = span.model
+    return attrs
 
 
 def _agent_of(run: _Run, step_id: str) -> str | None:

@@ -593,6 +593,8 @@ class Scheduler:
         provider = (result.provider if failure is None and result else failure.provider if failure else "") or ""
         defaults = self.executors[step.type].target(spec)
         tool, provider = tool or defaults[0], provider or defaults[1]
+        if failure is not None:  # step_failed names what the ledger names (a timeout knows no tool)
+            failure.tool, failure.provider = tool, provider
         b.done_attempts.append(AttemptRow(
             run.id, step.step_id, attempt, "failed" if failure else "succeeded", o.claim.worker,
             o.claim.started_us, o.finished_us, str(failure.kind) if failure else "",

@@ -35,9 +35,38 @@ def _budget(rows: dict[tuple[str, str], list[int]]) -> dict[str, Any]:
     }
 
 
+_OUTCOME = {"succeeded": "ok"}
+_DECIDED = ("ok", "failed", "denied")
+
+
+def _agents(units: Counter[tuple[str, str, str]]) -> dict[str, Any]:
+    """Agent steps, their LLM turns and their tool calls, from (role, status, tool) counts.
+
+    role: agent | turn | call. A tool call's outcome is ok (succeeded), failed (for good) or denied
+    (refused by a guardrail or as invalid), else its status; `by_tool` counts the first three."""
+    by: dict[str, Counter[str]] = {"agent": Counter(), "turn": Counter(), "call": Counter()}
+    by_tool: dict[str, Counter[str]] = defaultdict(Counter)
+    for (role, status, tool), n in units.items():
+        if role == "call":
+            outcome = _OUTCOME.get(status, status)
+            by["call"][outcome] += n
+            if outcome in _DECIDED:
+                by_tool[tool][outcome] += n
+        else:
+            by[role][status] += n
+    calls = by["call"]
+    return {
+        "steps": {"total": sum(by["agent"].values()), "by_status": _sorted(by["agent"])},
+        "turns": {"total": sum(by["turn"].values()), "by_status": _sorted(by["turn"])},
+        "tool_calls": {"total": sum(calls.values()),
+                       "by_outcome": {**{o: calls.get(o, 0) for o in _DECIDED}, **_sorted(calls)},
+                       "by_tool": {t: {o: by_tool[t].get(o, 0) for o in _DECIDED} for t in sorted(by_tool)}},
+    }
+
+
 def _assemble(runs: Counter[str], steps: Counter[str], attempts: int, retries: int,
               decisions: Counter[tuple[str, str]], budget: dict[tuple[str, str], list[int]],
-              tools: Counter[str], tool_total: int) -> dict[str, Any]:
+              tools: Counter[str], tool_total: int, agents: Counter[tuple[str, str, str]]) -> dict[str, Any]:
     by_effect: Counter[str] = Counter()
     by_pack: Counter[str] = Counter()
     for (pack, effect), n in decisions.items():
@@ -52,6 +81,7 @@ def _assemble(runs: Counter[str], steps: Counter[str], attempts: int, retries: i
                              "by_pack": _sorted(by_pack)},
         "budget": _budget(budget),
         "tool_calls": {"total": tool_total, "failed": sum(tools.values()), "by_error_kind": _sorted(tools)},
+        "agents": _agents(agents),
     }
 
 
@@ -74,7 +104,8 @@ def summary_from_store(store: Store) -> dict[str, Any]:
         total += n
         if kind:
             tools[kind] += n
-    return _assemble(runs, steps, attempts, retries, decisions, budget, tools, total)
+    agents = Counter({(role, status, tool or ""): n for role, status, tool, n in store.aggregate("summary_agents")})
+    return _assemble(runs, steps, attempts, retries, decisions, budget, tools, total, agents)
 
 
 def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
@@ -86,10 +117,19 @@ def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
     budget: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     tools: Counter[str] = Counter()
     tool_total = 0
+    roles: dict[tuple[str, str], str] = {}  # agent units and agent steps: agent | turn | call
+    unit_tools: dict[tuple[str, str], str] = {}
     terminal_step = {K.STEP_SUCCEEDED: "succeeded", K.STEP_DENIED: "denied"}
     for e in events:
         ev = Envelope.from_dict(json.loads(e)) if isinstance(e, str) else e
         p, key = ev.payload, (ev.run_id, ev.step_id or "")
+        if ev.step_id is not None and key not in roles:
+            if p.get("step_type") == "agent":
+                roles[key] = "agent"
+            elif p.get("agent"):
+                roles[key] = "turn" if p.get("step_type") == "llm" else "call"
+        if ev.kind in (K.TOOL_CALL, K.STEP_DENIED, K.STEP_REUSED) and roles.get(key) == "call" and p.get("tool"):
+            unit_tools.setdefault(key, p["tool"])  # the tool the model asked for
         if ev.kind in (K.RUN_SUBMITTED, K.RUN_STARTED, K.RUN_SUCCEEDED, K.RUN_FAILED, K.RUN_CANCELED,
                        K.RUN_PAUSED, K.RUN_RESUMED):
             run_status[ev.run_id] = p["status"]
@@ -124,5 +164,7 @@ def summary_from_events(events: Iterable[Envelope | str]) -> dict[str, Any]:
             tool_total += 1
             if not p["ok"]:
                 tools[p["error_kind"]] += 1
+    agents = Counter((role, step_status[key], unit_tools.get(key, "") if role == "call" else "")
+                     for key, role in roles.items() if key in step_status)
     return _assemble(Counter(run_status.values()), Counter(step_status.values()), attempts, retries,
-                     decisions, dict(budget), tools, tool_total)
+                     decisions, dict(budget), tools, tool_total, agents)

@@ -66,12 +66,14 @@ class Field:
     """One payload field: its name, a type among str|int|float|bool|json, and its meaning.
 
     `column` False keeps a field out of the typed analytics columns (it stays in the raw `payload`).
+    `optional` fields are left out of a payload when they would be empty (an agent's units carry them).
     """
 
     name: str
     type: str
     doc: str
     column: bool = True
+    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +91,10 @@ _RUN_COMMON = (
     Field("slo_tier", "str", "SLO tier of the run (that of its step with the tightest queue target)"),
 )
 _STEP_COMMON = (
-    Field("step_type", "str", "llm | tool | http"),
+    Field("step_type", "str", "llm | tool | http | agent"),
     Field("slo_tier", "str", "SLO tier of the step"),
+    Field("agent", "str", "the agent step that grew this step (an LLM turn or a tool call); absent for the "
+                          "steps of the run spec", column=False, optional=True),
 )
 _USAGE = (
     Field("tokens", "int", "tokens (prompt + completion) involved"),
@@ -154,7 +158,8 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                   Field("delay_ms", "float", "delay before the step is eligible again"))),
         KindSpec(EventKind.STEP_DENIED, "step", "a budget or policy denied the attempt (terminal)",
                  (*_STEP_COMMON, Field("error_kind", "str", "budget_exceeded | policy_denied"),
-                  Field("reason", "str", "why"), Field("pack", "str", "denying pack, if any"))),
+                  Field("reason", "str", "why"), Field("pack", "str", "denying pack, if any"),
+                  Field("tool", "str", "the tool an agent's denied tool call asked for", optional=True))),
         KindSpec(EventKind.STEP_SKIPPED, "step", "the run failed or was canceled before the step ran",
                  (*_STEP_COMMON, Field("reason", "str", "why"))),
         KindSpec(EventKind.POLICY_DECISION, "step", "a guardrail pack evaluated a step",
@@ -187,7 +192,9 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                  (*_STEP_COMMON, Field("tool", "str", "tool name or host"),
                   Field("provider", "str", "python | http | provider name"),
                   Field("ok", "bool", "succeeded"), Field("error_kind", "str", "empty on success"),
-                  Field("latency_ms", "float", "call latency"))),
+                  Field("latency_ms", "float", "call latency"),
+                  Field("call_id", "str", "the model's id of an agent's tool call (`tool_calls[i].id`)",
+                        column=False, optional=True))),
         KindSpec(EventKind.RUN_FORKED, "run", "a run was forked: on the new run and on the run it was forked from",
                  (*_RUN_COMMON,
                   Field("forked_from", "str", "the run whose record the fork reuses", column=False),
@@ -200,7 +207,8 @@ CATALOG: Final[dict[EventKind, KindSpec]] = {
                                                 "(no attempt, no budget, no call)",
                  (*_STEP_COMMON,
                   Field("status", "str", "the recorded status the step keeps", column=False),
-                  Field("forked_from", "str", "the run the result was recorded in", column=False))),
+                  Field("forked_from", "str", "the run the result was recorded in", column=False),
+                  Field("tool", "str", "the tool a reused agent tool call ran", optional=True))),
         KindSpec(EventKind.APPROVAL_REQUESTED, "step", "the step (or agent tool call) waits for a person's approval",
                  (*_STEP_COMMON, Field("timeout_ms", "int", "how long the wait may last, 0 for no limit"),
                   Field("tool", "str", "the tool an agent's call would run, empty for a step"))),

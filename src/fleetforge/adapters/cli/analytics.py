@@ -80,7 +80,7 @@ def backfill_cmd(
     data_dir: DataDirOpt = None,
     clickhouse_url: UrlOpt = None,
 ) -> None:
-    """Re-derive the five derived tables from the raw event tables (safe to run again)."""
+    """Re-derive the six derived tables from the raw event tables (safe to run again)."""
     with guard():
         start = _since(since)
         with _store(ctx, data_dir, clickhouse_url) as store:

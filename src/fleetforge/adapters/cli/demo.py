@@ -128,6 +128,12 @@ def _print_summary(s: dict[str, Any], data_dir: Path) -> None:
     for effect, n in s["policy_decisions"]["by_effect"].items():
         table.add_row(f"policy {effect}", str(n))
     table.add_row("tool calls (failed)", f'{s["tool_calls"]["total"]} ({s["tool_calls"]["failed"]})')
+    a = s["agents"]
+    table.add_row("agent steps", str(a["steps"]["total"]))
+    table.add_row("  agent turns", str(a["turns"]["total"]))
+    table.add_row("  agent tool calls", str(a["tool_calls"]["total"]))
+    for outcome, n in a["tool_calls"]["by_outcome"].items():
+        table.add_row(f"    {outcome}", str(n))
     b = s["budget"]
     table.add_row("tokens used / reserved", f'{b["tokens_used"]} / {b["tokens_reserved"]}')
     table.add_row("cost used / reserved", f'${b["cost_used"]:.4f} / ${b["cost_reserved"]:.4f}')

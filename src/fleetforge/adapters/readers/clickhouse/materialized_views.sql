@@ -1,4 +1,4 @@
--- FleetForge analytics: the five derived tables and the materialized views that maintain them.
+-- FleetForge analytics: the six derived tables and the materialized views that maintain them.
 --
 -- Builds on the raw tables telemetry.run_events and telemetry.step_events (migration 0001, applied
 -- by `fleetforge analytics apply`). Apply with
@@ -228,3 +228,48 @@ SELECT
 FROM telemetry.step_events
 WHERE kind = 'tool_call'
 GROUP BY bucket, tool, provider, error_kind;
+
+-- agent_activity: agent steps (unit 'agent') and the units they grew: LLM turns ('turn') and tool calls
+-- ('call', with the tool the model asked for), from their terminal events. A row's status is how the
+-- event ended the attempt or the step: succeeded | failed | denied | skipped | canceled. `units` counts
+-- steps at their end (a success, a failure with no retry after it, a denial, a skip), so sum(units) by
+-- status equals the `agents` part of `fleetforge demo --json`; `attempts` counts terminal attempts (the
+-- rows of step_retry_heatmap that are agent units), by attempt number.
+CREATE TABLE IF NOT EXISTS telemetry.agent_activity
+(
+    bucket DateTime('UTC'),
+    workspace LowCardinality(String),
+    app LowCardinality(String),
+    unit LowCardinality(String),
+    tool LowCardinality(String),
+    status LowCardinality(String),
+    attempt UInt32,
+    units SimpleAggregateFunction(sum, UInt64),
+    attempts SimpleAggregateFunction(sum, UInt64),
+    tokens SimpleAggregateFunction(sum, Int64),
+    cost_usd SimpleAggregateFunction(sum, Decimal(38, 6)),
+    duration_ms_sum SimpleAggregateFunction(sum, Float64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (bucket, unit, status, tool, attempt, workspace, app);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry.agent_activity_mv TO telemetry.agent_activity AS
+SELECT
+    toDateTime(toStartOfMinute(occurred_at), 'UTC') AS bucket,
+    workspace,
+    app,
+    multiIf(step_type = 'agent', 'agent', step_type = 'llm', 'turn', 'call') AS unit,
+    if(step_type = 'agent' OR step_type = 'llm', '', step_events.tool) AS tool,
+    multiIf(kind = 'step_succeeded', 'succeeded', kind = 'step_failed', 'failed', kind = 'step_denied', 'denied',
+            reason = 'run canceled', 'canceled', 'skipped') AS status,
+    attempt,
+    countIf(kind != 'step_failed' OR final) AS units,
+    countIf(kind != 'step_skipped') AS attempts,
+    sum(tokens) AS tokens,
+    sum(cost_usd) AS cost_usd,
+    sum(duration_ms) AS duration_ms_sum
+FROM telemetry.step_events
+WHERE kind IN ('step_succeeded', 'step_failed', 'step_denied', 'step_skipped')
+  AND (step_type = 'agent' OR attributes['agent'] != '')
+GROUP BY bucket, workspace, app, unit, tool, status, attempt;

@@ -24,10 +24,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.util.types import AttributeValue
 
 from fleetforge.core.exporting import SpanKind as Kind
-from fleetforge.core.exporting import TraceAssembler, TraceSpan, unit_span_id
+from fleetforge.core.exporting import TraceAssembler, TraceSpan, genai_attributes, unit_span_id
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError
-from fleetforge.domain.names import Attr, GenAIOperation
+from fleetforge.domain.names import Attr
 
 __all__ = ["TRACER_NAME", "EventIdGenerator", "SpanRecorder", "otel_attributes", "tool_span_id"]
 
@@ -45,11 +45,8 @@ _ERROR_KIND: Final = str(Attr.ERROR_KIND)
 _BUDGET_TOKENS_RESERVED: Final = str(Attr.BUDGET_TOKENS_RESERVED)
 _BUDGET_TOKENS_LEFT: Final = str(Attr.BUDGET_TOKENS_LEFT)
 _GENAI_INPUT_TOKENS: Final = str(Attr.GENAI_INPUT_TOKENS)
-_GENAI_MODEL: Final = str(Attr.GENAI_MODEL)
-_GENAI_OPERATION: Final = str(Attr.GENAI_OPERATION)
 _GENAI_OUTPUT_TOKENS: Final = str(Attr.GENAI_OUTPUT_TOKENS)
 _GENAI_PROVIDER: Final = str(Attr.GENAI_PROVIDER)
-_GENAI_TOOL_NAME: Final = str(Attr.GENAI_TOOL_NAME)
 _RUN_ID: Final = str(Attr.RUN_ID)
 _SLO_TIER: Final = str(Attr.SLO_TIER)
 _STATUS: Final = str(Attr.STATUS)
@@ -127,11 +124,9 @@ def otel_attributes(span: TraceSpan) -> dict[str, AttributeValue]:
         if "final" in meta:
             attrs[str(Attr.FINAL)] = bool(meta["final"])
     elif kind is Kind.LLM:
-        attrs[_GENAI_OPERATION] = "chat"
+        attrs.update(genai_attributes(span))
         if span.provider:
             attrs[_GENAI_PROVIDER] = span.provider
-        if span.model:
-            attrs[_GENAI_MODEL] = span.model
         if span.usage is not None:
             attrs[_GENAI_INPUT_TOKENS] = span.usage.input_tokens
             attrs[_GENAI_OUTPUT_TOKENS] = span.usage.output_tokens
@@ -142,13 +137,9 @@ def otel_attributes(span: TraceSpan) -> dict[str, AttributeValue]:
             value = span.outputs.get(key)
             attrs[str(key)] = _scalar(value if value is not None else "")
     elif kind is Kind.AGENT:
-        attrs[_GENAI_OPERATION] = str(GenAIOperation.INVOKE_AGENT)
-        attrs[str(Attr.GENAI_AGENT_NAME)] = str(span.step_id or "")
-        if span.model:
-            attrs[_GENAI_MODEL] = span.model
+        attrs.update(genai_attributes(span))
     elif kind is not Kind.RUN:  # tool and http units
-        attrs[_GENAI_OPERATION] = "execute_tool"
-        attrs[_GENAI_TOOL_NAME] = span.tool
+        attrs.update(genai_attributes(span))
         attrs[_TOOL_PROVIDER] = span.provider
     if not span.ok:
         attrs[_ERROR_KIND] = str(meta.get("error_kind", ""))

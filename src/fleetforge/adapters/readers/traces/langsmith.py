@@ -20,7 +20,7 @@ from typing import Any, Final
 from fleetforge import __version__
 from fleetforge.adapters.readers.traces.delivery import Request
 from fleetforge.adapters.readers.traces.platform_spec import Credentials, ExporterConfig, PlatformSpec, missing
-from fleetforge.core.exporting import SpanKind, TraceSpan
+from fleetforge.core.exporting import SpanKind, TraceSpan, genai_attributes
 
 __all__ = ["SPEC", "LangSmithPlatform", "dotted_segment", "langsmith_run", "multipart_body", "run_uuid"]
 
@@ -58,7 +58,7 @@ def langsmith_run(span: TraceSpan, project: str) -> dict[str, Any]:
     """The run-create object of one span (the shape `Client.batch_ingest_runs` posts)."""
     chain = [*span.lineage, (span.span_id, span.start_us)]
     ids = [run_uuid(span.trace_id, sid, start) for sid, start in chain]
-    metadata: dict[str, Any] = dict(span.metadata)
+    metadata: dict[str, Any] = {**span.metadata, **genai_attributes(span)}
     if span.kind is SpanKind.LLM:  # a denied attempt never reached its model: nothing to name
         if span.provider:
             metadata["ls_provider"] = span.provider

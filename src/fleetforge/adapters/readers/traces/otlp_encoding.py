@@ -16,7 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from fleetforge import __version__
 from fleetforge.adapters.readers.traces.delivery import Request
 from fleetforge.adapters.readers.traces.platform_spec import ExporterConfig
-from fleetforge.core.exporting import SpanKind, TraceSpan
+from fleetforge.core.exporting import SpanKind, TraceSpan, genai_attributes
 from fleetforge.domain.names import Attr
 
 __all__ = ["CONTENT_TYPE", "SCOPE", "SERVICE_NAME", "OtlpPlatform", "common_attributes", "encode", "json_text",
@@ -73,7 +73,7 @@ def _fill(kvs: Any, attrs: Mapping[str, Any]) -> None:
 
 
 def common_attributes(span: TraceSpan) -> dict[str, Any]:
-    """FleetForge's own attributes, present on every exported span."""
+    """FleetForge's own attributes, present on every exported span, and a unit span's OTel GenAI ones."""
     attrs: dict[str, Any] = {
         str(Attr.RUN_ID): span.run_id,
         str(Attr.WORKSPACE): span.workspace,
@@ -82,6 +82,7 @@ def common_attributes(span: TraceSpan) -> dict[str, Any]:
     if span.step_id is not None:
         attrs[str(Attr.STEP_ID)] = span.step_id
         attrs[str(Attr.ATTEMPT)] = span.attempt
+    attrs.update(genai_attributes(span))
     return attrs
 
 

@@ -234,6 +234,15 @@ FROM attempts a JOIN runs r ON r.id = a.run_id
 WHERE a.status <> 'denied'
 GROUP BY r.workspace, r.app;
 
+-- name: summary_agents
+-- Agent steps and the units they grew (role agent | turn | call) by status; a tool call's tool.
+SELECT CASE WHEN type = 'agent' THEN 'agent' ELSE spec->>'unit' END AS role, status,
+       CASE WHEN type = 'agent' THEN '' ELSE coalesce(spec->'inputs'->>'tool', '') END AS tool,
+       count(*)::int
+FROM steps
+WHERE type = 'agent' OR spec->>'parent' IS NOT NULL
+GROUP BY 1, 2, 3;
+
 -- name: summary_tools
 SELECT a.tool, a.provider, a.error_kind, count(*)::int
 FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id

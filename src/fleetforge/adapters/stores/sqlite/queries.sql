@@ -182,6 +182,15 @@ FROM attempts a JOIN runs r ON r.id = a.run_id
 WHERE a.status <> 'denied'
 GROUP BY r.workspace, r.app;
 
+-- name: summary_agents
+-- Agent steps and the units they grew (role agent | turn | call) by status; a tool call's tool.
+SELECT CASE WHEN type = 'agent' THEN 'agent' ELSE json_extract(spec, '$.unit') END AS role, status,
+       CASE WHEN type = 'agent' THEN '' ELSE coalesce(json_extract(spec, '$.inputs.tool'), '') END AS tool,
+       count(*)
+FROM steps
+WHERE type = 'agent' OR json_extract(spec, '$.parent') IS NOT NULL
+GROUP BY role, status, tool;
+
 -- name: summary_tools
 SELECT a.tool, a.provider, a.error_kind, count(*)
 FROM attempts a JOIN steps s ON s.run_id = a.run_id AND s.step_id = a.step_id

@@ -134,7 +134,8 @@ PANELS: Final[tuple[PanelSpec, ...]] = (
         "retry_matrix",
         "table",
         (0, 12, 12, 9),
-        "Terminal attempts by step type and outcome (rows) and attempt number (columns).",
+        "Terminal attempts by step type and outcome (rows) and attempt number (columns). Agent LLM turns and "
+        "tool calls are rows of their own (agent turn, agent tool call).",
         units={},
     ),
     PanelSpec(
@@ -181,8 +182,29 @@ PANELS: Final[tuple[PanelSpec, ...]] = (
         "table",
         (12, 30, 12, 8),
         f"Tool and http calls per tool and provider: failures, flake rate (SLO {FLAKE_SLO:.0%}), most "
-        "common error kind and p95 latency.",
+        "common error kind and p95 latency. Agents' tool calls are counted too; agent_calls says how many "
+        "of the calls agents made, agent_denied how many agent calls of the tool a guardrail denied.",
         units={"flake_rate": "percentunit", "p95_ms": "ms"},
+    ),
+    PanelSpec(
+        "Agent turns",
+        "agent_turns",
+        "time_series",
+        "timeseries",
+        (0, 38, 12, 8),
+        "LLM turns of agent steps per interval: succeeded, failed (for good, or denied), retried turn "
+        "attempts, agent steps that finished, and the tokens the turns used.",
+        query_type="timeseries",
+    ),
+    PanelSpec(
+        "Agent tool calls by tool and outcome",
+        "agent_tool_calls",
+        "raw",
+        "table",
+        (12, 38, 12, 8),
+        "Tool calls agents made, per tool: ok, failed (after their retries) and denied (by a guardrail such "
+        "as tool_acl, or refused as invalid; the model gets a tool error), with the failure and deny rates.",
+        units={"failure_rate": "percentunit", "deny_rate": "percentunit"},
     ),
 )
 

@@ -142,15 +142,42 @@ function renderBudget(rows) {
 function renderTools(rows) {
   const table = $("#table-tool_flakes");
   table.querySelector("thead").innerHTML =
-    "<tr><th>tool</th><th>provider</th><th>calls</th><th>failures</th><th>flake rate</th><th>top error</th><th>p95 latency</th></tr>";
+    "<tr><th>tool</th><th>provider</th><th>calls</th><th>failures</th><th>flake rate</th><th>top error</th><th>p95 latency</th>" +
+    "<th>by agents</th><th>agent denied</th></tr>";
   table.querySelector("tbody").innerHTML = rows.length ? rows.map((r) =>
     `<tr data-tool="${esc(r.tool)}"><td>${esc(r.tool)}</td><td>${esc(r.provider)}</td><td class="num">${fmt(r.calls)}</td>` +
     `<td class="num">${fmt(r.failures)}</td><td class="num">${pct(r.flake_rate)}</td><td>${esc(r.top_error)}</td>` +
-    `<td class="num">${fmt(r.p95_ms)} ms</td></tr>`).join("")
-    : `<tr><td colspan="7" class="empty">no tool calls in this range</td></tr>`;
+    `<td class="num">${fmt(r.p95_ms)} ms</td><td class="num">${fmt(r.agent_calls)}</td>` +
+    `<td class="num">${fmt(r.agent_denied)}</td></tr>`).join("")
+    : `<tr><td colspan="9" class="empty">no tool calls in this range</td></tr>`;
   markPanel("tool_flakes", rows.length);
 }
 
+function renderAgentTurns(rows) {
+  if (!rows.length) return emptyChart("agent_turns", "no agent turns in this range");
+  const t = (r) => r.t * 1000;
+  chart("agent_turns").setOption({ ...base, xAxis: timeAxis(),
+    yAxis: [{ type: "value", name: "turns" }, { type: "value", name: "tokens" }],
+    series: [
+      { name: "turns ok", type: "bar", stack: "t", barMaxWidth: 24, color: "#3fb950", data: rows.map((r) => [t(r), r.turns_ok]) },
+      { name: "turns failed", type: "bar", stack: "t", barMaxWidth: 24, color: "#f85149", data: rows.map((r) => [t(r), r.turns_failed]) },
+      { name: "retried", type: "line", data: rows.map((r) => [t(r), r.turn_retries]) },
+      { name: "agents finished", type: "line", data: rows.map((r) => [t(r), r.agents_finished]) },
+      { name: "tokens", type: "line", yAxisIndex: 1, lineStyle: { type: "dashed" }, data: rows.map((r) => [t(r), r.turn_tokens]) },
+    ] }, true);
+  markPanel("agent_turns", rows.length);
+}
+function renderAgentTools(rows) {
+  const table = $("#table-agent_tool_calls");
+  table.querySelector("thead").innerHTML =
+    "<tr><th>tool</th><th>calls</th><th>ok</th><th>failed</th><th>denied</th><th>failure rate</th><th>deny rate</th><th>retries</th></tr>";
+  table.querySelector("tbody").innerHTML = rows.length ? rows.map((r) =>
+    `<tr data-tool="${esc(r.tool)}"><td>${esc(r.tool)}</td><td class="num">${fmt(r.calls)}</td><td class="num">${fmt(r.ok)}</td>` +
+    `<td class="num">${fmt(r.failed)}</td><td class="num">${fmt(r.denied)}</td><td class="num">${pct(r.failure_rate)}</td>` +
+    `<td class="num">${pct(r.deny_rate)}</td><td class="num">${fmt(r.retries)}</td></tr>`).join("")
+    : `<tr><td colspan="8" class="empty">no agent tool calls in this range</td></tr>`;
+  markPanel("agent_tool_calls", rows.length);
+}
 function renderRuns(runs) {
   $("#runs tbody").innerHTML = runs.length ? runs.map((r) =>
     `<tr class="click" data-run="${esc(r.run_id)}"><td><code>${esc(r.run_id.slice(0, 8))}</code></td>` +
@@ -174,7 +201,8 @@ async function loadMeta() {
 }
 
 const renderers = { run_slo: renderRunSlo, retry_heatmap: renderHeatmap, policy_bursts: renderPolicy,
-  budget_burndown: renderBudget, tool_flakes: renderTools };
+  budget_burndown: renderBudget, tool_flakes: renderTools, agent_turns: renderAgentTurns,
+  agent_tool_calls: renderAgentTools };
 
 async function refresh() {
   const p = params();
