@@ -451,7 +451,7 @@ def test_control_endpoints_record_the_token_as_actor_and_answer_clear_4xx(api: A
     run_id = waiting(api)
     token = next(t for t in cast(TokenStore, api.store).list_tokens() if t.name == f"t-{Scope.CONTROL}")
     with api.client(Scope.CONTROL) as c:
-        assert c.post(f"/v1/runs/nope/steps/gate/approve").status_code == 404
+        assert c.post("/v1/runs/nope/steps/gate/approve").status_code == 404
         r = c.post(f"/v1/runs/{run_id}/steps/nope/approve")
         assert r.status_code == 404 and "no step 'nope'" in r.json()["error"]
         r = c.post(f"/v1/runs/{run_id}/steps/calc/approve")
@@ -498,7 +498,7 @@ def test_the_client_over_the_api_steers_runs(api: Api) -> None:
         with pytest.raises(NotFoundError):
             client.approve("no-such-run", "gate")
         assert ok.pause() is True and ok.pause() is False
-        with pytest.raises(SpecError, match="patch.nope"):
+        with pytest.raises(SpecError, match=r"patch\.nope"):
             ok.resume(patch={"nope": {}})
         assert ok.resume(patch={"calc": {"tool": "calculator", "args": {"expression": "6*7"}}}) == ["calc"]
         ok.approve("gate", reason="fine")

@@ -36,8 +36,8 @@ def actor_of(token: TokenRow | None) -> str:
 
 
 def json_body(body: bytes, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """The body as a JSON object with only `fields` (each of its type); empty is {}. BadRequest (400) when
-    it is not JSON, 422 for an unknown field or a wrong type."""
+    """The body as a JSON object with only `fields` (each of its type, never a boolean); empty is {}.
+    BadRequest (400) when it is not JSON, 422 for an unknown field or a wrong type."""
     if not body.strip():
         return {}
     try:
@@ -48,20 +48,15 @@ def json_body(body: bytes, fields: dict[str, type | tuple[type, ...]]) -> dict[s
         raise BadRequest(f"the body is {type(doc).__name__}, expected a JSON object", 422)
     problems = [f"{k}: got an unknown field, expected one of {', '.join(fields)}" for k in doc if k not in fields]
     problems += [f"{k}: got {type(v).__name__}, expected {_kind(fields[k])}" for k, v in doc.items()
-                 if k in fields and v is not None and (not isinstance(v, fields[k]) or isinstance(v, bool)
-                                                       and bool not in _types(fields[k]))]
+                 if k in fields and v is not None and (isinstance(v, bool) or not isinstance(v, fields[k]))]
     if problems:
         raise BadRequest("the body has bad fields", 422, problems)
     return {k: v for k, v in doc.items() if v is not None}
 
 
-def _types(t: type | tuple[type, ...]) -> tuple[type, ...]:
-    return t if isinstance(t, tuple) else (t,)
-
-
 def _kind(t: type | tuple[type, ...]) -> str:
     names = {str: "a string", dict: "a JSON object", int: "an integer", float: "a number"}
-    return " or ".join(names.get(x, x.__name__) for x in _types(t))
+    return " or ".join(names.get(x, x.__name__) for x in (t if isinstance(t, tuple) else (t,)))
 
 
 async def _answer(api: ApiContext, call: Call, allow: bool) -> Response:
@@ -122,7 +117,8 @@ async def fork_run(api: ApiContext, call: Call) -> Response:
 
 
 async def replay_run(api: ApiContext, call: Call) -> Response:
-    body = json_body(call.body, {"tolerance_tokens": int, "tolerance_cost_usd": (int, float), "timeout_s": (int, float)})
+    number = (int, float)
+    body = json_body(call.body, {"tolerance_tokens": int, "tolerance_cost_usd": number, "timeout_s": number})
     tokens, cost = body.get("tolerance_tokens", 0), float(body.get("tolerance_cost_usd", 0.0))
     timeout = float(body.get("timeout_s", MAX_REPLAY_TIMEOUT_S))
     problems = ([f"tolerance_tokens: got {tokens}, expected 0 or more"] * (tokens < 0)

@@ -1,7 +1,8 @@
 """The Python client over the HTTP API: `Client("http://host:8787", token=...)` is an `ApiClient`.
 
 Same methods as on a store URL (submit with an idempotency key, run, runs, approve, deny, pause, resume,
-fork, replay, and on a handle status, result, wait, events, cancel, approve, deny, pause, resume); errors are the same exceptions (SpecError, NotFoundError, ValueError...).
+fork, replay, and on a handle status, result, wait, events, cancel, approve, deny, pause, resume); errors
+are the same exceptions (SpecError, NotFoundError, ConflictError, ValueError...).
 Events come from the server's SSE stream, resumed with `Last-Event-ID` when the connection drops.
 Workers need the store: `worker()` and `run_until_idle()` say so.
 """
@@ -245,12 +246,11 @@ class ApiClient(Client):
 
     def approve(self, run_id: str, step: str, reason: str | None = None, actor: str | None = None) -> None:
         """Approve a waiting step; the actor recorded is this client's token (`actor` is not sent)."""
-        self._request("POST", f"/v1/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/approve",
-                      json={} if reason is None else {"reason": reason})
+        self._request("POST", _step_path(run_id, step, "approve"), json={} if reason is None else {"reason": reason})
 
     def deny(self, run_id: str, step: str, reason: str, actor: str | None = None) -> None:
         """Deny a waiting step with a reason; the actor recorded is this client's token."""
-        self._request("POST", f"/v1/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/deny", json={"reason": reason})
+        self._request("POST", _step_path(run_id, step, "deny"), json={"reason": reason})
 
     def pause(self, run_id: str, actor: str | None = None) -> bool:
         """Pause a run; False when it was already paused. The actor recorded is this client's token."""
@@ -273,7 +273,8 @@ class ApiClient(Client):
         if prices is not None:
             raise ConfigError("prices: a replay over the API uses the server's prices; pass prices to a client "
                               "on the store URL")
-        body = {"tolerance_tokens": tolerance_tokens, "tolerance_cost_usd": tolerance_cost_usd, "timeout_s": timeout}
+        body = {"tolerance_tokens": tolerance_tokens, "tolerance_cost_usd": tolerance_cost_usd,
+                "timeout_s": timeout}
         response = self._request("POST", f"/v1/runs/{run_id}/replay", json=body,
                                  timeout=httpx.Timeout(self.timeout_s, read=timeout + self.timeout_s))
         return replay_report(response.json())
@@ -286,6 +287,10 @@ class ApiClient(Client):
                        timeout: float | None = None) -> int:
         raise ConfigError(_NO_WORKER)
 
+
+
+def _step_path(run_id: str, step: str, action: str) -> str:
+    return f"/v1/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/{action}"
 
 
 def replay_report(doc: Mapping[str, Any]) -> ReplayReport:
