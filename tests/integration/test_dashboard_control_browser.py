@@ -102,7 +102,8 @@ def test_without_a_control_token_there_is_no_button_and_a_post_is_405(
             tab.wait(DRILLED)
             assert tab.eval(BUTTONS) == [] and tab.eval("document.querySelectorAll('.controls').length") == 0
             status = tab.eval(f"fetch('api/runs/{run_id}/steps/gate/approve', {{method: 'POST', body: '{{}}', "
-                              "headers: {'x-fleetforge-csrf': 'x', 'content-type': 'application/json'}}).then(r => r.status)")
+                              "headers: {'x-fleetforge-csrf': 'x', 'content-type': 'application/json'}})"
+                              ".then(r => r.status)")
             assert status == 405
     assert _gate(store, run_id) == "waiting_approval" and not _approvals(store, run_id)
 
