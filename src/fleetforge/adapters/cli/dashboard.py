@@ -66,8 +66,7 @@ def _control(state: Store | None, token: str | None) -> DashboardControl | None:
     try:
         return DashboardControl(state, token)
     except (Unauthorized, Forbidden) as exc:
-        raise ConfigError(f"control token: refused ({exc}); create one with "
-                          "`fleetforge tokens create --scope control`") from None
+        raise ConfigError(f"control token: refused: {exc}") from None
 
 
 def _read_only_store(url: str | None, data_dir: Path) -> Store | None:
