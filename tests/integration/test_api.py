@@ -480,7 +480,7 @@ def test_control_endpoints_record_the_token_as_actor_and_answer_clear_4xx(api: A
                                                                                   "result": 42}
     decisions = [(d.effect, d.reason) for d in api.store.get_decisions(run_id)]
     assert decisions == [("allow", "looked fine")]
-    kinds = {e.kind: e.payload for e in (Envelope.from_json(r.envelope) for r in api.store.iter_outbox())
+    kinds = {str(e.kind): e.payload for e in (Envelope.from_json(r.envelope) for r in api.store.iter_outbox())
              if e.run_id == run_id}
     actor = f"token:{token.name}#{token.id}"
     assert kinds["run_paused"]["actor"] == kinds["step_patched"]["actor"] == actor

@@ -12,8 +12,7 @@ import pytest
 
 from fleetforge.adapters.views.dashboard.app import Dashboard, _App
 from fleetforge.adapters.views.dashboard.control import CSRF_HEADER, DashboardControl, same_origin
-from fleetforge.core.tokens import hash_token
-from fleetforge.domain.tokens import Scope, TokenRow, Unauthorized
+from fleetforge.domain.tokens import Scope, TokenRow, Unauthorized, hash_token
 
 TOKEN = "fft_" + "k" * 43
 
