@@ -210,8 +210,10 @@ class _App:
         if method == "POST" and self.dash.control is not None:
             status, ctype, body = await self._post(self.dash.control, scope, receive)
         elif method not in ("GET", "HEAD"):
-            status, ctype, body = 405, "application/json", _json_bytes({"error": "the dashboard is read-only"})
-            extra = ((b"allow", b"GET, HEAD"),)
+            control = self.dash.control is not None
+            why = f"method {method} is not allowed here" if control else "the dashboard is read-only"
+            status, ctype, body = 405, "application/json", _json_bytes({"error": why})
+            extra = ((b"allow", b"GET, HEAD, POST" if control else b"GET, HEAD"),)
         else:
             query = parse_qs(scope["query_string"].decode("latin-1"))
             status, ctype, body = await anyio.to_thread.run_sync(self._get, scope["path"], query)
@@ -238,6 +240,9 @@ class _App:
         except FleetForgeError as exc:
             log.warning("dashboard control failed: %s", exc)
             return self._json({"error": str(exc)}, 503)
+        except Exception:
+            log.exception("dashboard control request for %r failed", scope["path"])
+            return self._json({"error": "internal error; see the server log"}, 500)
         return self._json(doc, status)
 
     def _get(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
