@@ -72,14 +72,22 @@ class Tab:
         self._proc = subprocess.Popen([CHROMIUM, *FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}",
                                        "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._ids = itertools.count(1)
+        try:
+            self._ws: ClientConnection = connect(self._page_socket(profile), max_size=None).__enter__()
+        except BaseException:
+            self._proc.kill()
+            raise
+
+    def _page_socket(self, profile: Path) -> str:
+        """The DevTools WebSocket URL of the browser's page, once Chromium listens."""
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + self.timeout_s
         while not (port_file.is_file() and port_file.read_text().strip()):
             assert time.monotonic() < deadline and self._proc.poll() is None, "Chromium did not start"
             time.sleep(0.05)
         port = port_file.read_text().split()[0]
-        pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"]
-        self._ws: ClientConnection = connect(pages[0]["webSocketDebuggerUrl"], max_size=None).__enter__()
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+        return str(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
 
     def __enter__(self) -> Tab:
         return self

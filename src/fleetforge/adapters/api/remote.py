@@ -288,7 +288,6 @@ class ApiClient(Client):
         raise ConfigError(_NO_WORKER)
 
 
-
 def _step_path(run_id: str, step: str, action: str) -> str:
     return f"/v1/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/{action}"
 
