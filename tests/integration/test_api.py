@@ -10,6 +10,7 @@ import gzip
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,14 @@ import pytest
 import fleetforge
 from fleetforge import Client
 from fleetforge.adapters.api.app import ApiServer, api_context, build_app
-from fleetforge.adapters.api.remote import ApiClient, sse_events
+from fleetforge.adapters.api.remote import ApiClient, ApiRunHandle, sse_events
 from fleetforge.adapters.api.routing import ApiRoute
 from fleetforge.adapters.api.table import ROUTES
 from fleetforge.adapters.cli.wiring import build_runtime, tools_registry
 from fleetforge.adapters.executors.pytools import register_tools
 from fleetforge.core.tokens import create_token, revoke_token
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.errors import ConfigError, NotFoundError, SpecError
+from fleetforge.domain.errors import ConfigError, ConflictError, NotFoundError, SpecError
 from fleetforge.domain.tokens import TOKEN_PATTERN, Forbidden, Scope, Unauthorized
 from fleetforge.ports.clock import SystemClock
 from fleetforge.ports.store import Store
@@ -95,10 +96,62 @@ def submitted(api: Api, spec: dict[str, Any] = SPEC) -> str:
     return str(r.json()["run_id"])
 
 
+GATED = {"workspace": "acme", "app": "api",
+         "steps": [{"id": "gate", "type": "tool", "approval": {}, "inputs": {"tool": "noop", "args": {}}},
+                   {"id": "calc", "type": "tool", "depends_on": ["gate"],
+                    "inputs": {"tool": "calculator", "args": {"expression": "1+1"}}}]}
+
+
+def step_status(store: Store, run_id: str, step: str) -> str:
+    return {s.step_id: str(s.status) for s in store.get_steps(run_id)}[step]
+
+
+def until(check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def waiting(api: Api) -> str:
+    """A run whose step `gate` waits for approval (claimed by a worker that then stops)."""
+    run_id = submitted(api, GATED)
+    with Client(store=api.store).worker(poll_interval_s=0.01):
+        until(lambda: step_status(api.store, run_id, "gate") == "waiting_approval")
+    return run_id
+
+
+def paused(api: Api) -> str:
+    run_id = submitted(api, GATED)
+    with api.client(Scope.CONTROL) as c:
+        assert c.post(f"/v1/runs/{run_id}/pause").json()["paused"] is True
+    return run_id
+
+
+def ended(api: Api) -> str:
+    run_id = submitted(api)
+    with api.client(Scope.CONTROL) as c:
+        assert c.post(f"/v1/runs/{run_id}/cancel").json()["canceled"] is True
+    return run_id
+
+
+# a run each route's scope acts on successfully, and the body it sends
+PREPARE: dict[str, tuple[Any, dict[str, Any] | None]] = {
+    "submit_run": (submitted, SPEC),
+    "approve_step": (waiting, {"reason": "checked"}),
+    "deny_step": (waiting, {"reason": "fraud"}),
+    "resume_run": (paused, {"patch": {"calc": {"tool": "calculator", "args": {"expression": "2+2"}}}}),
+    "fork_run": (submitted, {"from": "b"}),
+    "replay_run": (ended, {"timeout_s": 20}),
+}
+
+
 def request_for(route: ApiRoute, run_id: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"method": route.method, "url": route.path.replace("{run_id}", run_id)}
-    if route.max_body:
-        kwargs["json"] = SPEC
+    url = route.path.replace("{run_id}", run_id).replace("{step_id}", "gate")
+    kwargs: dict[str, Any] = {"method": route.method, "url": url}
+    body = PREPARE.get(route.operation_id, (None, None))[1]
+    if body is not None:
+        kwargs["json"] = body
     return kwargs
 
 
@@ -108,7 +161,7 @@ def request_for(route: ApiRoute, run_id: str) -> dict[str, Any]:
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.operation_id)
 def test_every_route_refuses_missing_bad_revoked_and_lower_scope_tokens(api: Api, route: ApiRoute) -> None:
     assert route.scope is not None, "every API route declares a scope"
-    run_id = submitted(api)  # queued, so a cancel that got through would show
+    run_id = PREPARE.get(route.operation_id, (submitted, None))[0](api)  # a request that got through would show
     before = snapshot(api.store)
     lower = [s for s in Scope if s.rank < route.scope.rank]
     cases: list[tuple[str, dict[str, str], int]] = [
@@ -389,3 +442,78 @@ def test_the_client_resumes_its_event_stream_across_a_server_restart(store: Stor
             second.stop()
     assert [e.id for e in got] == [i for _, i in outbox_events(store, run_id)]
     assert got[-1].kind == "run_succeeded"
+
+
+# -- operators in control over the API --------------------------------------------------------------
+
+
+def test_control_endpoints_record_the_token_as_actor_and_answer_clear_4xx(api: Api) -> None:
+    run_id = waiting(api)
+    token = next(t for t in cast(TokenStore, api.store).list_tokens() if t.name == f"t-{Scope.CONTROL}")
+    with api.client(Scope.CONTROL) as c:
+        assert c.post("/v1/runs/nope/steps/gate/approve").status_code == 404
+        r = c.post(f"/v1/runs/{run_id}/steps/nope/approve")
+        assert r.status_code == 404 and "no step 'nope'" in r.json()["error"]
+        r = c.post(f"/v1/runs/{run_id}/steps/calc/approve")
+        assert r.status_code == 409 and "not waiting for approval" in r.json()["error"]
+        r = c.post(f"/v1/runs/{run_id}/steps/gate/deny", json={})
+        assert r.status_code == 422 and "non-empty reason" in r.json()["error"]
+        r = c.post(f"/v1/runs/{run_id}/steps/gate/deny", json={"reason": 3, "why": "x"})
+        assert r.status_code == 422 and len(r.json()["problems"]) == 2
+        assert c.post(f"/v1/runs/{run_id}/steps/gate/approve", content=b"{nope").status_code == 400
+        r = c.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 409 and "not paused" in r.json()["error"]
+        assert c.post(f"/v1/runs/{run_id}/pause").json() == {"run_id": run_id, "paused": True}
+        r = c.post(f"/v1/runs/{run_id}/resume", json={"patch": {"calc": "2+2"}})
+        assert r.status_code == 422 and r.json()["problems"], r.text
+        r = c.post(f"/v1/runs/{run_id}/resume", json={"patch": {"calc": {"tool": "calculator",
+                                                                          "args": {"expression": "20+22"}}}})
+        assert r.status_code == 200 and r.json() == {"run_id": run_id, "patched": ["calc"]}
+        r = c.post(f"/v1/runs/{run_id[:10]}/steps/gate/approve", json={"reason": "looked fine"})
+        assert r.status_code == 200 and r.json()["actor"] == f"token:{token.name}#{token.id}"
+        assert c.post(f"/v1/runs/{run_id}/fork", json={"from": "nope"}).status_code == 422
+        assert c.post(f"/v1/runs/{run_id}/fork", json={}).status_code == 422
+        assert c.post(f"/v1/runs/{run_id}/replay", json={"tolerance_tokens": -1}).status_code == 422
+    work(api.store)
+    assert api.store.get_run(run_id).status == "succeeded"  # type: ignore[union-attr]
+    assert {s.step_id: s.output for s in api.store.get_steps(run_id)}["calc"] == {"expression": "20+22",
+                                                                                  "result": 42}
+    decisions = [(d.effect, d.reason) for d in api.store.get_decisions(run_id)]
+    assert decisions == [("allow", "looked fine")]
+    kinds = {str(e.kind): e.payload for e in (Envelope.from_json(r.envelope) for r in api.store.iter_outbox())
+             if e.run_id == run_id}
+    actor = f"token:{token.name}#{token.id}"
+    assert kinds["run_paused"]["actor"] == kinds["step_patched"]["actor"] == actor
+    assert all(t not in r.envelope for t in api.tokens.values() for r in api.store.iter_outbox())
+
+
+def test_the_client_over_the_api_steers_runs(api: Api) -> None:
+    with Client(api.url, token=api.tokens[Scope.CONTROL]) as client:
+        ok, no = client.submit(GATED), client.submit(GATED)
+        worker = threading.Thread(target=work, args=(api.store,))
+        worker.start()
+        until(lambda: all(step_status(api.store, r.run_id, "gate") == "waiting_approval" for r in (ok, no)))
+        with pytest.raises(ConflictError, match="not waiting for approval"):
+            ok.approve("calc")
+        with pytest.raises(NotFoundError):
+            client.approve("no-such-run", "gate")
+        assert ok.pause() is True and ok.pause() is False
+        with pytest.raises(SpecError, match=r"patch\.nope"):
+            ok.resume(patch={"nope": {}})
+        assert ok.resume(patch={"calc": {"tool": "calculator", "args": {"expression": "6*7"}}}) == ["calc"]
+        ok.approve("gate", reason="fine")
+        client.deny(no.run_id, "gate", "fraud")
+        assert ok.wait(60).steps["calc"].output == {"expression": "6*7", "result": 42}
+        assert no.wait(60).error == "policy_denied"
+        worker.join(60)
+        plain = client.submit(SPEC)
+        fork = client.fork(ok.run_id, "calc", patch={"calc": {"tool": "calculator", "args": {"expression": "1+2"}}})
+        assert isinstance(fork, ApiRunHandle) and fork.status() == "queued"
+        work(api.store)
+        assert fork.wait(30).steps["calc"].output == {"expression": "1+2", "result": 3}
+        assert fork.result().steps["gate"].status == "succeeded"  # reused, not asked again
+        report = client.replay(plain.run_id, timeout=30)
+        local = Client(store=api.store).replay(plain.run_id, timeout=30)
+        assert report.ok and report.calls_answered == 3 and report.to_dict() == local.to_dict()
+    with Client(api.url, token=api.tokens[Scope.SUBMIT]) as submitter, pytest.raises(Forbidden):
+        submitter.run(ok.run_id).pause()

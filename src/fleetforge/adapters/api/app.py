@@ -29,6 +29,7 @@ from fleetforge.core.runs import AmbiguousRunId
 from fleetforge.core.tokens import authenticate
 from fleetforge.domain.errors import (
     ConfigError,
+    ConflictError,
     FleetForgeError,
     NotFoundError,
     SpecError,
@@ -66,6 +67,8 @@ def _error(exc: BaseException) -> Response:
         status = 400
     elif isinstance(exc, NotFoundError):
         status = 404
+    elif isinstance(exc, ConflictError):
+        status = 409
     elif isinstance(exc, StoreError | StoreFull):
         log.warning("API request failed: %s", redact_text(str(exc)))
         status = 503

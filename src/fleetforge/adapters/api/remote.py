@@ -1,7 +1,8 @@
 """The Python client over the HTTP API: `Client("http://host:8787", token=...)` is an `ApiClient`.
 
-Same methods as on a store URL (submit with an idempotency key, run, runs, and on a handle status,
-result, wait, events, cancel); errors are the same exceptions (SpecError, NotFoundError, ValueError...).
+Same methods as on a store URL (submit with an idempotency key, run, runs, approve, deny, pause, resume,
+fork, replay, and on a handle status, result, wait, events, cancel, approve, deny, pause, resume); errors
+are the same exceptions (SpecError, NotFoundError, ConflictError, ValueError...).
 Events come from the server's SSE stream, resumed with `Last-Event-ID` when the connection drops.
 Workers need the store: `worker()` and `run_until_idle()` say so.
 """
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, NoReturn
+from urllib.parse import quote
 
 import httpx
 
@@ -28,13 +30,23 @@ from fleetforge.adapters.client import (
 )
 from fleetforge.adapters.executors.pytools import register_tools
 from fleetforge.adapters.executors.tools import ToolRegistry, register_demo_tools
+from fleetforge.core.pricing import PriceTable
+from fleetforge.core.replay_report import ReplayReport, StepReport, Tolerance
 from fleetforge.domain.envelope import Envelope
-from fleetforge.domain.errors import ConfigError, FleetForgeError, NotFoundError, SpecError, StoreUnavailable
+from fleetforge.domain.errors import (
+    ConfigError,
+    ConflictError,
+    FleetForgeError,
+    NotFoundError,
+    SpecError,
+    StoreUnavailable,
+)
+from fleetforge.domain.money import to_micros
 from fleetforge.domain.secrets import redact_url
 from fleetforge.domain.tokens import Forbidden, Scope, Unauthorized
 from fleetforge.ports.store import Store
 
-__all__ = ["TOKEN_ENV", "ApiClient", "ApiError", "ApiRunHandle", "sse_events"]
+__all__ = ["TOKEN_ENV", "ApiClient", "ApiError", "ApiRunHandle", "replay_report", "sse_events"]
 
 TOKEN_ENV: Final = "FLEETFORGE_API_TOKEN"
 _END_KINDS: Final = frozenset({"run_succeeded", "run_failed", "run_canceled"})
@@ -65,6 +77,8 @@ def _raise(response: httpx.Response) -> NoReturn:
         raise Forbidden(Scope(doc["held"]), Scope(doc["needed"]))
     if status == 404:
         raise NotFoundError(message)
+    if status == 409:
+        raise ConflictError(message)
     if status in (400, 422) and isinstance(problems, list):  # an unreadable or invalid spec
         raise SpecError([str(p) for p in problems])
     if status in (400, 413, 415):
@@ -230,6 +244,41 @@ class ApiClient(Client):
         return [RunInfo(r["run_id"], r["workspace"], r["app"], r["status"], r["created_us"], r["finished_us"],
                         r["error_kind"]) for r in self._get("/v1/runs", params).json()]
 
+    def approve(self, run_id: str, step: str, reason: str | None = None, actor: str | None = None) -> None:
+        """Approve a waiting step; the actor recorded is this client's token (`actor` is not sent)."""
+        self._request("POST", _step_path(run_id, step, "approve"), json={} if reason is None else {"reason": reason})
+
+    def deny(self, run_id: str, step: str, reason: str, actor: str | None = None) -> None:
+        """Deny a waiting step with a reason; the actor recorded is this client's token."""
+        self._request("POST", _step_path(run_id, step, "deny"), json={"reason": reason})
+
+    def pause(self, run_id: str, actor: str | None = None) -> bool:
+        """Pause a run; False when it was already paused. The actor recorded is this client's token."""
+        return bool(self._request("POST", f"/v1/runs/{run_id}/pause").json()["paused"])
+
+    def resume(self, run_id: str, patch: Mapping[str, Any] | None = None, actor: str | None = None) -> list[str]:
+        """Resume a paused run, with `patch` (step id -> new inputs); the ids of the patched steps."""
+        body = {} if patch is None else {"patch": dict(patch)}
+        return [str(s) for s in self._request("POST", f"/v1/runs/{run_id}/resume", json=body).json()["patched"]]
+
+    def fork(self, run_id: str, from_step: str, patch: Mapping[str, Mapping[str, Any]] | None = None,
+             actor: str | None = None) -> ApiRunHandle:
+        """Fork `run_id` from `from_step` (see `Client.fork`); a handle on the new run."""
+        body: dict[str, Any] = {"from": from_step, **({} if patch is None else {"patch": dict(patch)})}
+        return ApiRunHandle(self, str(self._request("POST", f"/v1/runs/{run_id}/fork", json=body).json()["run_id"]))
+
+    def replay(self, run_id: str, *, tolerance_tokens: int = 0, tolerance_cost_usd: float = 0.0,
+               prices: PriceTable | None = None, timeout: float = 300.0) -> ReplayReport:
+        """Replay `run_id` on the server (see `Client.replay`); `prices` needs the store (a local client)."""
+        if prices is not None:
+            raise ConfigError("prices: a replay over the API uses the server's prices; pass prices to a client "
+                              "on the store URL")
+        body = {"tolerance_tokens": tolerance_tokens, "tolerance_cost_usd": tolerance_cost_usd,
+                "timeout_s": timeout}
+        response = self._request("POST", f"/v1/runs/{run_id}/replay", json=body,
+                                 timeout=httpx.Timeout(self.timeout_s, read=timeout + self.timeout_s))
+        return replay_report(response.json())
+
     def worker(self, tools: Iterable[Any] = (), *, concurrency: int = 16, poll_interval_s: float = 0.05,
                worker_id: str | None = None) -> InProcessWorker:
         raise ConfigError(_NO_WORKER)
@@ -238,3 +287,18 @@ class ApiClient(Client):
                        timeout: float | None = None) -> int:
         raise ConfigError(_NO_WORKER)
 
+
+def _step_path(run_id: str, step: str, action: str) -> str:
+    return f"/v1/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/{action}"
+
+
+def replay_report(doc: Mapping[str, Any]) -> ReplayReport:
+    """A `ReplayReport` from its `to_dict()` JSON (the replay endpoint's answer)."""
+    steps = [StepReport(s["step_id"], s["type"], s["recorded"], s["replayed"], list(s["attempts_recorded"]),
+                        list(s["attempts_replayed"]), s["tokens_recorded"], s["tokens_replayed"],
+                        to_micros(s["cost_recorded_usd"]), to_micros(s["cost_replayed_usd"]), s["reused"],
+                        list(s["differences"])) for s in doc["steps"]]
+    tol = doc["tolerance"]
+    return ReplayReport(doc["run_id"], doc["status_recorded"], doc["status_replayed"], steps,
+                        Tolerance(tol["tokens"], tol["cost_usd"]), list(doc["differences"]), doc["calls_answered"],
+                        list(doc["calls_unrecorded"]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from fleetforge.adapters.api import events, runs
+from fleetforge.adapters.api import control, events, runs
 from fleetforge.adapters.api.routing import ApiRoute
 
 __all__ = ["ROUTES"]
@@ -16,4 +16,5 @@ __all__ = ["ROUTES"]
 ROUTES: Final[tuple[ApiRoute, ...]] = (
     *runs.ROUTES,
     *events.ROUTES,
+    *control.ROUTES,
 )

@@ -1,7 +1,8 @@
-"""The built-in dashboard: a read-only web page over the analytics tables and the run store.
+"""The built-in dashboard: a web page over the analytics tables and the run store.
 
 Panels run the same SQL files as the Grafana dashboard (`deploy/otel/dashboards/panels/*.sql`),
-expanded the way Grafana's ClickHouse plugin expands them. Nothing here writes to any store.
+expanded the way Grafana's ClickHouse plugin expands them. Read-only unless it is given a `control`
+token: then the run drill-down's approve/deny/pause/resume buttons POST here (see control.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from urllib.parse import parse_qs
 
 import anyio.to_thread
 
-from fleetforge.adapters.http.server import BackgroundServer, Receive, Scope, Send
+from fleetforge.adapters.http.server import (
+    BackgroundServer,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    UnsupportedEncoding,
+    read_body,
+)
+from fleetforge.adapters.views.dashboard.control import MAX_BODY, DashboardControl
 from fleetforge.adapters.views.dashboard.drilldown import run_view, ts
 from fleetforge.adapters.views.dashboard.panel_queries import load_panels
 from fleetforge.core.panels import PanelQuery, expand
@@ -39,10 +49,12 @@ _MAX_RANGE_S = 366 * 86_400
 
 @dataclass
 class Dashboard:
-    """The page's data: panels from `analytics`, runs from `store` (either may be None)."""
+    """The page's data: panels from `analytics`, runs from `store` (either may be None); `control` turns
+    on the operator buttons."""
 
     analytics: AnalyticsStore | None
     store: Store | None
+    control: DashboardControl | None = None
 
     def __post_init__(self) -> None:
         self.panels = load_panels()
@@ -79,7 +91,7 @@ class Dashboard:
         workspaces, apps = self._workspaces_apps()
         return {"workspaces": workspaces, "apps": apps, "panels": sorted(self.panels),
                 "analytics": self.analytics.backend if self.analytics else None,
-                "store": self.store.backend if self.store else None}
+                "store": self.store.backend if self.store else None, "control": self.control is not None}
 
     def panel(self, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
         if name not in self.panels:
@@ -135,8 +147,8 @@ def _range(query: dict[str, list[str]]) -> tuple[int, int]:
 class DashboardServer:
     """Serves the page and its JSON API on `host:port` (loopback by default) from a background thread.
 
-    Read-only: GET and HEAD only. A Host header naming anything but an IP address, localhost or one of
-    `allowed_hosts` gets 421 (DNS rebinding).
+    Read-only (GET and HEAD) unless the dashboard has a control token. A Host header naming anything but
+    an IP address, localhost or one of `allowed_hosts` gets 421 (DNS rebinding).
     """
 
     def __init__(
@@ -194,17 +206,44 @@ class _App:
         if scope["type"] != "http":
             return
         method: str = scope["method"]
-        if method not in ("GET", "HEAD"):
-            status, ctype, body = 405, "application/json", _json_bytes({"error": "the dashboard is read-only"})
-            extra: tuple[tuple[bytes, bytes], ...] = ((b"allow", b"GET, HEAD"),)
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if method == "POST" and self.dash.control is not None:
+            status, ctype, body = await self._post(self.dash.control, scope, receive)
+        elif method not in ("GET", "HEAD"):
+            control = self.dash.control is not None
+            why = f"method {method} is not allowed here" if control else "the dashboard is read-only"
+            status, ctype, body = 405, "application/json", _json_bytes({"error": why})
+            extra = ((b"allow", b"GET, HEAD, POST" if control else b"GET, HEAD"),)
         else:
             query = parse_qs(scope["query_string"].decode("latin-1"))
             status, ctype, body = await anyio.to_thread.run_sync(self._get, scope["path"], query)
-            extra = ()
         headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
                    *_HEADERS, *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    async def _post(self, ctl: DashboardControl, scope: Scope, receive: Receive) -> tuple[int, str, bytes]:
+        """A button's POST: same origin and the page's anti-CSRF value first, then the operation."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        why = ctl.refusal(headers)
+        if why is not None:
+            log.info("refused a control request for %s: %s", scope["path"], why)
+            return self._json({"error": why}, 403)
+        try:
+            body = await read_body(receive, headers.get("content-encoding", ""), limit=MAX_BODY)
+        except BodyTooLarge as exc:
+            return self._json({"error": str(exc)}, 413)
+        except UnsupportedEncoding as exc:
+            return self._json({"error": str(exc)}, 415)
+        try:
+            status, doc = await anyio.to_thread.run_sync(ctl.act, scope["path"], body)
+        except FleetForgeError as exc:
+            log.warning("dashboard control failed: %s", exc)
+            return self._json({"error": str(exc)}, 503)
+        except Exception:
+            log.exception("dashboard control request for %r failed", scope["path"])
+            return self._json({"error": "internal error; see the server log"}, 500)
+        return self._json(doc, status)
 
     def _get(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of `path`; runs in a worker thread (the stores block)."""
@@ -226,7 +265,11 @@ class _App:
     def _route(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         dash = self.dash
         if path in ("/", "/index.html"):
-            return self._static("index.html")
+            page = self._static("index.html")
+            if dash.control is None:
+                return page
+            tag = f'<head>\n  <meta name="fleetforge-csrf" content="{dash.control.csrf()}">'.encode()
+            return page[0], page[1], page[2].replace(b"<head>", tag, 1)
         if path.startswith("/static/"):
             return self._static(path.removeprefix("/static/"))
         if path == "/api/meta":

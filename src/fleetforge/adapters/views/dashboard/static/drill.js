@@ -14,6 +14,58 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Operator buttons: only when the dashboard was given a control token, which puts a per-load anti-CSRF value
+// in the page (the token itself stays in the dashboard process). Each button POSTs to the dashboard.
+const CSRF = document.querySelector('meta[name="fleetforge-csrf"]')?.content || null;
+
+async function act(runId, path, body) {
+  const r = await fetch(`api/runs/${encodeURIComponent(runId)}/${path}`, {
+    method: "POST", cache: "no-store", body: JSON.stringify(body || {}),
+    headers: { "content-type": "application/json", "x-fleetforge-csrf": CSRF },
+  });
+  const doc = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(doc.error || `HTTP ${r.status}`);
+  return doc;
+}
+
+// Buttons [label, path, sends the reason] acting on `runId`; the drill-down reloads after each answer.
+function controlsEl(runId, buttons, withReason) {
+  if (!CSRF) return null;
+  const reason = withReason ? h("input", { class: "reason", type: "text", placeholder: "reason", maxlength: 500 })
+    : null;
+  const msg = h("span", { class: "control-msg", role: "status" });
+  const click = (path, sendsReason) => async (ev) => {
+    ev.target.disabled = true;
+    try {
+      await act(runId, path, sendsReason && reason.value ? { reason: reason.value } : {});
+      await drill(runId);
+    } catch (e) {
+      msg.textContent = e.message;
+      ev.target.disabled = false;
+    }
+  };
+  const els = buttons.map(([label, path, sendsReason]) => {
+    const b = h("button", { type: "button", class: `control ${label}`, "data-action": label }, label);
+    b.addEventListener("click", click(path, sendsReason));
+    return b;
+  });
+  return h("div", { class: "controls" }, reason, els, msg);
+}
+
+function approvalEl(runId, unit) {
+  if (unit.status !== "waiting_approval") return null;
+  const step = `steps/${encodeURIComponent(unit.step_id)}`;
+  return controlsEl(runId, [["approve", `${step}/approve`, true], ["deny", `${step}/deny`, true]], true);
+}
+
+const OPEN_RUN = ["queued", "running"];
+
+function runControlsEl(r) {
+  if (OPEN_RUN.includes(r.status)) return controlsEl(r.run_id, [["pause", "pause", false]], false);
+  if (r.status === "paused") return controlsEl(r.run_id, [["resume", "resume", false]], false);
+  return null;
+}
+
 const num = (v) => (v === null || v === undefined ? "–" : fmt(v));
 
 // A stored value as the server cut it: {text, bytes, truncated}.
@@ -55,9 +107,9 @@ function unitHead(label, u) {
     " · ", h("code", {}, u.step_id));
 }
 
-function callEl(c) {
+function callEl(runId, c) {
   return h("div", { class: "call", "data-tool": c.name, "data-step": c.step_id },
-    unitHead(`tool call ${c.name}`, c),
+    unitHead(`tool call ${c.name}`, c), approvalEl(runId, c),
     h("div", { class: "usage" }, `call id ${c.call_id} · ${usageText(c.usage)}`),
     h("div", { class: "label" }, "arguments"), payloadEl(c.arguments, "arguments"),
     h("div", { class: "label" }, "result (as the model received it)"),
@@ -65,7 +117,7 @@ function callEl(c) {
     decisionsEl(c.decisions));
 }
 
-function turnEl(t) {
+function turnEl(runId, t) {
   const u = t.usage || {};
   return h("div", { class: "turn", "data-step": t.step_id, "data-turn": t.turn, "data-tokens": u.tokens ?? "",
     "data-cost": u.cost ?? "" },
@@ -75,23 +127,24 @@ function turnEl(t) {
       t.message.text ? payloadEl(t.message) : h("p", { class: "muted" }, `(no text: ${t.calls.length} tool call(s))`))
       : h("p", { class: "muted" }, "no answer yet"),
     decisionsEl(t.decisions),
-    t.calls.map(callEl));
+    t.calls.map((c) => callEl(runId, c)));
 }
 
-function transcriptEl(tr) {
+function transcriptEl(runId, tr) {
   return h("div", { class: "transcript" }, h("h3", {}, "Transcript"),
     tr.prompt.map((m) => h("div", { class: `msg role-${m.role}` }, h("div", { class: "label" }, m.role),
       payloadEl(m.content))),
-    tr.turns.map(turnEl),
+    tr.turns.map((t) => turnEl(runId, t)),
     tr.final ? h("div", { class: "msg final" }, h("div", { class: "label" }, "final answer"), payloadEl(tr.final))
       : null,
     tr.failure ? h("p", { class: "s-failed" }, `ended without an answer: ${tr.failure}`) : null);
 }
 
-function stepEl(s) {
+function stepEl(runId, s) {
   return h("section", { class: "step", "data-step": s.step_id },
     h("h2", {}, h("code", {}, s.step_id), ` · ${s.type} · `, h("span", { class: `s-${s.status}` }, s.status),
       s.error_kind ? ` (${s.error_kind})` : ""),
+    approvalEl(runId, s),
     h("div", { class: "usage" }, usageText(s.usage)),
     s.units ? h("div", { class: "usage", "data-units": s.units, "data-tokens": s.units_usage.tokens },
       `${s.units} units below: ${usageText(s.units_usage)}`) : null,
@@ -99,7 +152,7 @@ function stepEl(s) {
       s.inputs_note ? h("p", { class: "muted" }, s.inputs_note) : null, payloadEl(s.inputs, "inputs")),
     s.output ? h("details", {}, h("summary", {}, "output"), payloadEl(s.output, "output")) : null,
     decisionsEl(s.decisions),
-    s.transcript ? transcriptEl(s.transcript) : null);
+    s.transcript ? transcriptEl(runId, s.transcript) : null);
 }
 
 async function drill(runId) {
@@ -117,12 +170,13 @@ async function drill(runId) {
     h("h1", {}, "Run ", h("code", {}, r.run_id)),
     h("p", {}, `${r.workspace}/${r.app} · `, h("span", { class: `s-${r.status}` }, r.status),
       ` · tier ${r.slo_tier} · created ${r.created_at} · trace `, h("code", {}, r.trace_id)),
+    runControlsEl(r),
     h("p", {}, `budget: ${fmt(b.tokens_used)} tokens used of ${b.tokens_limit ? fmt(b.tokens_limit) : "∞"} · ` +
       `${usd(b.cost_used)} of ${b.cost_limit ? usd(b.cost_limit) : "∞"}`),
     r.inputs ? h("details", {}, h("summary", {}, "run inputs"), payloadEl(r.inputs)) : null,
     r.outputs ? h("details", {}, h("summary", {}, "run outputs"), payloadEl(r.outputs)) : null,
     tableEl("Steps", r.steps, ["step_id", "type", "status", "attempts", "error_kind"]),
-    ...r.steps.map(stepEl),
+    ...r.steps.map((s) => stepEl(r.run_id, s)),
     tableEl("Attempts", r.attempts, ["step_id", "attempt", "status", "error_kind", "tokens_reserved", "tokens_used",
       "cost_used", "tool", "provider", "model"]),
     tableEl("Policy decisions", r.policy_decisions, ["step_id", "attempt", "pack", "hook", "effect", "reason"]),
