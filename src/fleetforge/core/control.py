@@ -18,12 +18,12 @@ from fleetforge.core.runtime import Runtime
 from fleetforge.core.scheduler import _Batch
 from fleetforge.domain import dataflow as flow
 from fleetforge.domain.errors import ConflictError, NotFoundError, SpecError
-from fleetforge.domain.models import NOT_STARTED, TERMINAL_RUN, RunRow, RunStatus, StepRow, StepStatus
+from fleetforge.domain.models import NOT_STARTED, TERMINAL_RUN, ErrorKind, RunRow, RunStatus, StepRow, StepStatus
 from fleetforge.domain.names import EventKind as K
 from fleetforge.domain.spec import MAX_SPEC_BYTES, check_step_inputs
 from fleetforge.ports.store import Tx
 
-__all__ = ["MAX_ACTOR_CHARS", "MAX_REASON_CHARS", "approve", "default_actor", "deny", "pause", "resume"]
+__all__ = ["MAX_ACTOR_CHARS", "MAX_REASON_CHARS", "answer", "approve", "default_actor", "deny", "pause", "resume"]
 
 MAX_ACTOR_CHARS: Final = 128
 MAX_REASON_CHARS: Final = 500
@@ -65,7 +65,10 @@ def _run(rt: Runtime, tx: Tx, run_id: str) -> RunRow:
     return run
 
 
-def _answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str, actor: str) -> None:
+def answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str, actor: str,
+           kind: ErrorKind = ErrorKind.POLICY_DENIED) -> None:
+    """Answer a waiting step with `actor` and `reason` taken as given (`approve`/`deny` check them first);
+    a denial fails with `kind` (approval_timeout: a timeout, as a replay answers one from its record)."""
     s = rt.scheduler
     with rt.store.transaction() as tx:
         open_rows = tx.lock_open_steps([run_id])
@@ -81,7 +84,7 @@ def _answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str,
         b = _Batch()
         b.add_runs({run.id: run})
         now = rt.clock.now_us()
-        gates.answer(s, tx, b, run, step, now, allow=allow, actor=actor, reason=reason)
+        gates.answer(s, tx, b, run, step, now, allow=allow, actor=actor, reason=reason, kind=kind)
         unit = A.parent_of(step) is not None  # its agent may have grown new units: read the open steps again
         s._finish_failed_runs(tx, b, now, None if unit else open_rows)
         b.flush(tx, now)
@@ -90,13 +93,13 @@ def _answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str,
 
 def approve(rt: Runtime, run_id: str, step_id: str, *, reason: str | None = None, actor: str | None = None) -> None:
     """Approve a step (or an agent's tool call) waiting for approval: it is queued and runs."""
-    _answer(rt, run_id, step_id, allow=True, reason=_reason(reason, False), actor=_actor(actor))
+    answer(rt, run_id, step_id, allow=True, reason=_reason(reason, False), actor=_actor(actor))
 
 
 def deny(rt: Runtime, run_id: str, step_id: str, reason: str, *, actor: str | None = None) -> None:
     """Deny a waiting step with a reason: the step is denied and fails its run; an agent's tool call is
     answered to the model as a tool error instead."""
-    _answer(rt, run_id, step_id, allow=False, reason=_reason(reason, True), actor=_actor(actor))
+    answer(rt, run_id, step_id, allow=False, reason=_reason(reason, True), actor=_actor(actor))
 
 
 def pause(rt: Runtime, run_id: str, *, actor: str | None = None) -> bool:

@@ -5,7 +5,8 @@ nothing of it), with the run's stored spec, seed and id. `llm`, `tool` and `http
 `RecordedExecutor`, which answers each attempt with the recorded outcome (output, failure kind, usage)
 and fails loudly (`validation`) when the replay asks for an attempt the record does not have, or asks
 with other inputs than those recorded. Everything else (guardrails, budgets, references, retries, agent
-loops) runs as it does live; `replay_report.compare` then holds the result against the record.
+loops) runs as it does live; people's answers, passed breakpoints and resume patches come from the
+record (core/replay_answers.py); `replay_report.compare` then holds the result against the record.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any, Final
 
 from fleetforge.core.config import RuntimeConfig
 from fleetforge.core.fork import plant_run, reused_source
+from fleetforge.core.gates import errors_of
 from fleetforge.core.pricing import PriceTable
+from fleetforge.core.replay_answers import OperatorDesk, plant_operators
 from fleetforge.core.replay_report import ReplayReport, RunRecord, Tolerance, compare
 from fleetforge.core.runtime import Runtime
 from fleetforge.domain.errors import NotFoundError, SpecError
@@ -42,7 +45,7 @@ def load_record(store: Store, run_id: str) -> RunRecord:
     attempts: dict[str, list[AttemptRow]] = {}
     for a in sorted(store.get_attempts(run_id), key=lambda a: (a.step_id, a.attempt)):
         attempts.setdefault(a.step_id, []).append(a)
-    return RunRecord(run, {s.step_id: s for s in store.get_steps(run_id)}, attempts)
+    return RunRecord(run, {s.step_id: s for s in store.get_steps(run_id)}, attempts, store.get_decisions(run_id))
 
 
 class RecordedExecutor:
@@ -84,12 +87,22 @@ class RecordedExecutor:
         usage = Usage(attempt.input_tokens, attempt.output_tokens, attempt.cached_tokens, cost)
         if attempt.status == "failed":
             kind = _ERROR_KINDS.get(attempt.error_kind, ErrorKind.CRASH)
-            raise StepFailure(kind, f"recorded failure ({attempt.error_kind})", usage=usage, tool=attempt.tool,
-                              provider=attempt.provider)
+            message = _failure_message(record, ctx.step.id) if attempt is attempts[-1] else None
+            raise StepFailure(kind, message or f"recorded failure ({attempt.error_kind})", usage=usage,
+                              tool=attempt.tool, provider=attempt.provider)
         if row.status is not StepStatus.SUCCEEDED or row.output is None:
             raise self._refuse(ctx, "succeeded in the record, but its output is not kept")
         return ExecutionResult(output=dict(row.output), usage=usage, tool=attempt.tool,
                                provider=attempt.provider, model=attempt.model)
+
+
+def _failure_message(record: RunRecord | None, step_id: str) -> str | None:
+    """The recorded message of `step_id`'s final failure, kept by the compensation step it queued."""
+    for row in record.steps.values() if record else ():
+        error = errors_of(row).get(step_id)
+        if error is not None:
+            return str(error.get("message", ""))
+    return None
 
 
 async def replay_runs(records: Sequence[RunRecord], scratch: Store, *, executors: Mapping[str, Executor],
@@ -118,19 +131,25 @@ async def replay_runs(records: Sequence[RunRecord], scratch: Store, *, executors
         reused = {sid: row for sid, row in record.steps.items() if reused_source(row) is not None}
         with scratch.transaction() as tx:
             plant_run(runtime, tx, spec, spec_to_dict(spec), runtime.clock.now_us(), reused, run_id=record.run.id)
+            plant_operators(tx, record)
     worker = runtime.worker("replay", concurrency=32, poll_interval_s=0.005)
+    desk = OperatorDesk(runtime, records)
     stop = asyncio.Event()
     task = asyncio.ensure_future(worker.run(stop=stop, until_idle=True))
+    answering = asyncio.ensure_future(desk.serve(task))
     done, _ = await asyncio.wait([task], timeout=timeout_s)
     if not done:  # a run that waits for something the replay cannot give: report where it stands
         stop.set()
         await task
+    await answering
     reports = []
     for record in records:
         again = load_record(scratch, record.run.id)
         report = compare(record, again.run, again.steps, again.attempts, tolerance)
         report.calls_answered = sum(r.answered.get(record.run.id, 0) for r in recorded)
         report.calls_unrecorded = [m for r in recorded for m in r.unrecorded.get(record.run.id, [])]
+        report.approvals_answered = desk.answered.get(record.run.id, 0)
+        report.differences.extend(desk.differences.get(record.run.id, []))
         if not done:
             report.differences.append(f"the replay did not finish within {timeout_s:g}s")
         reports.append(report)

@@ -12,7 +12,7 @@ from typing import Any, Final
 from fleetforge.core.fork import reused_source
 from fleetforge.domain.models import RunRow, StepRow
 from fleetforge.domain.money import to_micros, to_usd
-from fleetforge.ports.store import AttemptRow
+from fleetforge.ports.store import AttemptRow, DecisionRow
 
 __all__ = ["EXIT_DRIFT", "ReplayReport", "RunRecord", "StepReport", "Tolerance", "compare"]
 
@@ -30,11 +30,13 @@ class Tolerance:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """A run as the store recorded it: the run, its steps (agent units included) and its ledger."""
+    """A run as the store recorded it: the run, its steps (agent units included), its ledger and its
+    guardrail decisions (people's answers to approval waits among them)."""
 
     run: RunRow
     steps: dict[str, StepRow]
     attempts: dict[str, list[AttemptRow]]  # by step id, in attempt order
+    decisions: list[DecisionRow] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -79,6 +81,7 @@ class ReplayReport:
     differences: list[str] = field(default_factory=list)  # of the run itself (status, outputs)
     calls_answered: int = 0  # llm/tool/http calls answered from the record
     calls_unrecorded: list[str] = field(default_factory=list)  # calls the replay asked for that were not recorded
+    approvals_answered: int = 0  # approval waits answered with the record's decisions
 
     @property
     def tokens_recorded(self) -> int:
@@ -118,6 +121,7 @@ class ReplayReport:
                 "token_drift": self.token_drift, "cost_drift_usd": to_usd(self.cost_drift_micros),
                 "tolerance": {"tokens": self.tolerance.tokens, "cost_usd": self.tolerance.cost_usd},
                 "calls_answered": self.calls_answered, "calls_unrecorded": self.calls_unrecorded,
+                "approvals_answered": self.approvals_answered,
                 "differences": self.differences, "steps": [s.to_dict() for s in self.steps]}
 
 
