@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from fleetforge.core import control as C
 from fleetforge.core import gates
@@ -21,13 +21,18 @@ from fleetforge.core.fork import reused_source
 from fleetforge.core.replay_report import RunRecord
 from fleetforge.core.runtime import Runtime
 from fleetforge.domain.errors import ConflictError
-from fleetforge.domain.models import ErrorKind, RunStatus, StepStatus
+from fleetforge.domain.models import TERMINAL_RUN, ErrorKind, RunSpec, RunStatus, StepStatus
 from fleetforge.domain.names import HUMAN_APPROVAL_PACK
 from fleetforge.ports.store import DecisionRow, Tx
 
 __all__ = ["OperatorDesk", "plant_operators"]
 
 _ERROR_KINDS: Final = {k.value: k for k in ErrorKind}
+
+
+def _steered(spec: RunSpec) -> bool:
+    """A run of `spec` may wait for a person: a breakpoint, or a step with `approval`."""
+    return bool(spec.breakpoints) or any(st.approval is not None for st in spec.steps)
 
 
 def plant_operators(tx: Tx, record: RunRecord) -> None:
@@ -54,7 +59,7 @@ class OperatorDesk:
 
     def __init__(self, runtime: Runtime, records: Sequence[RunRecord]) -> None:
         self.runtime = runtime
-        self.records = {r.run.id: r for r in records}
+        self.records = {r.run.id: r for r in records if _steered(runtime.scheduler.run_spec(r.run))}
         self.answers: dict[tuple[str, str], deque[DecisionRow]] = {}
         for r in records:
             for d in sorted(r.decisions, key=lambda d: (d.at_us, d.attempt)):
@@ -63,18 +68,19 @@ class OperatorDesk:
         self.answered: dict[str, int] = {}
         self.differences: dict[str, list[str]] = {}
 
-    async def serve(self, done: asyncio.Future[object], poll_s: float = 0.005) -> None:
+    async def serve(self, done: asyncio.Future[Any], poll_s: float = 0.01) -> None:
         """Look at the replayed runs every `poll_s` until `done` (the worker) ends."""
-        while not done.done():
+        while self.records and not done.done():
             self.look()
             await asyncio.wait([done], timeout=poll_s)
 
     def look(self) -> None:
-        """Answer every step now waiting for approval; cancel runs stuck on what the record cannot answer."""
+        """Answer every step now waiting for approval; cancel runs stuck on what the record cannot answer.
+        Only runs that may wait for a person are looked at."""
         store = self.runtime.store
         for run_id, record in self.records.items():
             run = store.get_run(run_id)
-            if run is None or run.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED):
+            if run is None or run.status in TERMINAL_RUN:
                 continue
             steps = store.get_steps(run_id)
             if run.status is RunStatus.PAUSED:
