@@ -1,7 +1,7 @@
 """Replay and fork of runs people steered, on every store (SQLite file, PostgreSQL schema): approvals granted,
 denied and timed out (a step's and an agent tool call's), a breakpoint resumed with a patch, a pause, and
 compensations each replay with zero drift and no call; a changed or missing answer is a difference, not a
-hang; a fork keeps a reused approved step and asks again for a re-executed one."""
+hang; a fork keeps a reused approved step (or passed breakpoint) and asks (pauses) again for a re-executed one."""
 
 from __future__ import annotations
 
@@ -139,8 +139,17 @@ def test_a_breakpoint_resumed_with_a_patch_and_a_pause_replay(client: Client, to
                              actor="carol") == ["calc"]
         result = handle.wait(20)
     assert result.outputs == {"calc": 42}
-    report = replay(client, handle.run_id, tool_calls)
-    reproduced(report, 0)
+    reproduced(replay(client, handle.run_id, tool_calls), 0)
+
+    fork = client.fork(handle.run_id, "z")  # calc (passed, patched) is reused: no pause
+    rerun = client.fork(handle.run_id, "calc")  # calc runs again: it pauses, with the spec's inputs
+    with client.worker(poll_interval_s=0.01):
+        assert fork.wait(20).outputs == {"calc": 42}
+        _until(lambda: rerun.status() == "paused")
+        rerun.resume()
+        assert rerun.wait(20).outputs == {"calc": 2}
+    reproduced(replay(client, fork.run_id, tool_calls), 0)
+    reproduced(replay(client, rerun.run_id, tool_calls), 0)
 
 
 def test_a_failure_compensation_replays_with_the_recorded_message(client: Client, tool_calls: Counter[str]) -> None:
