@@ -42,13 +42,13 @@ def plant_operators(tx: Tx, record: RunRecord) -> None:
         rec = record.steps.get(row.step_id)
         if rec is None or reused_source(row) is not None:
             continue
-        state = gates.control(rec)
-        if gates.patched(rec):
+        patched, passed = gates.patched(rec), bool(gates.control(rec).get("passed"))
+        if patched:
             row.spec = {**row.spec, "inputs": rec.spec["inputs"]}
             gates.set_control(row, patched=True)
-        if state.get("passed"):
+        if passed:
             gates.set_control(row, passed=True)
-        if gates.patched(rec) or state.get("passed"):
+        if patched or passed:
             changed.append(row)
     if changed:
         tx.update_steps(changed)
