@@ -43,15 +43,27 @@ SHAPE_0001: Final = frozen((
     ("run_canceled", "run", "status:str slo_tier:str duration_ms:float queue_target_ms:int"),
     ("step_queued", "step", "step_type:str slo_tier:str queue_target_ms:int priority_boost:int"),
     ("step_started", "step", "step_type:str slo_tier:str queue_lag_ms:float worker:str"),
-    ("step_succeeded", "step", "step_type:str slo_tier:str tokens:int cost_usd:float duration_ms:float tool:str provider:str model:str input_tokens:int output_tokens:int cached_tokens:int recovered_after_ms:float"),
-    ("step_failed", "step", "step_type:str slo_tier:str tokens:int cost_usd:float duration_ms:float error_kind:str error:str tool:str provider:str final:bool"),
+    ("step_succeeded", "step",
+     "step_type:str slo_tier:str tokens:int cost_usd:float duration_ms:float tool:str "
+     "provider:str model:str input_tokens:int output_tokens:int cached_tokens:int "
+     "recovered_after_ms:float"),
+    ("step_failed", "step",
+     "step_type:str slo_tier:str tokens:int cost_usd:float duration_ms:float "
+     "error_kind:str error:str tool:str provider:str final:bool"),
     ("step_retry_scheduled", "step", "step_type:str slo_tier:str next_attempt:int backoff_ms:float error_kind:str"),
     ("step_deferred", "step", "step_type:str slo_tier:str reason:str delay_ms:float"),
     ("step_denied", "step", "step_type:str slo_tier:str error_kind:str reason:str pack:str"),
     ("step_skipped", "step", "step_type:str slo_tier:str reason:str"),
     ("policy_decision", "step", "step_type:str slo_tier:str pack:str hook:str effect:str reason:str raw:json"),
-    ("budget_reserved", "step", "step_type:str slo_tier:str tokens:int cost_usd:float source:str tokens_limit:int cost_limit_usd:float tokens_remaining:int cost_remaining_usd:float tokens_projected_burn:int cost_projected_burn_usd:float budget_active:bool"),
-    ("budget_reconciled", "step", "step_type:str slo_tier:str tokens_reserved:int tokens_used:int cost_reserved_usd:float cost_used_usd:float tokens_limit:int tokens_remaining:int cost_remaining_usd:float cost_limit_usd:float budget_active:bool"),
+    ("budget_reserved", "step",
+     "step_type:str slo_tier:str tokens:int cost_usd:float source:str tokens_limit:int "
+     "cost_limit_usd:float tokens_remaining:int cost_remaining_usd:float "
+     "tokens_projected_burn:int cost_projected_burn_usd:float budget_active:bool"),
+    ("budget_reconciled", "step",
+     "step_type:str slo_tier:str tokens_reserved:int tokens_used:int "
+     "cost_reserved_usd:float cost_used_usd:float tokens_limit:int "
+     "tokens_remaining:int cost_remaining_usd:float cost_limit_usd:float "
+     "budget_active:bool"),
     ("tool_call", "step", "step_type:str slo_tier:str tool:str provider:str ok:bool error_kind:str latency_ms:float"),
 ))
 """The catalog's typed fields at release 31d926e: what migration 0001 creates."""
