@@ -2,7 +2,8 @@
 
 Every payload field of a kind becomes a typed column of the kind's raw table (`run_events` for run
 kinds, `step_events` for step kinds). `render_raw_migration(shape)` renders the whole ingestion schema
-of a catalog shape in one step (migration 0001 is that of the frozen 0001 shape); `core.analytics.evolution` renders the later migrations.
+of a catalog shape in one step (migration 0001 is that of the frozen 0001 shape);
+`core.analytics.evolution` renders the later migrations.
 """
 
 from __future__ import annotations
