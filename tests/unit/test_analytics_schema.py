@@ -164,3 +164,11 @@ def test_server_urls_are_checked_and_redacted() -> None:
     with pytest.raises(ConfigError, match="expected http") as info:
         ClickHouseServerAnalytics("ftp://u:secret@host")
     assert "secret" not in str(info.value)
+
+
+def test_a_shape_literal_reads_back_as_the_same_shape() -> None:
+    from fleetforge.core.analytics.evolution import shape_literal
+    from fleetforge.core.analytics.tables import shape_of
+
+    assert eval(shape_literal(shape_of()), {"frozen": frozen}) == shape_of()
+    assert eval(shape_literal(SHAPE_0001), {"frozen": frozen}) == SHAPE_0001

@@ -24,7 +24,8 @@ from fleetforge.core.analytics.tables import (
     table_columns,
 )
 
-__all__ = ["RELEASED", "SHAPE_0001", "RenderedMigration", "frozen", "render_migrations", "render_upgrade"]
+__all__ = ["RELEASED", "SHAPE_0001", "RenderedMigration", "frozen", "render_migrations", "render_upgrade",
+           "shape_literal"]
 
 RenderedMigration = tuple[str, str]  # (file name, SQL text)
 
@@ -114,7 +115,16 @@ def render_migrations() -> list[RenderedMigration]:
     return out
 
 
-if __name__ == "__main__":  # pragma: no cover - a maintenance helper: print migration N (default: the last)
+def shape_literal(shape: Shape) -> str:
+    """Python source of `frozen((...))` for a shape, to append to `RELEASED` when a migration is released."""
+    rows = "".join(f'    ("{k.kind}", "{k.scope}", "{" ".join(f"{n}:{t}" for n, t in k.fields)}"),\n' for k in shape)
+    return f"frozen((\n{rows}))\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance: print migration N (default: the last) or --shape
+    if sys.argv[1:] == ["--shape"]:
+        sys.stdout.write(shape_literal(shape_of()))
+        raise SystemExit(0)
     rendered = render_migrations()
     name, text = rendered[int(sys.argv[1]) - 1] if len(sys.argv) > 1 else rendered[-1]
     sys.stderr.write(f"{name}\n")
