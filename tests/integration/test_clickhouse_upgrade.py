@@ -144,3 +144,38 @@ def test_a_31d926e_database_upgrades_keeps_its_events_and_backfills_like_a_fresh
         assert sorted(want["waits"]) == [("human_approval", 1500.0, 1500.0), ("pii", 0.0, 0.0)]
     finally:
         store.close()
+
+
+def test_rebuild_changed_re_derives_only_the_changed_view_s_table(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view whose SELECT changed (table unchanged) is named, re-created and its table backfilled; a
+    retyped table is named; the other derived tables keep their rows untouched."""
+    text = schema.views_sql()
+    skewed = text.replace("FROM telemetry.step_events\nWHERE kind = 'tool_call'",
+                          "FROM telemetry.step_events\nWHERE kind = 'tool_call' AND ok")
+    retyped = text.replace("    error_kind LowCardinality(String),\n    calls SimpleAggregateFunction",
+                           "    error_kind String,\n    calls SimpleAggregateFunction")
+    assert skewed != text and retyped != text
+    failed_call = _envelope("tool_call", "r1", "b", step_type="tool", tool="search", provider="python", ok=False,
+                            error_kind="timeout", latency_ms=9.0)
+    store = ChdbAnalytics(tmp_path / "clickhouse")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(schema, "views_sql", lambda: skewed)
+            schema.apply_schema(store)
+        store.insert_envelopes([*OLD_EVENTS, failed_call])
+        assert derived(store)["tools"] == [("search", "python", "", 1)]  # the skewed view missed the failure
+        assert schema.changed_views(store, retyped) == ["telemetry.tool_error_taxonomy",  # and the live view
+                                                        "telemetry.tool_error_taxonomy_mv"]  # is the skewed one
+        before = {t: store.rows(f"SELECT count() FROM {t}")[0][0] for t in schema.derived_tables()}
+        kept = schema.apply_schema(store)
+        assert kept.changed == ["telemetry.tool_error_taxonomy_mv"] and kept.rebuilt == [] and kept.warnings
+        report = schema.apply_schema(store, rebuild_changed=True)
+        assert report.rebuilt == ["telemetry.tool_error_taxonomy"] and report.warnings == []
+        assert derived(store)["tools"] == [("search", "python", "", 1), ("search", "python", "timeout", 1)]
+        assert {t: store.rows(f"SELECT count() FROM {t}")[0][0] for t in schema.derived_tables()
+                if t != "telemetry.tool_error_taxonomy"} == {
+            t: n for t, n in before.items() if t != "telemetry.tool_error_taxonomy"}
+        assert schema.changed_views(store) == [] and schema.apply_schema(store).changed == []
+    finally:
+        store.close()
