@@ -121,9 +121,8 @@ def kinds_of(scope: str, shape: Shape | None = None) -> tuple[str, ...]:
 
 def payload_columns(scope: str, catalog: Iterable[KindSpec] | Shape | None = None) -> tuple[PayloadColumn, ...]:
     """The payload columns of a scope's raw table, in order of first appearance in the catalog."""
-    items = list(catalog) if catalog is not None else list(CATALOG.values())
-    shape = tuple(k for k in items if isinstance(k, KindShape)) or shape_of(k for k in items
-                                                                            if isinstance(k, KindSpec))
+    items: list[KindSpec | KindShape] = list(catalog) if catalog is not None else list(CATALOG.values())
+    shape = [k if isinstance(k, KindShape) else shape_of([k])[0] for k in items]
     types: dict[str, str] = {}
     kinds: dict[str, list[str]] = {}
     for spec in shape:

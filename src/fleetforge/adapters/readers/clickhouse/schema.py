@@ -212,10 +212,10 @@ def apply_schema(store: AnalyticsStore, *, rebuild_changed: bool = False) -> App
             store.execute(statement)
     report.views = len(view_definitions(text))
 
-    if not keep:  # a file some of whose objects were kept is compared again on the next apply
-        store.execute(_RECORD, {"version": VIEWS_VERSION, "name": "materialized_views", "checksum": checksum})
     if report.rebuilt:
         backfill(store, tables=report.rebuilt)
+    if not keep:  # a file some of whose objects were kept is compared again on the next apply
+        store.execute(_RECORD, {"version": VIEWS_VERSION, "name": "materialized_views", "checksum": checksum})
     report.version = schema_version(store)
     for warning in report.warnings:
         log.warning("%s", warning)
@@ -225,8 +225,7 @@ def apply_schema(store: AnalyticsStore, *, rebuild_changed: bool = False) -> App
 def _drop_changed(store: AnalyticsStore, text: str, changed: list[str]) -> list[str]:
     """Drop the changed tables (with every view writing to them) and changed views; the tables to backfill."""
     views = view_definitions(text)
-    tables = list(dict.fromkeys(
-        v.target for v in views if v.view in changed or v.target in changed))
+    tables = list(dict.fromkeys(v.target for v in views if v.view in changed or v.target in changed))
     for view in views:
         if view.target in tables:
             store.execute(f"DROP VIEW IF EXISTS {view.view}")
