@@ -38,7 +38,7 @@ def chdb(tmp_path: Path) -> Iterator[ChdbAnalytics]:
 
 def test_apply_is_idempotent_and_records_the_version(chdb: ChdbAnalytics) -> None:
     again = apply_schema(chdb)
-    assert again.applied == [] and again.version == schema_version(chdb) == 1
+    assert again.applied == [] and again.version == schema_version(chdb) == 2
     assert again.views == 7
     assert derived_tables() == GUIDE_TABLES
     rows = chdb.rows("SELECT version, name FROM telemetry.schema_migrations FINAL ORDER BY version")

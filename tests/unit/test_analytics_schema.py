@@ -10,6 +10,7 @@ import pytest
 from fleetforge.adapters.readers.clickhouse.chdb_backend import clean_text, param_text
 from fleetforge.adapters.readers.clickhouse.schema import migrations, view_definitions, views_sql
 from fleetforge.adapters.stores.sqlfiles import split_statements
+from fleetforge.core.analytics.evolution import SHAPE_0001, frozen, render_migrations, render_upgrade
 from fleetforge.core.analytics.tables import (
     SCOPE_TABLES,
     column_type,
@@ -19,6 +20,8 @@ from fleetforge.core.analytics.tables import (
 )
 from fleetforge.domain.names import CATALOG, EventKind, Field, KindSpec
 
+FROZEN_0001_CHECKSUM = "9189da4bc86ae6b9"
+"""Checksum of 0001_raw_events.sql as released in 31d926e: databases set up then have it recorded."""
 GUIDE_TABLES = {"telemetry.run_latency_metrics", "telemetry.step_retry_heatmap", "telemetry.budget_burndown",
                 "telemetry.policy_decision_rates", "telemetry.tool_error_taxonomy", "telemetry.agent_activity"}
 
@@ -30,7 +33,8 @@ def _columns(sql: str, table: str) -> dict[str, str]:
     for line in m.group(1).strip().splitlines():
         name, _, rest = line.strip().rstrip(",").partition(" ")
         cols[name] = rest.split(" DEFAULT ")[0]
-    for add in re.finditer(rf"ALTER TABLE telemetry\.{table} ADD COLUMN IF NOT EXISTS (\w+) ([^,;]+)", sql):
+    added = rf"ALTER TABLE telemetry\.{table} ADD COLUMN IF NOT EXISTS (\w+) ([^,;]+?)(?: AFTER \w+)?;"
+    for add in re.finditer(added, sql):
         cols[add.group(1)] = add.group(2).strip()
     return cols
 
@@ -49,14 +53,36 @@ def test_every_catalog_field_has_a_typed_raw_column() -> None:
             assert f"'{kind}'" in sql, kind
 
 
-def test_the_first_migration_is_the_rendering_of_the_catalog() -> None:
-    first = migrations()[0]
-    assert first.version == 1
-    assert first.sql == render_raw_migration(), (
-        "src/fleetforge/adapters/readers/clickhouse/migrations/0001_raw_events.sql differs from the catalog's "
-        "rendering: "
-        "`python -m fleetforge.core.analytics.tables` renders it; once applied anywhere, add a new "
-        "migration instead of changing 0001")
+def test_the_committed_migrations_are_their_renderings() -> None:
+    """0001 is frozen at its release; every later migration is rendered from two catalog shapes."""
+    committed = [(f"{m.version:04d}_{m.name}.sql", m.sql) for m in migrations()]
+    rendered = render_migrations()
+    assert [n for n, _ in committed] == [n for n, _ in rendered], (
+        "`python -m fleetforge.core.analytics.evolution > "
+        f"src/fleetforge/adapters/readers/clickhouse/migrations/{rendered[-1][0]}` renders the missing migration")
+    for (name, sql), (_, want) in zip(committed, rendered, strict=True):
+        assert sql == want, (
+            f"migrations/{name} differs from its rendering: if it was never released, re-render it with "
+            "`python -m fleetforge.core.analytics.evolution`; if it was, append its shape to RELEASED in "
+            "core/analytics/evolution.py so the change renders as a new migration")
+
+
+def test_the_first_migration_is_frozen_at_release_31d926e() -> None:
+    assert migrations()[0].checksum == FROZEN_0001_CHECKSUM
+    assert render_raw_migration(SHAPE_0001) == migrations()[0].sql
+
+
+def test_an_upgrade_adds_only_new_columns_and_refuses_retyping() -> None:
+    old = frozen((("step_failed", "step", "error:str tokens:int"),))
+    new = frozen((("step_failed", "step", "error:str wait_ms:float tokens:int"),))
+    sql = render_upgrade(7, old, new)
+    assert "ALTER TABLE telemetry.step_events ADD COLUMN IF NOT EXISTS wait_ms Float64 AFTER error;" in sql
+    assert "telemetry.run_events ADD" not in sql and "DROP VIEW IF EXISTS telemetry.run_events_mv" not in sql
+    assert sql.index("DROP VIEW IF EXISTS telemetry.step_events_mv") < sql.index(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry.step_events_mv")
+    assert split_statements(render_upgrade(8, new, new)) == []
+    with pytest.raises(ValueError, match=r"tokens of telemetry\.step_events is Int64 in the old shape and Float64"):
+        render_upgrade(9, old, frozen((("step_failed", "step", "error:str tokens:float"),)))
 
 
 def test_column_types() -> None:
@@ -138,3 +164,11 @@ def test_server_urls_are_checked_and_redacted() -> None:
     with pytest.raises(ConfigError, match="expected http") as info:
         ClickHouseServerAnalytics("ftp://u:secret@host")
     assert "secret" not in str(info.value)
+
+
+def test_a_shape_literal_reads_back_as_the_same_shape() -> None:
+    from fleetforge.core.analytics.evolution import shape_literal
+    from fleetforge.core.analytics.tables import shape_of
+
+    assert eval(shape_literal(shape_of()), {"frozen": frozen}) == shape_of()
+    assert eval(shape_literal(SHAPE_0001), {"frozen": frozen}) == SHAPE_0001

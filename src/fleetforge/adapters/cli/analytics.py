@@ -60,15 +60,25 @@ def _since(value: str | None) -> dt.datetime | None:
 
 
 @analytics_app.command("apply")
-def apply_cmd(ctx: typer.Context, data_dir: DataDirOpt = None, clickhouse_url: UrlOpt = None) -> None:
+def apply_cmd(
+    ctx: typer.Context,
+    data_dir: DataDirOpt = None,
+    clickhouse_url: UrlOpt = None,
+    rebuild_changed: Annotated[bool, typer.Option(
+        "--rebuild-changed", envvar="FLEETFORGE_ANALYTICS_REBUILD_CHANGED",
+        help="Drop and re-create the derived tables and views whose definition differs from "
+             "materialized_views.sql, then backfill those tables (stop the sink first).")] = False,
+) -> None:
     """Create or upgrade the analytics schema: migrations, then materialized_views.sql."""
     with guard(), _store(ctx, data_dir, clickhouse_url) as store:
-        report = apply_schema(store)
+        report = apply_schema(store, rebuild_changed=rebuild_changed)
     for warning in report.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     done = ", ".join(report.applied) or "none pending"
     out.print(f"schema version {report.version} (migrations applied: {done}); {report.views} materialized "
               "views in place")
+    if report.rebuilt:
+        out.print(f"rebuilt and backfilled: {', '.join(report.rebuilt)} (changed: {', '.join(report.changed)})")
 
 
 @analytics_app.command("backfill")

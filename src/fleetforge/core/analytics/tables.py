@@ -1,9 +1,9 @@
 """Raw analytics columns derived from the event catalog (`domain.names.CATALOG`), never retyped.
 
 Every payload field of a kind becomes a typed column of the kind's raw table (`run_events` for run
-kinds, `step_events` for step kinds). `render_raw_migration()` renders the ingestion migration
-`adapters/readers/clickhouse/migrations/0001_raw_events.sql` (also in deploy/clickhouse) from these columns; the unit
-tests hold the checked-in migrations against the catalog, so a new catalog field needs a new migration.
+kinds, `step_events` for step kinds). `render_raw_migration(shape)` renders the whole ingestion schema
+of a catalog shape in one step (migration 0001 is that of the frozen 0001 shape);
+`core.analytics.evolution` renders the later migrations.
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ __all__ = [
     "ENVELOPE_COLUMNS",
     "HIGH_CARDINALITY",
     "SCOPE_TABLES",
+    "KindShape",
     "PayloadColumn",
+    "Shape",
     "column_type",
     "kinds_of",
+    "parse_view",
     "payload_columns",
     "render_raw_migration",
+    "route_view",
+    "shape_of",
+    "table_columns",
 ]
 
 SCOPE_TABLES: Final = {"run": "run_events", "step": "step_events"}
@@ -88,29 +94,48 @@ def column_type(name: str, field_type: str) -> str:
     raise ValueError(f"field type {field_type!r} of {name!r} is not one of str|int|float|bool|json")
 
 
-def kinds_of(scope: str) -> tuple[str, ...]:
-    """Event kinds of a scope ("run" or "step"), in catalog order."""
-    return tuple(str(k) for k, spec in CATALOG.items() if spec.scope == scope)
+@dataclass(frozen=True, slots=True)
+class KindShape:
+    """What the analytics schema needs of one catalog kind: its scope and its typed (name, type) fields."""
+
+    kind: str
+    scope: str
+    fields: tuple[tuple[str, str], ...]
 
 
-def payload_columns(scope: str, catalog: Iterable[KindSpec] | None = None) -> tuple[PayloadColumn, ...]:
-    """The payload columns of a scope's raw table, in order of first appearance in the catalog."""
+Shape = tuple[KindShape, ...]
+"""The catalog as the raw schema sees it; a frozen shape renders the schema of a past release."""
+
+
+def shape_of(catalog: Iterable[KindSpec] | None = None) -> Shape:
+    """The shape of a catalog (default: the current `CATALOG`), column fields only."""
     specs = list(catalog) if catalog is not None else list(CATALOG.values())
+    return tuple(KindShape(str(s.kind), s.scope, tuple((f.name, f.type) for f in s.fields if f.column))
+                 for s in specs)
+
+
+def kinds_of(scope: str, shape: Shape | None = None) -> tuple[str, ...]:
+    """Event kinds of a scope ("run" or "step"), in catalog order."""
+    return tuple(k.kind for k in (shape if shape is not None else shape_of()) if k.scope == scope)
+
+
+def payload_columns(scope: str, catalog: Iterable[KindSpec] | Shape | None = None) -> tuple[PayloadColumn, ...]:
+    """The payload columns of a scope's raw table, in order of first appearance in the catalog."""
+    items: list[KindSpec | KindShape] = list(catalog) if catalog is not None else list(CATALOG.values())
+    shape = [k if isinstance(k, KindShape) else shape_of([k])[0] for k in items]
     types: dict[str, str] = {}
     kinds: dict[str, list[str]] = {}
-    for spec in specs:
+    for spec in shape:
         if spec.scope != scope:
             continue
-        for f in spec.fields:
-            if not f.column:
-                continue
-            if f.name in types and types[f.name] != f.type:
-                raise ValueError(f"payload field {f.name!r} is {types[f.name]} in one kind and {f.type} "
+        for name, ftype in spec.fields:
+            if name in types and types[name] != ftype:
+                raise ValueError(f"payload field {name!r} is {types[name]} in one kind and {ftype} "
                                  f"in {spec.kind}: a raw column needs one type")
-            if any(f.name == c for c, _ in ENVELOPE_COLUMNS + _TRAILER):
-                raise ValueError(f"payload field {f.name!r} of {spec.kind} collides with an envelope column")
-            types.setdefault(f.name, f.type)
-            kinds.setdefault(f.name, []).append(str(spec.kind))
+            if any(name == c for c, _ in ENVELOPE_COLUMNS + _TRAILER):
+                raise ValueError(f"payload field {name!r} of {spec.kind} collides with an envelope column")
+            types.setdefault(name, ftype)
+            kinds.setdefault(name, []).append(spec.kind)
     return tuple(PayloadColumn(n, t, column_type(n, t), tuple(kinds[n])) for n, t in types.items())
 
 
@@ -121,10 +146,19 @@ def _sql_list(values: Iterable[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-def _table(scope: str) -> str:
+def table_columns(table: str, shape: Shape) -> list[tuple[str, str]]:
+    """(name, type) of a raw table (`run_events`, `step_events`, `envelopes_parsed`) as `shape` renders it."""
+    if table == "envelopes_parsed":
+        return [*ENVELOPE_COLUMNS, *((c.name, c.ch_type) for c in _all_payload(shape)), *_TRAILER[:2],
+                ("scope", "LowCardinality(String)"), ("reject_reason", "String"), ("envelope", "String")]
+    scope = next(s for s, t in SCOPE_TABLES.items() if t == table)
     cols = [(n, t) for n, t in ENVELOPE_COLUMNS if not (scope == "run" and n == "step_id")]
-    cols += [(c.name, c.ch_type) for c in payload_columns(scope)]
-    cols += _TRAILER
+    cols += [(c.name, c.ch_type) for c in payload_columns(scope, shape)]
+    return cols + list(_TRAILER)
+
+
+def _table(scope: str, shape: Shape) -> str:
+    cols = table_columns(SCOPE_TABLES[scope], shape)
     body = ",\n".join(f"    {n} {t}" + (" DEFAULT now64(3)" if n == "ingested_at" else "") for n, t in cols)
     order = ("kind, workspace, app, occurred_at, event_id" if scope == "run"
              else "kind, step_type, occurred_at, event_id")
@@ -133,29 +167,29 @@ def _table(scope: str) -> str:
             f"SETTINGS index_granularity = 8192;\n")
 
 
-def _all_payload() -> list[PayloadColumn]:
+def _all_payload(shape: Shape) -> list[PayloadColumn]:
     seen: dict[str, PayloadColumn] = {}
     for scope in ("run", "step"):
-        for c in payload_columns(scope):
+        for c in payload_columns(scope, shape):
             if c.name in seen and seen[c.name].field_type != c.field_type:
                 raise ValueError(f"payload field {c.name!r} has different types in run and step kinds")
             seen.setdefault(c.name, c)
     return list(seen.values())
 
 
-def _parsed_table() -> str:
-    cols = [*ENVELOPE_COLUMNS, *((c.name, c.ch_type) for c in _all_payload()), *_TRAILER[:2],
-            ("scope", "LowCardinality(String)"), ("reject_reason", "String"), ("envelope", "String")]
+def _parsed_table(shape: Shape) -> str:
+    cols = table_columns("envelopes_parsed", shape)
     body = ",\n".join(f"    {n} {t}" for n, t in cols)
     return f"CREATE TABLE IF NOT EXISTS telemetry.envelopes_parsed\n(\n{body}\n)\nENGINE = Null;\n"
 
 
-def _parse_view() -> str:
-    payload = ", ".join(f"{c.name} {c.extract_type}" for c in _all_payload())
+def parse_view(shape: Shape) -> str:
+    """The CREATE statement of the parse view (envelopes_in -> envelopes_parsed) as `shape` renders it."""
+    payload = ", ".join(f"{c.name} {c.extract_type}" for c in _all_payload(shape))
     envelope_type = ("Tuple(id String, kind String, schema_version Int64, occurred_at String, run_id String, "
                      "step_id String, attempt Int64, workspace String, app String, "
                      "trace Tuple(trace_id String, span_id String, traceparent String))")
-    typed = {c.name for c in _all_payload()}
+    typed = {c.name for c in _all_payload(shape)}
     lines = [
         "event_id",
         "e.kind AS kind",
@@ -170,7 +204,7 @@ def _parse_view() -> str:
         "e.trace.span_id AS span_id",
         "e.trace.traceparent AS traceparent",
     ]
-    for c in _all_payload():
+    for c in _all_payload(shape):
         if c.is_usd:
             lines.append(f"if(isFinite(p.{c.name}) AND abs(p.{c.name}) < {_USD_LIMIT}, "
                          f"CAST(toDecimal128(toInt64(round(p.{c.name} * 1000000)), 6) / 1000000 "
@@ -185,8 +219,8 @@ def _parse_view() -> str:
         "arrayMap(kv -> (kv.1, if(startsWith(kv.2, '\"'), JSONExtractString(concat('[', kv.2, ']'), 1), kv.2)), "
         "JSONExtractKeysAndValuesRaw(payload_raw))) AS Map(LowCardinality(String), String))) AS attributes",
         "payload_raw AS payload",
-        "multiIf(e.kind IN (" + _sql_list(kinds_of("run")) + "), 'run', e.kind IN ("
-        + _sql_list(kinds_of("step")) + "), 'step', '') AS scope",
+        "multiIf(e.kind IN (" + _sql_list(kinds_of("run", shape)) + "), 'run', e.kind IN ("
+        + _sql_list(kinds_of("step", shape)) + "), 'step', '') AS scope",
         "multiIf(e.id = '', if(isValidJSON(envelope), 'missing id', 'invalid JSON or invalid UTF-8'), "
         "e.id != event_id, 'envelope id differs from the delivered event id', "
         f"e.schema_version != {SCHEMA_VERSION}, 'unsupported schema_version', "
@@ -211,10 +245,11 @@ def _parse_view() -> str:
     )
 
 
-def _route_view(scope: str) -> str:
+def route_view(scope: str, shape: Shape) -> str:
+    """The CREATE statement of a scope's routing view (envelopes_parsed -> its raw table)."""
     table = SCOPE_TABLES[scope]
     cols = [n for n, _ in ENVELOPE_COLUMNS if not (scope == "run" and n == "step_id")]
-    cols += [c.name for c in payload_columns(scope)] + ["attributes", "payload"]
+    cols += [c.name for c in payload_columns(scope, shape)] + ["attributes", "payload"]
     return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry.{table}_mv TO telemetry.{table} AS\n"
             f"SELECT {', '.join(cols)}\nFROM telemetry.envelopes_parsed\n"
             f"WHERE reject_reason = '' AND scope = '{scope}';\n")
@@ -273,12 +308,10 @@ FROM telemetry.envelopes_parsed;
 """
 
 
-def render_raw_migration() -> str:
-    """The text of migration 0001 (raw tables, parse and routing views, rejects, event ids)."""
-    parts = [_HEADER, _table("run"), "\n", _table("step"), "\n", _parsed_table(), "\n", _TAIL, "\n",
-             _parse_view(), "\n", _route_view("run"), "\n", _route_view("step")]
+def render_raw_migration(shape: Shape | None = None) -> str:
+    """The text of migration 0001 (raw tables, parse and routing views, rejects, event ids) for `shape`
+    (default: the current catalog, i.e. what a fresh database would get in one step)."""
+    sh = shape if shape is not None else shape_of()
+    parts = [_HEADER, _table("run", sh), "\n", _table("step", sh), "\n", _parsed_table(sh), "\n", _TAIL, "\n",
+             parse_view(sh), "\n", route_view("run", sh), "\n", route_view("step", sh)]
     return "".join(parts)
-
-
-if __name__ == "__main__":  # pragma: no cover - a maintenance helper
-    print(render_raw_migration(), end="")

@@ -27,6 +27,7 @@ __all__ = [
     "ViewDef",
     "apply_schema",
     "backfill",
+    "changed_views",
     "derived_tables",
     "migrations",
     "schema_version",
@@ -94,6 +95,8 @@ class ApplyReport:
     applied: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     views: int = 0
+    changed: list[str] = field(default_factory=list)  # derived tables/views whose definition changed
+    rebuilt: list[str] = field(default_factory=list)  # derived tables dropped or emptied and backfilled
 
 
 @dataclass(slots=True)
@@ -142,30 +145,94 @@ class _ClickHouseMigrations:
         return True
 
 
-def apply_schema(store: AnalyticsStore) -> ApplyReport:
+_SCRATCH: Final = "telemetry_views_check"
+_HEAD = re.compile(r"(IF\s+NOT\s+EXISTS\s+|\bTO\s+)telemetry\.(\w+)", re.IGNORECASE)
+
+
+def changed_views(store: AnalyticsStore, text: str | None = None) -> list[str]:
+    """The derived tables and views of the views file whose definition in `telemetry` differs from the file.
+
+    The file's objects are created in a scratch database (same sources) and compared with the live ones
+    as ClickHouse itself describes them: table columns and engine, view SELECTs. Absent objects are not
+    changed (apply creates them)."""
+    statements = split_statements(text if text is not None else views_sql())
+    store.execute(f"DROP DATABASE IF EXISTS {_SCRATCH}")
+    store.execute(f"CREATE DATABASE {_SCRATCH}")
+    try:
+        names: list[str] = []
+        for statement in statements:
+            m = _HEAD.search(statement)
+            if m is None:
+                continue
+            names.append(m.group(2))
+            store.execute(_HEAD.sub(lambda g: f"{g.group(1)}{_SCRATCH}.{g.group(2)}", statement, count=2))
+
+        def describe(database: str) -> dict[str, tuple[object, ...]]:
+            found: dict[str, tuple[object, ...]] = {}
+            for name, engine, select in store.rows(
+                    "SELECT name, engine_full, as_select FROM system.tables WHERE database = {db:String}",
+                    {"db": database}):
+                cols = store.rows("SELECT name, type, default_expression FROM system.columns WHERE database = "
+                                  "{db:String} AND table = {t:String} ORDER BY position", {"db": database, "t": name})
+                found[str(name)] = (str(select) if select else str(engine), tuple(map(tuple, cols)))
+            return found
+
+        live, want = describe("telemetry"), describe(_SCRATCH)
+        return [f"telemetry.{n}" for n in names if n in live and live[n] != want.get(n)]
+    finally:
+        store.execute(f"DROP DATABASE IF EXISTS {_SCRATCH}")
+
+
+def apply_schema(store: AnalyticsStore, *, rebuild_changed: bool = False) -> ApplyReport:
     """Run pending migrations, then the views file; returns what was done.
 
-    Raises `MigrationChanged` (naming the file) when an applied migration's file has changed."""
+    When the views file changed since it was last applied, `report.changed` names the derived tables and
+    views whose live definition differs; with `rebuild_changed` those are dropped, re-created and their
+    tables backfilled (`report.rebuilt`). Raises `MigrationChanged` (naming the file) when an applied
+    migration's file has changed."""
     report = ApplyReport()
     report.applied = sqlfiles.migrate(_ClickHouseMigrations(store), migrations())
     done = _recorded(store)
     text = views_sql()
     checksum = sqlfiles.checksum(text)
-    if done.get(VIEWS_VERSION, checksum) != checksum:
+    if done.get(VIEWS_VERSION, checksum) != checksum or rebuild_changed:
+        report.changed = changed_views(store, text)
+    if report.changed and rebuild_changed:
+        report.rebuilt = _drop_changed(store, text, report.changed)
+    elif report.changed:
         report.warnings.append(
-            "materialized_views.sql changed since it was last applied: existing derived tables and views keep "
-            "their old definition (statements are IF NOT EXISTS); drop the changed ones, run `fleetforge "
-            "analytics apply`, then `fleetforge analytics backfill`")
-    statements = split_statements(text)
-    for statement in statements:
-        store.execute(statement)
+            f"materialized_views.sql changed since it was last applied: {', '.join(report.changed)} keep their "
+            "old definition (statements are IF NOT EXISTS); stop the sink and run `fleetforge analytics apply "
+            "--rebuild-changed` to drop, re-create and backfill only those")
+    keep = set() if rebuild_changed else set(report.changed) | {
+        v.view for v in view_definitions(text) if v.target in report.changed}
+    for statement in split_statements(text):
+        m = _HEAD.search(statement)
+        if m is None or f"telemetry.{m.group(2)}" not in keep:
+            store.execute(statement)
     report.views = len(view_definitions(text))
 
-    store.execute(_RECORD, {"version": VIEWS_VERSION, "name": "materialized_views", "checksum": checksum})
+    if report.rebuilt:
+        backfill(store, tables=report.rebuilt)
+    if not keep:  # a file some of whose objects were kept is compared again on the next apply
+        store.execute(_RECORD, {"version": VIEWS_VERSION, "name": "materialized_views", "checksum": checksum})
     report.version = schema_version(store)
     for warning in report.warnings:
         log.warning("%s", warning)
     return report
+
+
+def _drop_changed(store: AnalyticsStore, text: str, changed: list[str]) -> list[str]:
+    """Drop the changed tables (with every view writing to them) and changed views; the tables to backfill."""
+    views = view_definitions(text)
+    tables = list(dict.fromkeys(v.target for v in views if v.view in changed or v.target in changed))
+    for view in views:
+        if view.target in tables:
+            store.execute(f"DROP VIEW IF EXISTS {view.view}")
+    for table in tables:
+        if table in changed:
+            store.execute(f"DROP TABLE IF EXISTS {table}")
+    return tables
 
 
 def derived_tables() -> list[str]:
@@ -183,14 +250,15 @@ def _rederive(view: ViewDef, since: dt.datetime | None) -> tuple[str, dict[str, 
     return f"INSERT INTO {view.target} {head}FROM {source}{tail}", ({"since": since} if since else {})
 
 
-def backfill(store: AnalyticsStore, since: dt.datetime | None = None) -> BackfillReport:
-    """Re-derive every derived table from the raw tables (from `since`, a UTC time, when given).
+def backfill(store: AnalyticsStore, since: dt.datetime | None = None,
+             tables: list[str] | None = None) -> BackfillReport:
+    """Re-derive every derived table (or only `tables`) from the raw tables (from `since`, a UTC time, when given).
 
     Stop the sink while it runs: events inserted during a backfill may be counted twice.
     """
     if since is not None and since.tzinfo is not None:
         since = since.astimezone(dt.UTC).replace(tzinfo=None)
-    views = view_definitions(views_sql())
+    views = [v for v in view_definitions(views_sql()) if tables is None or v.target in tables]
     targets = list(dict.fromkeys(v.target for v in views))
     for table in targets:
         if since is None:

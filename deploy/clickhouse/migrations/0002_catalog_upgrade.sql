@@ -1,0 +1,1 @@
+../../../src/fleetforge/adapters/readers/clickhouse/migrations/0002_catalog_upgrade.sql
