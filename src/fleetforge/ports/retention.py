@@ -67,5 +67,5 @@ class RunCheckpoints(Protocol):
     retention deletes it just before the runs, so nothing is left without its run."""
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> int:
-        """Delete what is kept for these runs (terminal, with no open step); how many threads were deleted."""
+        """Delete what is kept for these runs (terminal, with no open step); how many threads (one per graph step) were deleted."""
         ...

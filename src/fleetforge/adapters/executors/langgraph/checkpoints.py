@@ -91,7 +91,7 @@ def _saver(database: str, schema: str) -> Iterator[Any]:
 class GraphCheckpoints:
     """Retention's `RunCheckpoints` for graph steps: the checkpoint threads of runs about to be deleted.
 
-    Without the langgraph extra nothing is deleted (a warning names the runs' threads left behind)."""
+    Without the langgraph extra nothing is deleted (a warning says how many threads are left behind)."""
 
     def __init__(self, store: RetentionStore, database: str, schema: str = "") -> None:
         self.store = store
