@@ -67,5 +67,6 @@ class RunCheckpoints(Protocol):
     retention deletes it just before the runs, so nothing is left without its run."""
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> int:
-        """Delete what is kept for these runs (terminal, with no open step); how many threads (one per graph step) were deleted."""
+        """Delete what is kept for these runs (terminal, with no open step); returns how many threads (one
+        per graph step) were deleted."""
         ...
