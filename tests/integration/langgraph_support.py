@@ -157,3 +157,12 @@ def create_sync_compiled_graph(model: Any) -> Any:
     builder.add_conditional_edges("agent", tools_condition)
     builder.add_edge("tools", "agent")
     return builder.compile()
+
+
+def create_own_model_graph() -> Any:
+    """The example graph on a chat model it makes itself (no `model` parameter): FleetForge refuses it."""
+    from react_graph import build
+
+    from fleetforge.adapters.executors.langgraph.chat import SimChatModel
+
+    return build(SimChatModel(model_name="sim-small"))

@@ -265,3 +265,55 @@ def test_cancel_stops_a_running_graph_before_its_next_call(tmp_path: Path) -> No
     assert steps["graph"].status == "failed" and steps["graph"].error_kind == "crash"
     assert summary_from_events(r.envelope for r in store.iter_outbox()) == summary_from_store(store)
     store.close()
+
+
+def test_a_graph_that_makes_its_own_chat_model_is_told_how_to_take_fleetforges(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "state.db")
+    entry = "tests.integration.langgraph_support:create_own_model_graph"
+    (rid,) = run_specs(store, [graph_spec(entrypoint=entry)])
+    run = store.get_run(rid)
+    assert run is not None and run.status == "failed"
+    graph = next(s for s in store.get_steps(rid) if s.step_id == "graph")
+    assert graph.error_kind == "validation"
+    events = (Envelope.from_json(r.envelope) for r in store.iter_outbox())
+    message = next(str(e.payload["error"]) for e in events if e.kind == "step_failed" and e.step_id == "graph")
+    assert f"the entrypoint {entry} takes no `model` parameter: add one (`def create_own_model_graph(model)" \
+        in message, message
+    assert "SimChatModel" in message and "inputs.model" in message
+    assert not [s for s in store.get_steps(rid) if s.step_id.startswith("graph.")]  # no unit ran: nothing paid
+    store.close()
+
+
+def test_tool_calls_are_intercepted_through_the_attribute_toolnode_keeps_its_wrapper_in() -> None:
+    """LangGraph takes `awrap_tool_call` only at ToolNode construction: FleetForge sets the attribute the
+    constructor stores it in. This fails, naming the version, when an upgrade stores it elsewhere."""
+    from langgraph.prebuilt import ToolNode
+    from react_graph import TOOLS
+
+    from fleetforge.adapters.executors.langgraph.run import intercept
+    from fleetforge.ports.executor import StepFailure
+
+    async def own(request: Any, execute: Any) -> Any:
+        return await execute(request)
+
+    node = ToolNode(TOOLS, awrap_tool_call=own)
+    seen: list[Any] = []
+
+    def ours(inner: Any) -> Any:
+        seen.append(inner)
+        return own
+
+    intercept(node, ours)
+    assert seen == [own]  # the graph's own interceptor is found where the constructor put it
+    intercept(ToolNode(TOOLS), ours)
+    assert seen == [own, None]
+
+    class Moved(ToolNode):
+        def __getattribute__(self, name: str) -> Any:
+            if name == "_awrap_tool_call":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    with pytest.raises(StepFailure) as err:
+        intercept(Moved(TOOLS), ours)
+    assert "langgraph-prebuilt 1." in str(err.value) and "_awrap_tool_call" in str(err.value)

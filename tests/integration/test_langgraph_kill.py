@@ -39,7 +39,7 @@ def _failures(store: Store) -> list[tuple[str | None, Any]]:
 def test_sigkilled_worker_mid_graph_resumes_after_the_last_completed_super_step(
         target: tuple[Store, list[str]], tmp_path: Path) -> None:
     need_langgraph()
-    from fleetforge.adapters.executors.langgraph.run import thread_id
+    from fleetforge.adapters.executors.langgraph.checkpoints import thread_id
 
     store, options = target
     log = tmp_path / "nodes.log"
@@ -100,14 +100,15 @@ def test_sigkilled_worker_mid_graph_resumes_after_the_last_completed_super_step(
     assert [m["role"] for m in output["messages"]] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
     # LangGraph's own checkpoints in the store's database, each tagged with the attempt that wrote it
     database: str = store.database  # type: ignore[attr-defined]
-    assert asyncio.run(_lineage(database, thread_id(rid, "graph"))) == {
+    schema: str = getattr(store, "schema", "")  # on PostgreSQL the store's own schema
+    assert asyncio.run(_lineage(database, schema, thread_id(rid, "graph"))) == {
         -1: 1, 0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}  # loop step s ends super-step s (-1, 0: the input)
     assert summary_from_events(r.envelope for r in store.iter_outbox()) == summary_from_store(store)
 
 
-async def _lineage(database: str, thread: str) -> dict[int, int]:
-    from fleetforge.adapters.executors.langgraph.run import checkpointer
+async def _lineage(database: str, schema: str, thread: str) -> dict[int, int]:
+    from fleetforge.adapters.executors.langgraph.checkpoints import checkpointer
 
-    async with checkpointer(database) as saver:
+    async with checkpointer(database, schema) as saver:
         return {c.metadata["step"]: c.metadata["fleetforge_attempt"]  # type: ignore[typeddict-item]
                 async for c in saver.alist({"configurable": {"thread_id": thread}})}

@@ -107,6 +107,7 @@ class HeldUnits:
         self._last_turn = A.turn_id(self._agent, 0)
         self._lock = asyncio.Lock()
         self.database = str(getattr(worker.store, "database", ""))
+        self.schema = str(getattr(worker.store, "schema", "") or "")
 
     async def _load(self) -> dict[str, StepRow]:
         if self._children is None:

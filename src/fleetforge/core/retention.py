@@ -7,7 +7,8 @@ Rules (docs/retention.md):
   pass stops at the first row still inside the window.
 - A terminal run is deleted with its steps, step_deps, attempts, policy decisions and run budget once
   it finished longer ago than the run window, and not after the oldest event some reader has not
-  read yet (its state stays while its events are still on their way).
+  read yet (its state stays while its events are still on their way). Checkpoints kept for its steps
+  in other tables (`RunCheckpoints`: LangGraph's) are deleted just before it, in the same batch.
 - A reader whose oldest unread event is older than the lag limit is reported (metric, doctor WARN);
   it still holds back pruning of what it has not read, so it never loses an event. An operator
   forgets a reader that will not come back (`fleetforge retention --forget-reader NAME`).
@@ -27,7 +28,7 @@ from fleetforge.core.budgets import run_scope
 from fleetforge.domain.envparse import format_duration
 from fleetforge.domain.errors import ConfigError, StoreError
 from fleetforge.ports.clock import Clock, SystemClock
-from fleetforge.ports.retention import RetentionStore
+from fleetforge.ports.retention import RetentionStore, RunCheckpoints
 from fleetforge.ports.store import OutboxPosition
 
 __all__ = [
@@ -101,6 +102,7 @@ class RetentionReport:
     run_cutoff_us: int | None = None  # runs finished before this may go; None: runs kept forever
     outbox_pruned: int = 0
     runs_pruned: int = 0
+    checkpoint_threads_pruned: int = 0  # graph checkpoint threads deleted with the runs (never counted dry)
     complete: bool = True  # False when the pass stopped early (time budget, lease lost); more to do
     elapsed_s: float = 0.0
 
@@ -115,11 +117,14 @@ class RetentionReport:
 
 
 class Retention:
-    """Prunes one store. `run_once` is one pass; `RetentionService` repeats it on an interval."""
+    """Prunes one store. `run_once` is one pass; `RetentionService` repeats it on an interval.
+
+    `checkpoints`: state kept for runs outside the store's tables, deleted with them (None: nothing)."""
 
     def __init__(self, store: RetentionStore, settings: RetentionSettings = DEFAULT_SETTINGS, *,
-                 holder: str, clock: Clock | None = None) -> None:
+                 holder: str, clock: Clock | None = None, checkpoints: RunCheckpoints | None = None) -> None:
         self.store = store
+        self.checkpoints = checkpoints
         self.settings = settings
         self.holder = holder
         self.clock = clock or SystemClock()
@@ -211,7 +216,12 @@ class Retention:
             found = self.store.prunable_runs(cutoff_us, after, batch)
             if found:
                 ids = [rid for _, rid in found]
-                report.runs_pruned += len(ids) if dry_run else self.store.delete_runs(ids, prefix)
+                if dry_run:
+                    report.runs_pruned += len(ids)
+                else:  # checkpoints first: a pass that stops in between leaves the runs, found again next time
+                    if self.checkpoints is not None:
+                        report.checkpoint_threads_pruned += self.checkpoints.delete_for_runs(ids)
+                    report.runs_pruned += self.store.delete_runs(ids, prefix)
                 after = found[-1]
             if len(found) < batch or not self._keep_going(report, deadline, dry_run, batch_started):
                 return

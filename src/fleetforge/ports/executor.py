@@ -110,6 +110,8 @@ class AgentUnits(Protocol):
 
     database: str
     """The store's database (a SQLite path or a PostgreSQL DSN), for checkpoints kept beside the runs."""
+    schema: str
+    """The PostgreSQL store's schema, where those checkpoints go ('' on SQLite)."""
 
     async def turn(self, inputs: dict[str, Any], key: str) -> HeldUnit:
         """Start an LLM turn (`inputs`: model, messages, tools); `key` recognises it when a node runs again."""

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fleetforge.ports.store import OutboxPosition
 
-__all__ = ["ReaderCursor", "RetentionStore"]
+__all__ = ["ReaderCursor", "RetentionStore", "RunCheckpoints"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,9 @@ class RetentionStore(Protocol):
         `finished_before_us`, ordered by (finished_us, id) and strictly after `after` (keyset paging;
         start with (0, ''))."""
         ...
+    def graph_steps(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(run id, step id) of the graph steps (agent steps with an entrypoint) of these runs."""
+        ...
     def delete_runs(self, run_ids: Sequence[str], budget_prefix: str) -> int:
         """Delete those of `run_ids` that are terminal with no open step, and not locked by another
         transaction, with their steps, step_deps, attempts, policy decisions, idempotency key and budget
@@ -57,3 +60,13 @@ class RetentionStore(Protocol):
         ...
     def try_lease(self, name: str, holder: str, ttl_ms: int) -> int | None: ...
     def release_lease(self, name: str, holder: str) -> None: ...
+
+
+class RunCheckpoints(Protocol):
+    """State a component keeps for runs in its own tables beside the store's (LangGraph checkpoints):
+    retention deletes it just before the runs, so nothing is left without its run."""
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete what is kept for these runs (terminal, with no open step); returns how many threads (one
+        per graph step) were deleted."""
+        ...

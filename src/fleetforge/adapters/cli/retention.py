@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard, out, print_json
+from fleetforge.adapters.executors.langgraph.checkpoints import GraphCheckpoints
 from fleetforge.adapters.process import process_id, stop_event
 from fleetforge.core.retention import (
     COMPANION_SUFFIXES,
@@ -67,7 +68,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> RetentionSettings
 
 def service_from_env(store: Store, holder: str) -> RetentionService:
     """The background pruning `fleetforge worker` runs (not started). Raises ConfigError for bad env vars."""
-    return RetentionService(Retention(_as_retention(store), settings_from_env(), holder=holder))
+    rs = _as_retention(store)
+    checkpoints = GraphCheckpoints.for_store(rs)
+    return RetentionService(Retention(rs, settings_from_env(), holder=holder, checkpoints=checkpoints))
 
 
 def _as_retention(store: Store) -> RetentionStore:
@@ -98,6 +101,9 @@ def _print(report: RetentionReport, settings: RetentionSettings) -> None:
               highlight=False)
     out.print(f"runs: {verb} {report.runs_pruned} finished runs with their steps, attempts and decisions "
               f"(window {format_duration(settings.run_window_s)})", highlight=False)
+    if report.checkpoint_threads_pruned:
+        out.print(f"graph checkpoints: deleted {report.checkpoint_threads_pruned} LangGraph threads of those runs",
+                  highlight=False)
     for r in report.lagging:
         err.print(f"warning: reader {r.name!r} is {r.lag_s:.0f}s behind: start it, or run "
                   f"`fleetforge retention --forget-reader {r.name}` if it is gone for good", highlight=False)
@@ -156,7 +162,8 @@ def register(app: typer.Typer) -> None:
                 if forget_reader is not None:
                     _forget(rs, forget_reader, as_json)
                     return
-                worker = Retention(rs, settings, holder=process_id(holder))
+                worker = Retention(rs, settings, holder=process_id(holder),
+                                   checkpoints=GraphCheckpoints.for_store(rs))
                 if watch:
                     _watch(worker, metrics)
                     return
@@ -165,6 +172,7 @@ def register(app: typer.Typer) -> None:
                     more = worker.run_once()
                     more.outbox_pruned += report.outbox_pruned
                     more.runs_pruned += report.runs_pruned
+                    more.checkpoint_threads_pruned += report.checkpoint_threads_pruned
                     report = more
                 if not dry_run and report.held_lease:
                     worker.release()

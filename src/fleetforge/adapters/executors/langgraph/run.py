@@ -6,17 +6,18 @@
   a tool error message; a call recorded in an earlier attempt returns its recorded result.
 - A callback handler (`raise_error`) refuses chat-model and tool calls that did not go through them, so
   no call of the graph escapes its budget and guardrails.
-- Checkpoints: LangGraph's own savers on the store's database, thread `<run id>:<step id>`; each attempt
-  resumes the thread from its last completed super-step (checkpoints written before the next one starts).
+- Checkpoints: LangGraph's own savers on the store's database (checkpoints.py), thread
+  `fleetforge:<run id>:<step id>`; each attempt resumes the thread from its last completed super-step
+  (checkpoints written before the next one starts).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import importlib.metadata
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +31,7 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 
 from fleetforge.adapters.executors.langgraph.chat import GovernedChatModel, SimChatModel, classify
+from fleetforge.adapters.executors.langgraph.checkpoints import checkpointer, thread_id
 from fleetforge.adapters.executors.langgraph.entry import load_entrypoint
 from fleetforge.adapters.executors.langgraph.executor import LangGraphExecutor
 from fleetforge.adapters.executors.sim_llm import SimulatedLLM
@@ -37,33 +39,11 @@ from fleetforge.domain.models import ErrorKind
 from fleetforge.domain.steptypes import GRAPH_ENTRYPOINT
 from fleetforge.ports.executor import AgentUnits, ExecutionContext, ExecutionResult, StepFailure
 
-__all__ = ["checkpointer", "govern_tool_call", "run_graph", "thread_id"]
+__all__ = ["govern_tool_call", "run_graph"]
 
 _PROVIDER = "langgraph"
 _MODEL_KEYS = ("temperature", "max_tokens")
 _SIM_KEYS = ("latency_ms", "output_tokens", "cached_ratio", "sim_tool_turns", "sim_parallel_calls", "fail_rate")
-
-
-def thread_id(run_id: str, step_id: str) -> str:
-    """The checkpoint thread of a graph step: every attempt continues it."""
-    return f"fleetforge:{run_id}:{step_id}"
-
-
-@contextlib.asynccontextmanager
-async def checkpointer(database: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
-    """LangGraph's saver on the store's database: PostgreSQL for a DSN, else the SQLite file."""
-    if database.startswith(("postgres://", "postgresql://")) or "dbname=" in database:
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-        async with AsyncPostgresSaver.from_conn_string(database) as pg:
-            await pg.setup()
-            yield pg
-        return
-    import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    async with aiosqlite.connect(database, timeout=60) as conn:
-        yield AsyncSqliteSaver(conn)
 
 
 def _json(value: Any) -> Any:
@@ -149,23 +129,44 @@ def govern_tool_call(units: AgentUnits, governed: set[str], inner: Wrapper | Non
     return wrap
 
 
+def intercept(node: ToolNode, wrapper: Callable[[Wrapper | None], Wrapper]) -> None:
+    """Make `wrapper(own)` the `awrap_tool_call` of a ToolNode the graph built (`own`: the node's interceptor,
+    if any, run inside). LangGraph takes `awrap_tool_call` only as a ToolNode constructor argument and has
+    no public way to set it on a built graph's node, so this sets the attribute the constructor stores it
+    in; a LangGraph that stores it elsewhere fails the step, naming its version (docs/agents.md)."""
+    own = getattr(node, "_awrap_tool_call", False)
+    if not (own is None or callable(own)):
+        raise StepFailure(ErrorKind.VALIDATION, f"langgraph-prebuilt {_version('langgraph-prebuilt')} ToolNode has "
+                          "no `_awrap_tool_call` to intercept its tool calls: FleetForge cannot govern them; install "
+                          "the versions the extra pins (pip install 'fleetforge[langgraph]')", provider=_PROVIDER)
+    node._awrap_tool_call = wrapper(own)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(unknown version)"
+
+
 class _Guard(AsyncCallbackHandler):
     """Refuses chat-model and tool calls that bypass the governed model and ToolNodes."""
 
     raise_error = True
     run_inline = True
 
-    def __init__(self, governed_tools: set[str]) -> None:
+    def __init__(self, governed_tools: set[str], entrypoint: str, takes_model: bool) -> None:
         self.governed_tools = governed_tools
+        self.entrypoint = entrypoint
+        self.takes_model = takes_model
 
     async def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
                                   run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         ident = serialized.get("id") if isinstance(serialized, dict) else None
         if not (isinstance(ident, list) and ident and ident[-1] == GovernedChatModel.__name__):
             name = ident[-1] if isinstance(ident, list) and ident else "a chat model"
-            raise StepFailure(ErrorKind.VALIDATION, f"the graph called {name} directly: take a `model` parameter "
-                              "in the entrypoint and use the model FleetForge passes (it keeps budgets and "
-                              "guardrails)", provider=_PROVIDER)
+            raise StepFailure(ErrorKind.VALIDATION, _own_model_message(name, self.entrypoint, self.takes_model),
+                              provider=_PROVIDER)
 
     async def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID,
                             parent_run_id: UUID | None = None, **kwargs: Any) -> None:
@@ -175,9 +176,24 @@ class _Guard(AsyncCallbackHandler):
                               "through langgraph.prebuilt.ToolNode so FleetForge records them", provider=_PROVIDER)
 
 
+def _own_model_message(name: str, entrypoint: str, takes_model: bool) -> str:
+    """How to fix a graph that calls a chat model of its own (`name`) instead of the one FleetForge passes."""
+    module, _, func = entrypoint.partition(":")
+    fix = (f"build every model call of the graph on the `model` argument FleetForge passes to {entrypoint}"
+           if takes_model else
+           f"the entrypoint {entrypoint} takes no `model` parameter: add one (`def {func}(model): ...` in "
+           f"{module}) and build the graph's model calls on it (`model.bind_tools(tools)`) instead of "
+           f"creating {name} itself")
+    return (f"the graph called a chat model it made itself ({name}), which FleetForge cannot budget, guard or "
+            f"record: {fix}; the step's inputs.model chooses the model (docs/agents.md)")
+
+
+def _takes_model(entry: Callable[..., Any]) -> bool:
+    return "model" in inspect.signature(entry).parameters
+
+
 def _build(entry: Callable[..., Any], model: GovernedChatModel, saver: BaseCheckpointSaver[Any]) -> Any:
-    params = inspect.signature(entry).parameters
-    made = entry(model=model) if "model" in params else entry()
+    made = entry(model=model) if _takes_model(entry) else entry()
     if hasattr(made, "compile") and not hasattr(made, "ainvoke"):  # a StateGraph builder
         return made.compile(checkpointer=saver)
     if not hasattr(made, "ainvoke") or not hasattr(made, "copy"):
@@ -199,15 +215,16 @@ async def run_graph(ex: LangGraphExecutor, ctx: ExecutionContext, units: AgentUn
     user: dict[str, Any] = inputs["config"] if isinstance(inputs.get("config"), dict) else {}
     config: dict[str, Any] = {
         "configurable": {**(user.get("configurable") or {}), "thread_id": thread_id(ctx.run_id, ctx.step.id)},
-        "recursion_limit": int(user.get("recursion_limit", 25)), "callbacks": [_Guard(governed)],
+        "recursion_limit": int(user.get("recursion_limit", 25)),
+        "callbacks": [_Guard(governed, entrypoint, _takes_model(entry))],
         "metadata": {"fleetforge_run": ctx.run_id, "fleetforge_step": ctx.step.id, "fleetforge_attempt": ctx.attempt},
     }
-    async with checkpointer(units.database) as saver:
+    async with checkpointer(units.database, units.schema) as saver:
         graph = _build(entry, model, saver)
         for node in graph.nodes.values():
             bound = getattr(node, "bound", None)
-            if isinstance(bound, ToolNode):  # the graph's own interceptor, if any, runs inside ours
-                bound._awrap_tool_call = govern_tool_call(units, governed, bound._awrap_tool_call)
+            if isinstance(bound, ToolNode):
+                intercept(bound, lambda own: govern_tool_call(units, governed, own))
         last = await saver.aget_tuple(config)  # type: ignore[arg-type]
         try:
             if last is None:

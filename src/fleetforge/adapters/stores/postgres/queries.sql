@@ -434,6 +434,12 @@ WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < %(before)s
 ORDER BY finished_us, id
 LIMIT %(limit)s;
 
+-- name: graph_steps
+-- The graph steps (agent steps with an entrypoint) of the given runs: their LangGraph checkpoint threads.
+SELECT run_id, step_id FROM steps
+WHERE run_id = ANY(%(ids)s::text[]) AND type = 'agent' AND spec->'inputs' ? 'entrypoint'
+ORDER BY run_id, step_id;
+
 -- name: delete_runs
 -- Of the given runs, those still terminal with no step left open (a canceled run's running attempt)
 -- and not held by another transaction, with every row that belongs to them.

@@ -528,6 +528,11 @@ class PostgresStore:
                                               "after_id": after[1], "limit": limit})
         return [(int(finished), str(rid)) for rid, finished in found]
 
+    def graph_steps(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        if not run_ids:
+            return []
+        return [(str(r), str(s)) for r, s in self._query("graph_steps", {"ids": list(run_ids)})]
+
     def delete_runs(self, run_ids: Sequence[str], budget_prefix: str) -> int:
         if not run_ids:
             return 0

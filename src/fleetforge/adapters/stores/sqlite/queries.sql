@@ -235,6 +235,12 @@ WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_us < ?1 AND (fi
   AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = runs.id AND s.status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused'))
 ORDER BY finished_us, id LIMIT ?4;
 
+-- name: graph_steps
+-- The graph steps (agent steps with an entrypoint) of the given runs: their LangGraph checkpoint threads.
+SELECT s.run_id, s.step_id FROM steps s JOIN json_each(?1) j ON s.run_id = j.value
+WHERE s.type = 'agent' AND json_extract(s.spec, '$.inputs.entrypoint') IS NOT NULL
+ORDER BY s.run_id, s.step_id;
+
 -- name: deletable_runs
 -- Of the given runs, those still terminal with no step left open (a canceled run's running attempt).
 SELECT r.id FROM runs r JOIN json_each(?1) j ON r.id = j.value

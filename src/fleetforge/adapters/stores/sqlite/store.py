@@ -384,6 +384,11 @@ class SqliteStore:
         found = self._query(Q["prunable_runs"], (finished_before_us, after[0], after[1], limit))
         return [(int(finished), str(rid)) for rid, finished in found]
 
+    def graph_steps(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        if not run_ids:
+            return []
+        return [(str(r), str(s)) for r, s in self._query(Q["graph_steps"], (json.dumps(list(run_ids)),))]
+
     def delete_runs(self, run_ids: Sequence[str], budget_prefix: str) -> int:
         if not run_ids:
             return 0
