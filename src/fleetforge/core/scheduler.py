@@ -86,6 +86,8 @@ class _Batch:
     compensations: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # gates.on_failed
     wake: bool = False  # steps were queued ready now: wake the workers once this commits
     run_steps: dict[str, list[StepRow]] = field(default_factory=dict)  # every step of some runs, read at its start
+    run_deps: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # their edges (step id, depends on)
+    locked: dict[tuple[str, str], StepRow] = field(default_factory=dict)  # open steps of those runs, locked
     # state of runs and budget rows as read, so that flush writes only the rows that changed
     run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -240,18 +242,12 @@ class Scheduler:
         """Some step waits for `step`: a step of the spec, or its agent (for an agent's unit)."""
         return step.step_id in self._parsed(run).depended_on or A.parent_of(step) is not None
 
-    def _lock_budgets(self, tx: Tx, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> None:
-        """Take the budget rows of every run of the batch in one statement, locked in one (sorted)
-        order: each run's own row, every row the batch may change (`moving`), and every shared row
-        (app, fleet) whose values decide something: one with a limit, and the fleet row when in-flight
-        caps are set. Other shared rows are not locked (and stand in as rows without limits): with no
-        limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
-        scopes, shared = self._budget_locks(b, runs, moving)
-        if scopes:
-            self._add_budgets(b, scopes, tx.lock_budgets(scopes, if_limited=shared))
-
     def _budget_locks(self, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> tuple[list[str], list[str]]:
-        """The scopes `_lock_budgets` locks, and those of them locked only when they carry a limit."""
+        """The budget rows a batch locks (in one statement, in one sorted order), and those of them locked only
+        when they carry a limit. Locked: each run's own row, every row the batch may change (`moving`), and
+        every shared row (app, fleet) whose values decide something: one with a limit, and the fleet row when
+        in-flight caps are set. Other shared rows are not locked (and stand in as rows without limits): with
+        no limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
         runs = list(runs)
         scopes = sorted({s for run in runs for s in B.scopes_of(run)} - b.budgets.keys())
         own = {B.run_scope(run.id) for run in runs}
@@ -331,11 +327,10 @@ class Scheduler:
 
     def claim(self, tx: Tx, worker: str, now: int, limit: int) -> tuple[list[Claim], list[Envelope]]:
         """Lease up to `limit` ready steps, least slack first, after budget and policy checks."""
-        ready = tx.lock_ready_steps(now, limit)
+        ready, first = tx.lock_ready(now, limit)
         if not ready:
             return [], []
         b = _Batch()
-        first = tx.get_runs([s.run_id for s in ready])
         # What each step would reserve (executors' estimates are pure), to know the budget rows it moves.
         # A run ended or failed now stays so: its steps are skipped and reserve nothing.
         reservations: dict[tuple[str, str], B.Reservation] = {}
@@ -349,10 +344,12 @@ class Scheduler:
                 spec, self.executors[step.type].estimate(spec))
             if res.tokens or res.micros or step.type == StepType.AGENT:  # an agent leases its first unit at once
                 moving.update(B.scopes_of(run))
-        self._lock_budgets(tx, b, first.values(), moving)
-        # Read the runs again now that their budget rows are locked: a concurrent claim of another
-        # step of the same run has committed by now, so a run is started (run_started) only once.
-        b.add_runs(tx.reread_runs(list(first.values())))
+        # Lock the budget rows (see _budget_locks), then read the runs again: a concurrent claim of another
+        # step of the same run has committed by then, so a run is started (run_started) only once.
+        scopes, shared = self._budget_locks(b, first.values(), moving)
+        found, runs = tx.lock_for_claim(scopes, shared, list(first.values()))
+        self._add_budgets(b, scopes, found)
+        b.add_runs(runs)
         claims: list[Claim] = []
         for index, step in enumerate(ready):
             run = b.runs[step.run_id]
@@ -520,8 +517,9 @@ class Scheduler:
                 moving.update(B.scopes_of(o.claim.run))
         scopes, shared = self._budget_locks(b, given.values(), moving)
         agents = sorted({o.claim.run.id for o in outcomes if A.parent_of(o.claim.step) is not None})
-        open_rows, runs, found, b.run_steps = tx.lock_for_completion(sorted(given), list(given.values()), scopes,
-                                                                     shared, agents)
+        open_rows, runs, found, b.run_steps, b.run_deps = tx.lock_for_completion(
+            sorted(given), list(given.values()), scopes, shared, agents)
+        b.locked = {(s.run_id, s.step_id): s for s in open_rows if s.run_id in b.run_deps}
         live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
         b.add_runs(runs)
         self._add_budgets(b, scopes, found)
@@ -552,7 +550,10 @@ class Scheduler:
         """Queue the dependents of the `done` (run id, step id) steps whose last dependency this was; an
         agent they wake leases its next units to `worker` at once, up to `room`. Returns those claims."""
         claims: list[Claim] = []
-        for dep in tx.release_dependents(done):
+        here = [k for k in done if k[0] in b.run_deps]
+        there = [k for k in done if k[0] not in b.run_deps]
+        for dep in sorted(self._release_here(b, here) + (tx.release_dependents(there) if there else []),
+                          key=lambda s: (s.run_id, s.step_id)):
             run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
             b.runs[run.id] = run
             if _doomed(run, b):
@@ -565,6 +566,26 @@ class Scheduler:
             b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now, queue_target_ms=dep.queue_target_ms,
                                        priority_boost=dep.priority_boost))
         return claims
+
+    @staticmethod
+    def _release_here(b: _Batch, done: list[tuple[str, str]]) -> list[StepRow]:
+        """`Tx.release_dependents` for steps of runs whose edges and open steps this transaction read and
+        locked: the same decrements, made on the rows in `b` (written at flush). Returns the released."""
+        hits: dict[tuple[str, str], int] = {}
+        for rid, sid in dict.fromkeys(done):
+            for step_id, on in b.run_deps[rid]:
+                if on == sid:
+                    hits[(rid, step_id)] = hits.get((rid, step_id), 0) + 1
+        released = []
+        for key, n in hits.items():
+            row = b.steps.get(key) or b.locked.get(key)
+            if row is None or row.status is not StepStatus.PENDING:
+                continue
+            row.deps_remaining -= n
+            b.step(row)
+            if row.deps_remaining == 0:
+                released.append(row)
+        return released
 
     def _finish_attempt(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
         """Settle one attempt; True when the step succeeded and its dependents may be released."""
