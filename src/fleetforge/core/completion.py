@@ -50,8 +50,9 @@ def complete_and_claim(sched: Scheduler, tx: Tx, outcomes: Sequence[Outcome], no
     b = Batch()
     # Lock every open step of these runs (their dependents and siblings too) before any budget
     # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
-    # the budgets (in _finish_failed_runs) would deadlock with it.
-    # Then the runs' state now (the rest never changes) and their budget rows: three reads, one round trip.
+    # the budgets (in finish_failed_runs) would deadlock with it.
+    # Then the runs' state now (the rest never changes), their budget rows and, for agents' runs, every step
+    # and edge: one round trip.
     keys = {(o.claim.run.id, o.claim.step.step_id) for o in outcomes}
     given = {o.claim.run.id: o.claim.run for o in outcomes}
     moving: set[str] = set()
@@ -76,7 +77,7 @@ def complete_and_claim(sched: Scheduler, tx: Tx, outcomes: Sequence[Outcome], no
             continue  # lease lost: the reaper already recorded this attempt
         accepted.append(o)
         run = b.runs[step.run_id]
-        if finish_attempt(sched, tx, b, run, step, o, now) and sched._has_dependents(run, step):
+        if _finish_attempt(sched, tx, b, run, step, o, now) and sched._has_dependents(run, step):
             released.append((step.run_id, step.step_id))
     if released:
         claims += release(sched, tx, b, released, worker, now, room)
@@ -96,7 +97,7 @@ def release(sched: Scheduler, tx: Tx, b: Batch, done: list[tuple[str, str]], wor
     claims: list[Claim] = []
     here = [k for k in done if k[0] in b.run_deps]
     there = [k for k in done if k[0] not in b.run_deps]
-    for dep in sorted(release_here(b, here) + (tx.release_dependents(there) if there else []),
+    for dep in sorted(_release_here(b, here) + (tx.release_dependents(there) if there else []),
                       key=lambda s: (s.run_id, s.step_id)):
         run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
         b.runs[run.id] = run
@@ -112,7 +113,7 @@ def release(sched: Scheduler, tx: Tx, b: Batch, done: list[tuple[str, str]], wor
     return claims
 
 
-def release_here(b: Batch, done: list[tuple[str, str]]) -> list[StepRow]:
+def _release_here(b: Batch, done: list[tuple[str, str]]) -> list[StepRow]:
     """`Tx.release_dependents` for steps of runs whose edges and open steps this transaction read and
     locked: the same decrements, made on the rows in `b` (written at flush). Returns the released."""
     hits: dict[tuple[str, str], int] = {}
@@ -132,7 +133,7 @@ def release_here(b: Batch, done: list[tuple[str, str]]) -> list[StepRow]:
     return released
 
 
-def finish_attempt(sched: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
+def _finish_attempt(sched: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
     """Settle one attempt; True when the step succeeded and its dependents may be released."""
     spec, attempt, failure = o.claim.spec, o.claim.attempt, o.failure
     result = o.result
@@ -180,12 +181,12 @@ def finish_attempt(sched: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRo
                                    latency_ms=duration_ms))
     step.lease_owner, step.lease_expires_us = "", 0
     if failure is None and result is not None:
-        return succeed(sched, b, run, step, spec, result, o, used_tokens, used_micros, duration_ms, now)
+        return _succeed(sched, b, run, step, spec, result, o, used_tokens, used_micros, duration_ms, now)
     assert failure is not None
-    return fail(sched, b, run, step, spec, failure, o.finished_us, used_tokens, used_micros, duration_ms, now)
+    return _fail(sched, b, run, step, spec, failure, o.finished_us, used_tokens, used_micros, duration_ms, now)
 
 
-def succeed(sched: Scheduler, b: Batch, run: RunRow, step: StepRow, spec: StepSpec, result: ExecutionResult,
+def _succeed(sched: Scheduler, b: Batch, run: RunRow, step: StepRow, spec: StepSpec, result: ExecutionResult,
              o: Outcome, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
     step.status, step.finished_us, step.error_kind = StepStatus.SUCCEEDED, o.finished_us, ""
     step.output = result.output
@@ -200,7 +201,7 @@ def succeed(sched: Scheduler, b: Batch, run: RunRow, step: StepRow, spec: StepSp
     return not doomed(run, b)
 
 
-def fail(sched: Scheduler, b: Batch, run: RunRow, step: StepRow, spec: StepSpec, failure: StepFailure,
+def _fail(sched: Scheduler, b: Batch, run: RunRow, step: StepRow, spec: StepSpec, failure: StepFailure,
           finished_us: int, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
     """Record a failed attempt: retry it, or end the step. True when an agent's tool call ended:
     its agent answers the model with the error (a guardrail or budget denial still ends the run)."""
@@ -285,14 +286,14 @@ def finish_failed_runs(sched: Scheduler, tx: Tx, b: Batch, now: int, open_rows: 
         run.finished_us = now
         b.runs[rid] = run
         if not failed:
-            run.outputs = outputs_of(sched, tx, b, run) if sched.run_spec(run).outputs else {}
+            run.outputs = _outputs_of(sched, tx, b, run) if sched.run_spec(run).outputs else {}
         extra: dict[str, Any] = {"error_kind": run.error_kind} if failed else {"outputs": run.outputs}
         b.events.append(run_event(K.RUN_FAILED if failed else K.RUN_SUCCEEDED, run, now,
                                   duration_ms=(now - run.created_us) / 1000,
                                   queue_target_ms=run.queue_target_ms, **extra))
 
 
-def outputs_of(sched: Scheduler, tx: Tx, b: Batch, run: RunRow) -> dict[str, Any]:
+def _outputs_of(sched: Scheduler, tx: Tx, b: Batch, run: RunRow) -> dict[str, Any]:
     """The run's `outputs` resolved, from the stored outputs and those this batch has not written yet."""
     outputs = {s.step_id: s.output for s in tx.get_steps(run.id)}
     outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)
