@@ -60,7 +60,7 @@ def advance(s: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRow, worker: 
         if decision.failure is not None:
             kind, message = decision.failure
             return [claiming.agent_claim(s, b, run, step, {"failure": {"kind": str(kind), "message": message},
-                                                  "model": model}, worker, now)]
+                                                           "model": model}, worker, now)]
         if decision.output is not None:
             return [claiming.agent_claim(s, b, run, step, {"output": decision.output, "model": model}, worker, now)]
         new = [_unit_row(s, b, run, step, spec, unit, worker, now) for unit in decision.create]
