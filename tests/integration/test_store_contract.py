@@ -273,6 +273,55 @@ def test_release_dependents_returns_exactly_those_reaching_zero(store: Store) ->
     assert remaining("r1")["y"] == 1
 
 
+def test_release_in_the_scheduler_matches_release_dependents(store: Store) -> None:
+    """What completion does for runs whose edges it read (core/completion.py `_release_here`), against the
+    store's own `release_dependents` on an identical run: the same steps released, the same counts left."""
+    from fleetforge.core.batch import Batch
+    from fleetforge.core.completion import _release_here
+
+    rng = random.Random(7)
+    for trial in range(12):
+        ids = [f"s{i}" for i in range(8)]
+        edges = sorted({(ids[j], ids[i]) for j in range(1, 8) for i in range(j) if rng.random() < 0.35})
+        done = rng.sample(ids, rng.randint(1, 4))
+        statuses = {sid: rng.choice([StepStatus.PENDING, StepStatus.PENDING, StepStatus.CANCELED])
+                    for sid in ids}
+        results = []
+        for how in ("store", "scheduler"):
+            rid = f"rel{trial}-{how}"
+            submit(store, run_row(rid), [
+                step_row(rid, sid, status=StepStatus.RUNNING if sid in done else statuses[sid],
+                         deps=sum(1 for d, _ in edges if d == sid)) for sid in ids],
+                [(rid, d, on) for d, on in edges])
+            with store.transaction() as tx:
+                if how == "store":
+                    released = tx.release_dependents([(rid, sid) for sid in done])
+                else:
+                    open_rows, _, _, _, deps = tx.lock_for_completion([rid], [], [], [], [rid])
+                    b = Batch(run_deps=deps, locked={(r.run_id, r.step_id): r for r in open_rows})
+                    released = _release_here(b, [(rid, sid) for sid in done])
+                    tx.update_steps(list(b.steps.values()))
+            results.append((sorted(r.step_id for r in released),
+                            {r.step_id: r.deps_remaining for r in store.get_steps(rid)}))
+        assert results[0] == results[1], (edges, done)
+
+
+def test_lock_ready_and_lock_for_claim_read_what_their_parts_read(store: Store) -> None:
+    submit(store, run_row("c1"), [step_row("c1", "a", due_us=T0 + 2), step_row("c1", "b", due_us=T0 + 1)])
+    submit(store, run_row("c2"), [step_row("c2", "a", due_us=T0 + 3)])
+    with store.transaction() as tx:
+        tx.upsert_budgets([BudgetRow("run:c1", 10, None), BudgetRow("app:ws/app", None, None)])
+    with store.transaction() as tx:
+        steps, runs = tx.lock_ready(T0, 10)
+        assert keys(steps) == [("c1", "b"), ("c1", "a"), ("c2", "a")]
+        assert runs == {"c1": store.get_run("c1"), "c2": store.get_run("c2")}
+        assert tx.lock_ready(T0 - 1, 10) == ([], {})
+        budgets, again = tx.lock_for_claim(["app:ws/app", "run:c1", "run:c2"], ["app:ws/app"], list(runs.values()))
+        assert budgets == {"run:c1": BudgetRow("run:c1", 10, None)}
+        assert again == runs
+        assert tx.lock_for_claim([], [], []) == ({}, {})
+
+
 # -- budgets, ledger, decisions ------------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from fleetforge.core import agent as A
-from fleetforge.core import gates
+from fleetforge.core import claiming, gates
+from fleetforge.core.batch import Batch, Claim
 from fleetforge.core.events import run_event, step_event
 from fleetforge.domain.models import TERMINAL_STEP, ErrorKind, RunRow, RunStatus, StepRow, StepSpec, StepStatus
 from fleetforge.domain.names import EventKind as K
@@ -21,7 +22,7 @@ from fleetforge.ports.policy import Hook
 from fleetforge.ports.store import AttemptRow, Tx
 
 if TYPE_CHECKING:
-    from fleetforge.core.scheduler import Claim, Scheduler, _Batch
+    from fleetforge.core.scheduler import Scheduler
 
 __all__ = ["advance"]
 
@@ -31,7 +32,7 @@ _PASSES: Final = 4
 """Coordination passes per claim: a pass whose new units were all refused (answered at once) goes on."""
 
 
-def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
+def advance(s: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRow, worker: str, now: int,
             *, room: int, settle: bool = True) -> list[Claim]:
     """Create the agent's next units and park it, or lease it to `worker` to settle it. One transaction.
 
@@ -58,10 +59,10 @@ def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker:
             return []
         if decision.failure is not None:
             kind, message = decision.failure
-            return [s._agent_claim(b, run, step, {"failure": {"kind": str(kind), "message": message},
-                                                  "model": model}, worker, now)]
+            return [claiming.agent_claim(s, b, run, step, {"failure": {"kind": str(kind), "message": message},
+                                                           "model": model}, worker, now)]
         if decision.output is not None:
-            return [s._agent_claim(b, run, step, {"output": decision.output, "model": model}, worker, now)]
+            return [claiming.agent_claim(s, b, run, step, {"output": decision.output, "model": model}, worker, now)]
         new = [_unit_row(s, b, run, step, spec, unit, worker, now) for unit in decision.create]
         children.update((r.step_id, r) for r in new)
         if new:
@@ -74,7 +75,7 @@ def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker:
             claims: list[Claim] = []
             for row in new:
                 if row.status is StepStatus.QUEUED and len(claims) < room and not gates.gate(s, b, run, row, now):
-                    claim = s._claim_one(tx, b, run, row, worker, now, None)
+                    claim = claiming.claim_one(s, tx, b, run, row, worker, now, None)
                     if claim is not None:
                         claims.append(claim)
             b.wake = b.wake or any(r.status is StepStatus.QUEUED for r in new)
@@ -84,7 +85,7 @@ def advance(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker:
     return []
 
 
-def _start(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, worker: str,
+def _start(s: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRow, spec: StepSpec, worker: str,
            now: int) -> bool:
     """Begin the agent's one attempt (it spans all its units): resolve its references and run the pre-hook
     guardrails on them, as for any step, and keep the result in its row for every later turn. False when
@@ -92,14 +93,15 @@ def _start(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, spec: St
     step.attempt = 1
     inputs: dict[str, Any] = {}
     if step.step_id in s._parsed(run).flows:
-        inputs, invalid = s._resolve(tx, run, spec, step)
+        inputs, invalid = claiming.resolve(s, tx, run, spec, step)
         if invalid is not None:
             step.spec, inputs = {_INVALID: invalid}, {}  # fails as the agent's answer (validation)
         else:
             if s.run_spec(run).packs or spec.policy.packs:
                 inputs, denied = s._policy(b, Hook.PRE, run, step, spec, 1, inputs, now)
                 if denied is not None:
-                    s._deny(b, run, step, 1, now, ErrorKind.POLICY_DENIED, denied, denied.split(":", 1)[0], worker)
+                    claiming.deny(s, b, run, step, 1, now, ErrorKind.POLICY_DENIED, denied, denied.split(":", 1)[0],
+                                  worker)
                     return False
             step.spec = {"inputs": inputs}
     step.started_us = now
@@ -112,7 +114,7 @@ def _start(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, spec: St
     return True
 
 
-def _unit_row(s: Scheduler, b: _Batch, run: RunRow, agent: StepRow, spec: StepSpec, unit: A.Unit, worker: str,
+def _unit_row(s: Scheduler, b: Batch, run: RunRow, agent: StepRow, spec: StepSpec, unit: A.Unit, worker: str,
               now: int) -> StepRow:
     """The row of a new unit: queued, or (a refused tool call) denied at once with the reason as its output."""
     slo = spec.policy.slo

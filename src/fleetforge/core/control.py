@@ -11,11 +11,11 @@ from typing import Any, Final
 
 from fleetforge.core import agent as A
 from fleetforge.core import budgets as B
-from fleetforge.core import gates
+from fleetforge.core import completion, gates
+from fleetforge.core.batch import Batch
 from fleetforge.core.events import run_event, step_event
 from fleetforge.core.policies.pii import redact_json
 from fleetforge.core.runtime import Runtime
-from fleetforge.core.scheduler import _Batch
 from fleetforge.domain import dataflow as flow
 from fleetforge.domain.errors import ConflictError, NotFoundError, SpecError
 from fleetforge.domain.models import NOT_STARTED, TERMINAL_RUN, ErrorKind, RunRow, RunStatus, StepRow, StepStatus
@@ -81,12 +81,12 @@ def answer(rt: Runtime, run_id: str, step_id: str, *, allow: bool, reason: str, 
                                     f"`fleetforge runs get {run_id}`")
             raise ConflictError(f"step {step_id!r} of run {run_id} is {found.status}, not waiting for approval; "
                                 "only a step with status waiting_approval can be approved or denied")
-        b = _Batch()
+        b = Batch()
         b.add_runs({run.id: run})
         now = rt.clock.now_us()
         gates.answer(s, tx, b, run, step, now, allow=allow, actor=actor, reason=reason, kind=kind)
         unit = A.parent_of(step) is not None  # its agent may have grown new units: read the open steps again
-        s._finish_failed_runs(tx, b, now, None if unit else open_rows)
+        completion.finish_failed_runs(s, tx, b, now, None if unit else open_rows)
         b.flush(tx, now)
     rt._emit(b.events)
 
@@ -134,7 +134,7 @@ def resume(rt: Runtime, run_id: str, *, patches: Mapping[str, Any] | None = None
                                 f"(`fleetforge runs pause {run_id}`)")
         now = rt.clock.now_us()
         changed = _check_patches(rt, run, rows, patches or {})
-        b = _Batch()
+        b = Batch()
         b.add_runs({run.id: run})
         for sid, (inputs, keys) in changed.items():
             step = rows[sid]

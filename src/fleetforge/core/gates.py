@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from fleetforge.core import agent as A
+from fleetforge.core import claiming, completion
+from fleetforge.core.batch import Batch
 from fleetforge.core.events import run_event, step_event
 from fleetforge.core.policies.pii import redact_pii
 from fleetforge.domain.models import ApprovalSpec, ErrorKind, RunRow, RunSpec, RunStatus, StepRow, StepStatus
@@ -23,7 +25,7 @@ from fleetforge.ports.policy import Effect, Hook
 from fleetforge.ports.store import AttemptRow, DecisionRow, Tx
 
 if TYPE_CHECKING:
-    from fleetforge.core.scheduler import Scheduler, _Batch
+    from fleetforge.core.scheduler import Scheduler
 
 __all__ = [
     "CONTROL",
@@ -95,7 +97,7 @@ def approval_of(s: Scheduler, run: RunRow, step: StepRow) -> ApprovalSpec | None
 # -- the claim's gate ----------------------------------------------------------------------------
 
 
-def gate(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, now: int) -> bool:
+def gate(s: Scheduler, b: Batch, run: RunRow, step: StepRow, now: int) -> bool:
     """True when `step` must not start now: its run is paused, it is a breakpoint (the run pauses), or it
     waits for approval (asked now). The step is then held or waiting, with no lease and no reservation."""
     state = control(step)
@@ -123,7 +125,7 @@ def gate(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, now: int) -> bool:
     return True
 
 
-def _hold(b: _Batch, step: StepRow) -> None:
+def _hold(b: Batch, step: StepRow) -> None:
     step.status = StepStatus.PAUSED
     step.lease_owner, step.lease_expires_us = "", 0
     b.step(step)
@@ -132,7 +134,7 @@ def _hold(b: _Batch, step: StepRow) -> None:
 # -- answers -------------------------------------------------------------------------------------
 
 
-def answer(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, now: int, *, allow: bool, actor: str,
+def answer(s: Scheduler, tx: Tx, b: Batch, run: RunRow, step: StepRow, now: int, *, allow: bool, actor: str,
            reason: str, kind: ErrorKind = ErrorKind.POLICY_DENIED) -> None:
     """Record a person's answer to a waiting step (or a timeout, `kind` approval_timeout): a `human_approval`
     decision with the wait, an approval event, then the step queued, or denied (an agent's tool call is
@@ -164,7 +166,7 @@ def answer(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, now: int
     message = f"{HUMAN_APPROVAL_PACK}: {why}"
     step.attempt = attempt
     if A.parent_of(step) is None:
-        s._deny(b, run, step, attempt, now, kind, message, HUMAN_APPROVAL_PACK, actor)
+        claiming.deny(s, b, run, step, attempt, now, kind, message, HUMAN_APPROVAL_PACK, actor)
         return
     step.status, step.finished_us, step.error_kind = StepStatus.DENIED, now, str(kind)
     step.output = {"error": f"denied by {message}"}
@@ -172,11 +174,11 @@ def answer(s: Scheduler, tx: Tx, b: _Batch, run: RunRow, step: StepRow, now: int
     b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "denied", actor, now, now, str(kind)))
     b.events.append(step_event(K.STEP_DENIED, run, step, attempt, now, error_kind=str(kind), reason=message,
                                pack=HUMAN_APPROVAL_PACK))
-    s._release(tx, b, [(run.id, step.step_id)], actor, now)  # its agent answers the model and goes on
+    completion.release(s, tx, b, [(run.id, step.step_id)], actor, now)  # its agent answers the model and goes on
     b.touched_runs.add(run.id)
 
 
-def expire(s: Scheduler, tx: Tx, b: _Batch, now: int, limit: int) -> None:
+def expire(s: Scheduler, tx: Tx, b: Batch, now: int, limit: int) -> None:
     """Time out up to `limit` approval waits past their deadline (failure kind approval_timeout)."""
     waiting = tx.lock_expired_approvals(now, limit)
     if not waiting:
@@ -200,7 +202,7 @@ def mark_dormant(spec: RunSpec, steps: Sequence[StepRow]) -> None:
             set_control(row, dormant=True)
 
 
-def on_failed(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, kind: str, message: str) -> None:
+def on_failed(s: Scheduler, b: Batch, run: RunRow, step: StepRow, kind: str, message: str) -> None:
     """`step` failed for good: remember to queue its compensation step (a step of the spec, not a unit)."""
     if A.parent_of(step) is not None:
         return
@@ -209,7 +211,7 @@ def on_failed(s: Scheduler, b: _Batch, run: RunRow, step: StepRow, kind: str, me
         b.compensations.append((run.id, comp, step.step_id, kind, message))
 
 
-def start_compensations(b: _Batch, run: RunRow, open_steps: Sequence[StepRow], now: int) -> None:
+def start_compensations(b: Batch, run: RunRow, open_steps: Sequence[StepRow], now: int) -> None:
     """Queue the dormant compensation steps failures of this batch named, with the failure for references."""
     wanted = [c for c in b.compensations if c[0] == run.id]
     if not wanted:

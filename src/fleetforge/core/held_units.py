@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fleetforge.core import agent as A
 from fleetforge.core import budgets as B
+from fleetforge.core import claiming, completion
+from fleetforge.core.batch import Batch, Claim, Outcome
 from fleetforge.core.events import step_event
 from fleetforge.core.policies.pii import redact_json
-from fleetforge.core.scheduler import Claim, Outcome, Scheduler, _Batch
+from fleetforge.core.scheduler import Scheduler
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import TERMINAL_RUN, ErrorKind, StepRow, StepStatus, StepType
 from fleetforge.domain.names import EventKind as K
@@ -58,7 +60,7 @@ def open_unit(s: Scheduler, tx: Tx, agent: Claim, unit: A.Unit, key: str, worker
         return row, None, events
     if run.status in TERMINAL_RUN or run.error_kind:
         return None, None, events
-    b = _Batch()
+    b = Batch()
     b.add_runs({run.id: run})
     kinds = s._redacts(run, agent.step.step_id)
     inputs = redact_json(unit.inputs, kinds)[0] if kinds else unit.inputs  # nothing kept in clear
@@ -77,10 +79,10 @@ def open_unit(s: Scheduler, tx: Tx, agent: Claim, unit: A.Unit, key: str, worker
         row.status, row.lease_owner, row.lease_expires_us = StepStatus.PENDING, "", 0
         row.spec = {**row.spec, "inputs": inputs}
         s._parsed(run).children.pop(row.step_id, None)
-    claim = s._claim_one(tx, b, run, row, worker, now, None)
+    claim = claiming.claim_one(s, tx, b, run, row, worker, now, None)
     if claim is not None:
         row.spec = {**row.spec, "inputs": claim.inputs}  # what the unit receives, after the pre-hooks
-    s._finish_failed_runs(tx, b, now)
+    completion.finish_failed_runs(s, tx, b, now)
     b.flush(tx, now)
     return row, claim, events + b.events
 

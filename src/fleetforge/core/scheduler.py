@@ -1,26 +1,29 @@
 """State transitions of runs and steps. Every method runs inside one store transaction and writes
-the state change, the cost ledger, policy decisions and the outbox events together."""
+the state change, the cost ledger, policy decisions and the outbox events together. Claiming and
+completion live in core/claiming.py and core/completion.py, the transaction's bookkeeping in
+core/batch.py; this module holds the spec cache, the shared helpers, submission, leases and cancel."""
 
 from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from fleetforge.core import agent as A
-from fleetforge.core import agent_loop, gates
 from fleetforge.core import budgets as B
+from fleetforge.core import claiming, completion, gates
+from fleetforge.core.batch import Batch, Claim, Outcome
+from fleetforge.core.completion import ERROR_CHARS
 from fleetforge.core.config import RuntimeConfig
-from fleetforge.core.dataflow import has_refs, resolve_step_inputs, run_outputs
+from fleetforge.core.dataflow import has_refs
 from fleetforge.core.events import run_event, step_event
 from fleetforge.core.policies.pii import redact_json, redact_pii, step_redaction_kinds
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.models import (
     NOT_STARTED,
     TERMINAL_RUN,
-    TERMINAL_STEP,
     BudgetLimit,
     BudgetRow,
     ErrorKind,
@@ -32,105 +35,12 @@ from fleetforge.domain.models import (
     StepStatus,
     StepType,
 )
-from fleetforge.domain.money import to_micros, to_usd
 from fleetforge.domain.names import EventKind as K
-from fleetforge.ports.executor import ExecutionResult, Executor, StepFailure
+from fleetforge.ports.executor import Executor, StepFailure
 from fleetforge.ports.policy import Effect, Hook, PolicyContext, PolicyPack
-from fleetforge.ports.store import AttemptRow, DecisionRow, Tx
+from fleetforge.ports.store import DecisionRow, Tx
 
 __all__ = ["ERROR_CHARS", "Claim", "Outcome", "Scheduler"]
-
-ERROR_CHARS = 500
-"""Length of the error message a `step_failed` event keeps (after redaction)."""
-_SCAN_CHARS = 4 * ERROR_CHARS  # of a failure message, redacted before it is cut to ERROR_CHARS
-
-
-@dataclass(slots=True)
-class Claim:
-    """An attempt a worker holds the lease for."""
-
-    run: RunRow
-    step: StepRow
-    spec: StepSpec
-    attempt: int
-    inputs: dict[str, Any]
-    reservation: B.Reservation
-    worker: str
-    started_us: int
-    invalid: str | None = None  # why the inputs could not be resolved: the attempt fails (validation)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How an attempt ended: a result or a classified failure."""
-
-    claim: Claim
-    finished_us: int
-    result: ExecutionResult | None = None
-    failure: StepFailure | None = None
-
-
-@dataclass(slots=True)
-class _Batch:
-    """What one transaction accumulates before writing."""
-
-    events: list[Envelope] = field(default_factory=list)
-    steps: dict[tuple[str, str], StepRow] = field(default_factory=dict)
-    runs: dict[str, RunRow] = field(default_factory=dict)
-    budgets: dict[str, BudgetRow] = field(default_factory=dict)
-    new_attempts: list[AttemptRow] = field(default_factory=list)
-    done_attempts: list[AttemptRow] = field(default_factory=list)
-    decisions: list[DecisionRow] = field(default_factory=list)
-    failed_runs: set[str] = field(default_factory=set)
-    touched_runs: set[str] = field(default_factory=set)
-    compensations: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # gates.on_failed
-    wake: bool = False  # steps were queued ready now: wake the workers once this commits
-    run_steps: dict[str, list[StepRow]] = field(default_factory=dict)  # every step of some runs, read at its start
-    # state of runs and budget rows as read, so that flush writes only the rows that changed
-    run_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    budget_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-
-    def step(self, s: StepRow) -> None:
-        self.steps[(s.run_id, s.step_id)] = s
-
-    def add_runs(self, runs: Mapping[str, RunRow]) -> None:
-        for r in runs.values():
-            self.run_seen.setdefault(r.id, _run_state(r))
-        self.runs.update(runs)
-
-    def add_budget(self, row: BudgetRow) -> None:
-        self.budget_seen.setdefault(row.scope, _budget_state(row))
-        self.budgets[row.scope] = row
-
-    def flush(self, tx: Tx, now: int) -> None:
-        if self.wake or any(s.status is StepStatus.QUEUED and s.not_before_us <= now for s in self.steps.values()):
-            tx.notify_ready()
-        runs = [r for r in self.runs.values() if self.run_seen.get(r.id) != _run_state(r)]
-        if runs:
-            tx.update_runs(runs)
-        if self.steps:
-            tx.update_steps(list(self.steps.values()))
-        budgets = [r for r in self.budgets.values() if self.budget_seen.get(r.scope) != _budget_state(r)]
-        if budgets:
-            tx.upsert_budgets(budgets)
-        if self.new_attempts:
-            tx.insert_attempts(self.new_attempts)
-        if self.done_attempts:
-            tx.finish_attempts(self.done_attempts)
-        if self.decisions:
-            tx.insert_decisions(self.decisions)
-        if self.events:
-            tx.append_events(self.events)
-
-
-def _run_state(r: RunRow) -> tuple[Any, ...]:
-    """The fields `Tx.update_runs` writes."""
-    return (r.status, r.started_us, r.finished_us, r.error_kind)
-
-
-def _budget_state(r: BudgetRow) -> tuple[Any, ...]:
-    return (r.tokens_limit, r.cost_limit_micros, r.tokens_reserved, r.tokens_used, r.cost_reserved_micros,
-            r.cost_used_micros)
 
 
 class _ParsedRun:
@@ -174,18 +84,6 @@ class _ParsedRun:
         return kinds or frozenset()
 
 
-def _moves_budgets(o: Outcome) -> bool:
-    """Whether settling `o` may change budget rows: it reserved, or reports usage (either one)."""
-    usages = [u.usage for u in (o.result, o.failure) if u is not None]
-    return bool(o.claim.reservation.tokens or o.claim.reservation.micros
-                or any(u.tokens or to_micros(u.cost_usd) for u in usages))
-
-
-def _doomed(run: RunRow, b: _Batch) -> bool:
-    """The run ended or failed: nothing more of it may start."""
-    return run.status in TERMINAL_RUN or run.id in b.failed_runs or run.error_kind != ""
-
-
 class Scheduler:
     """Claims, completions, lease recovery and cancellation, as pure logic over a `Tx`."""
 
@@ -223,7 +121,7 @@ class Scheduler:
             return replace(spec, inputs=step.spec["inputs"])  # resolved at the agent's first claim, kept
         return spec
 
-    def _budgets(self, tx: Tx, b: _Batch, run: RunRow) -> list[BudgetRow]:
+    def _budgets(self, tx: Tx, b: Batch, run: RunRow) -> list[BudgetRow]:
         scopes = B.scopes_of(run)
         missing = [s for s in scopes if s not in b.budgets]
         if missing:
@@ -240,18 +138,12 @@ class Scheduler:
         """Some step waits for `step`: a step of the spec, or its agent (for an agent's unit)."""
         return step.step_id in self._parsed(run).depended_on or A.parent_of(step) is not None
 
-    def _lock_budgets(self, tx: Tx, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> None:
-        """Take the budget rows of every run of the batch in one statement, locked in one (sorted)
-        order: each run's own row, every row the batch may change (`moving`), and every shared row
-        (app, fleet) whose values decide something: one with a limit, and the fleet row when in-flight
-        caps are set. Other shared rows are not locked (and stand in as rows without limits): with no
-        limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
-        scopes, shared = self._budget_locks(b, runs, moving)
-        if scopes:
-            self._add_budgets(b, scopes, tx.lock_budgets(scopes, if_limited=shared))
-
-    def _budget_locks(self, b: _Batch, runs: Iterable[RunRow], moving: set[str]) -> tuple[list[str], list[str]]:
-        """The scopes `_lock_budgets` locks, and those of them locked only when they carry a limit."""
+    def _budget_locks(self, b: Batch, runs: Iterable[RunRow], moving: set[str]) -> tuple[list[str], list[str]]:
+        """The budget rows a batch locks (in one statement, in one sorted order), and those of them locked only
+        when they carry a limit. Locked: each run's own row, every row the batch may change (`moving`), and
+        every shared row (app, fleet) whose values decide something: one with a limit, and the fleet row when
+        in-flight caps are set. Other shared rows are not locked (and stand in as rows without limits): with
+        no limit and nothing to add, no outcome depends on their values, and workers need not queue on them."""
         runs = list(runs)
         scopes = sorted({s for run in runs for s in B.scopes_of(run)} - b.budgets.keys())
         own = {B.run_scope(run.id) for run in runs}
@@ -259,11 +151,11 @@ class Scheduler:
         return scopes, [s for s in scopes if s not in own and s not in moving and not (s == B.FLEET and caps)]
 
     @staticmethod
-    def _add_budgets(b: _Batch, scopes: list[str], found: Mapping[str, BudgetRow]) -> None:
+    def _add_budgets(b: Batch, scopes: list[str], found: Mapping[str, BudgetRow]) -> None:
         for s in scopes:  # a shared row left out has no limit: its values decide nothing, and it stays as is
             b.add_budget(found.get(s) or BudgetRow(s, None, None))
 
-    def _policy(self, b: _Batch, hook: Hook, run: RunRow, step: StepRow, spec: StepSpec, attempt: int,
+    def _policy(self, b: Batch, hook: Hook, run: RunRow, step: StepRow, spec: StepSpec, attempt: int,
                 payload: dict[str, Any], now: int, **ctx: Any) -> tuple[dict[str, Any], str | None]:
         """Evaluate the run's and step's packs for `hook`. Returns (payload, deny reason or None).
 
@@ -289,7 +181,7 @@ class Scheduler:
                 payload = verdict.payload
         return payload, None
 
-    def _queue(self, b: _Batch, run: RunRow, step: StepRow, now: int, *, not_before: int) -> None:
+    def _queue(self, b: Batch, run: RunRow, step: StepRow, now: int, *, not_before: int) -> None:
         step.status = StepStatus.QUEUED
         step.ready_us = not_before
         step.not_before_us = not_before
@@ -327,402 +219,22 @@ class Scheduler:
         tx.notify_ready()
         return events
 
-    # -- claim ---------------------------------------------------------------------------------
+    # -- claim and completion (core/claiming.py, core/completion.py) ---------------------------
 
     def claim(self, tx: Tx, worker: str, now: int, limit: int) -> tuple[list[Claim], list[Envelope]]:
         """Lease up to `limit` ready steps, least slack first, after budget and policy checks."""
-        ready = tx.lock_ready_steps(now, limit)
-        if not ready:
-            return [], []
-        b = _Batch()
-        first = tx.get_runs([s.run_id for s in ready])
-        # What each step would reserve (executors' estimates are pure), to know the budget rows it moves.
-        # A run ended or failed now stays so: its steps are skipped and reserve nothing.
-        reservations: dict[tuple[str, str], B.Reservation] = {}
-        moving: set[str] = set()
-        for step in ready:
-            run = first.get(step.run_id)
-            if run is None or _doomed(run, b):
-                continue
-            spec = self._step_spec(run, step)
-            res = reservations[(run.id, step.step_id)] = B.reservation_for(
-                spec, self.executors[step.type].estimate(spec))
-            if res.tokens or res.micros or step.type == StepType.AGENT:  # an agent leases its first unit at once
-                moving.update(B.scopes_of(run))
-        self._lock_budgets(tx, b, first.values(), moving)
-        # Read the runs again now that their budget rows are locked: a concurrent claim of another
-        # step of the same run has committed by now, so a run is started (run_started) only once.
-        b.add_runs(tx.reread_runs(list(first.values())))
-        claims: list[Claim] = []
-        for index, step in enumerate(ready):
-            run = b.runs[step.run_id]
-            if _doomed(run, b) and not gates.compensating(step):  # failed earlier (a denial): skipped, not started
-                self._mark_failed(b, run, run.error_kind)
-                continue
-            if gates.gate(self, b, run, step, now):  # paused, a breakpoint, or waiting for approval
-                continue
-            if step.type == StepType.AGENT and not A.holds_worker(self._step_spec(run, step)):
-                # its units take the room the rest of the batch leaves
-                room = limit - len(claims) - (len(ready) - index - 1)
-                claims += agent_loop.advance(self, tx, b, run, step, worker, now, room=room)
-                continue
-            claim = self._claim_one(tx, b, run, step, worker, now, reservations.get((run.id, step.step_id)))
-            if claim is not None:
-                claims.append(claim)
-        self._finish_failed_runs(tx, b, now)
-        b.flush(tx, now)
-        return claims, b.events
-
-    def _claim_one(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, worker: str, now: int,
-                   res: B.Reservation | None) -> Claim | None:
-        spec = self._step_spec(run, step)
-        executor = self.executors[step.type]
-        if res is None:
-            res = B.reservation_for(spec, executor.estimate(spec))
-        rows = self._budgets(tx, b, run)
-        attempt = step.attempt + 1
-        limit_breach = next((why for r in rows if r.scope != B.FLEET
-                             for why in [B.exceeded(r, res.tokens, res.micros)] if why), None)
-        caps = self.config.max_inflight_tokens is not None or self.config.max_inflight_cost is not None
-        if limit_breach is None and caps:  # without caps nothing is deferred
-            fleet = rows[-1]
-            cap = B.exceeded(
-                BudgetRow(B.FLEET, self.config.max_inflight_tokens,
-                          None if self.config.max_inflight_cost is None
-                          else to_micros(self.config.max_inflight_cost),
-                          fleet.tokens_reserved, 0, fleet.cost_reserved_micros, 0),
-                res.tokens, res.micros)
-            if cap is not None and (fleet.tokens_reserved or fleet.cost_reserved_micros):
-                delay = self.config.defer_delay_ms * 1000
-                step.not_before_us = now + delay
-                b.step(step)
-                b.events.append(step_event(K.STEP_DEFERRED, run, step, step.attempt, now,
-                                           reason=f"in-flight cap: {cap}", delay_ms=delay / 1000))
-                return None
-        step.attempt = attempt
-        if limit_breach is not None:
-            self._deny(b, run, step, attempt, now, ErrorKind.BUDGET_EXCEEDED, limit_breach, "", worker)
-            return None
-        inputs, denied, invalid = dict(spec.inputs), None, None
-        flows = step.step_id in self._parsed(run).flows or (gates.patched(step) and has_refs(spec.inputs))
-        if flows:
-            inputs, invalid = self._resolve(tx, run, spec, step)
-        if invalid is None and (self.run_spec(run).packs or spec.policy.packs) and not step.spec.get(A.PRECHECKED):
-            run_rows = [r for r in rows if r.scope == B.run_scope(run.id)]
-            inputs, denied = self._policy(
-                b, Hook.PRE, run, step, spec, attempt, inputs, now,
-                tokens_reserved=res.tokens, cost_reserved=to_usd(res.micros),
-                tokens_used_before=run_rows[0].tokens_used if run_rows else 0,
-                cost_used_before=to_usd(run_rows[0].cost_used_micros) if run_rows else 0.0)
-        if denied is not None:
-            pack = denied.split(":", 1)[0]
-            self._deny(b, run, step, attempt, now, ErrorKind.POLICY_DENIED, denied, pack, worker)
-            return None
-        B.settle(rows, reserve_tokens=res.tokens, reserve_micros=res.micros)
-        room = B.headroom(rows)
-        tool, provider = executor.target(spec)
-        step.status = StepStatus.RUNNING
-        step.lease_owner = worker
-        step.lease_expires_us = now + self.config.lease_ms * 1000
-        step.started_us = step.started_us or now
-        if flows and invalid is None:  # what the executor receives: resolved, then through the pre-hook
-            step.spec = {**step.spec, "inputs": inputs}
-        b.step(step)
-        b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "running", worker, now,
-                                         tokens_reserved=res.tokens, cost_reserved_micros=res.micros,
-                                         tool=tool, provider=provider))
-        if run.status is RunStatus.QUEUED:
-            run.status, run.started_us = RunStatus.RUNNING, now
-            b.events.append(run_event(K.RUN_STARTED, run, now, queue_lag_ms=(now - run.created_us) / 1000))
-        b.events.append(step_event(
-            K.BUDGET_RESERVED, run, step, attempt, now, tokens=res.tokens, cost_usd=to_usd(res.micros),
-            source=res.source, tokens_limit=room.tokens_limit, cost_limit_usd=to_usd(room.cost_limit_micros),
-            tokens_remaining=room.tokens_remaining, cost_remaining_usd=to_usd(room.cost_remaining_micros),
-            tokens_projected_burn=room.tokens_committed,
-            cost_projected_burn_usd=to_usd(room.cost_committed_micros), budget_active=room.active))
-        b.events.append(step_event(K.STEP_STARTED, run, step, attempt, now,
-                                   queue_lag_ms=max(0, now - step.ready_us) / 1000, worker=worker,
-                                   inputs=inputs if flows and invalid is None else {}))
-        return Claim(run, step, spec, attempt, inputs, res, worker, now, invalid)
-
-    def _resolve(self, tx: Tx, run: RunRow, spec: StepSpec, step: StepRow) -> tuple[dict[str, Any], str | None]:
-        """`spec`'s inputs with their references resolved, or (inputs as written, why they cannot be)."""
-        return resolve_step_inputs(self.run_spec(run), spec, {s.step_id: s.output for s in tx.get_steps(run.id)},
-                                   gates.errors_of(step))
-
-    def _run_outputs(self, tx: Tx, b: _Batch, run: RunRow) -> dict[str, Any]:
-        """The run's `outputs` resolved, from the stored outputs and those this batch has not written yet."""
-        outputs = {s.step_id: s.output for s in tx.get_steps(run.id)}
-        outputs.update((sid, s.output) for (rid, sid), s in b.steps.items() if rid == run.id)
-        return run_outputs(self.run_spec(run), outputs)
-
-    def _agent_claim(self, b: _Batch, run: RunRow, step: StepRow, inputs: dict[str, Any], worker: str,
-                     now: int) -> Claim:
-        """Lease an agent step to settle it with its coordinator's decision (`inputs`: output or failure).
-
-        Its attempt started when the coordinator first ran it (a retry after a lost lease is a new one)."""
-        spec = self._step_spec(run, step)
-        if step.first_failure_us is not None:
-            step.attempt += 1
-            step.started_us = now
-            b.events.append(step_event(K.STEP_STARTED, run, step, step.attempt, now, queue_lag_ms=0.0,
-                                       worker=worker, inputs={}))
-        started = step.started_us or now
-        step.status, step.lease_owner = StepStatus.RUNNING, worker
-        step.lease_expires_us = now + self.config.lease_ms * 1000
-        b.step(step)
-        b.new_attempts.append(AttemptRow(run.id, step.step_id, step.attempt, "running", worker, started,
-                                         tool=str(spec.inputs.get("model", "")), provider="agent"))
-        return Claim(run, step, spec, step.attempt, inputs, B.Reservation(0, 0, "estimate"), worker, started)
-
-    def _deny(self, b: _Batch, run: RunRow, step: StepRow, attempt: int, now: int, kind: ErrorKind,
-              reason: str, pack: str, worker: str) -> None:
-        step.status, step.finished_us, step.error_kind = StepStatus.DENIED, now, str(kind)
-        b.step(step)
-        b.new_attempts.append(AttemptRow(run.id, step.step_id, attempt, "denied", worker, now, now, str(kind)))
-        b.events.append(step_event(K.STEP_DENIED, run, step, attempt, now, error_kind=str(kind),
-                                   reason=reason, pack=pack))
-        if A.held(step) and A.unit_of(step) == "call" and kind is ErrorKind.POLICY_DENIED:
-            step.output = {"error": f"denied by {reason}"}  # answered to the graph as a tool error
-            b.touched_runs.add(run.id)
-            return
-        gates.on_failed(self, b, run, step, str(kind), reason)
-        self._mark_failed(b, run, str(kind))
-
-    def _mark_failed(self, b: _Batch, run: RunRow, error_kind: str) -> None:
-        if run.status not in TERMINAL_RUN and run.id not in b.failed_runs:
-            b.failed_runs.add(run.id)
-            run.error_kind = run.error_kind or error_kind
-        b.touched_runs.add(run.id)
-
-    # -- completion ----------------------------------------------------------------------------
+        return claiming.claim(self, tx, worker, now, limit)
 
     def complete(self, tx: Tx, outcomes: Sequence[Outcome], now: int) -> tuple[list[Outcome], list[Envelope]]:
         """Record finished attempts. Returns the outcomes accepted (lease still held) and the events."""
-        accepted, _, events = self.complete_and_claim(tx, outcomes, now, "", 0)
+        accepted, _, events = completion.complete_and_claim(self, tx, outcomes, now, "", 0)
         return accepted, events
 
     def complete_and_claim(self, tx: Tx, outcomes: Sequence[Outcome], now: int, worker: str,
                            room: int) -> tuple[list[Outcome], list[Claim], list[Envelope]]:
         """`complete`, and lease to `worker` (up to `room`) the units of the agents these outcomes woke, in
-        the same transaction: an agent's next unit waits for no claim. Returns accepted outcomes, claims
-        and events."""
-        b = _Batch()
-        # Lock every open step of these runs (their dependents and siblings too) before any budget
-        # row: a claim holds queued steps while it waits for budget rows, so locking siblings after
-        # the budgets (in _finish_failed_runs) would deadlock with it.
-        # Then the runs' state now (the rest never changes) and their budget rows: three reads, one round trip.
-        keys = {(o.claim.run.id, o.claim.step.step_id) for o in outcomes}
-        given = {o.claim.run.id: o.claim.run for o in outcomes}
-        moving: set[str] = set()
-        for o in outcomes:  # an agent's unit may wake it, and the agent lease its next unit at once
-            if _moves_budgets(o) or (room > 0 and A.parent_of(o.claim.step) is not None):
-                moving.update(B.scopes_of(o.claim.run))
-        scopes, shared = self._budget_locks(b, given.values(), moving)
-        agents = sorted({o.claim.run.id for o in outcomes if A.parent_of(o.claim.step) is not None})
-        open_rows, runs, found, b.run_steps = tx.lock_for_completion(sorted(given), list(given.values()), scopes,
-                                                                     shared, agents)
-        live = {(s.run_id, s.step_id): s for s in open_rows if (s.run_id, s.step_id) in keys}
-        b.add_runs(runs)
-        self._add_budgets(b, scopes, found)
-        accepted: list[Outcome] = []
-        claims: list[Claim] = []
-        released: list[tuple[str, str]] = []
-        for o in outcomes:
-            step = live.get((o.claim.run.id, o.claim.step.step_id))
-            if (step is None or step.status is not StepStatus.RUNNING or step.lease_owner != o.claim.worker
-                    or step.attempt != o.claim.attempt):
-                continue  # lease lost: the reaper already recorded this attempt
-            accepted.append(o)
-            run = b.runs[step.run_id]
-            if self._finish_attempt(tx, b, run, step, o, now) and self._has_dependents(run, step):
-                released.append((step.run_id, step.step_id))
-        if released:
-            claims += self._release(tx, b, released, worker, now, room)
-        # Nothing else of these runs changed in the database since their open steps were locked above but
-        # released dependents (in the batch now, as any step it changed) and the units agents created (each
-        # of those agents is open, and its run with it). Only a run that failed must read them again: its
-        # open steps are skipped, and what is written must be their current rows.
-        self._finish_failed_runs(tx, b, now, None if released and b.failed_runs else open_rows)
-        b.flush(tx, now)
-        return accepted, claims, b.events
-
-    def _release(self, tx: Tx, b: _Batch, done: list[tuple[str, str]], worker: str, now: int,
-                 room: int = 0) -> list[Claim]:
-        """Queue the dependents of the `done` (run id, step id) steps whose last dependency this was; an
-        agent they wake leases its next units to `worker` at once, up to `room`. Returns those claims."""
-        claims: list[Claim] = []
-        for dep in tx.release_dependents(done):
-            run = b.runs.get(dep.run_id) or tx.get_runs([dep.run_id])[dep.run_id]
-            b.runs[run.id] = run
-            if _doomed(run, b):
-                continue
-            self._queue(b, run, dep, now, not_before=now)
-            if dep.type == StepType.AGENT and dep.attempt:  # woken by its units: its next ones, at once
-                claims += agent_loop.advance(self, tx, b, run, dep, worker, now, room=room - len(claims),
-                                             settle=room > len(claims))
-                continue
-            b.events.append(step_event(K.STEP_QUEUED, run, dep, 0, now, queue_target_ms=dep.queue_target_ms,
-                                       priority_boost=dep.priority_boost))
-        return claims
-
-    def _finish_attempt(self, tx: Tx, b: _Batch, run: RunRow, step: StepRow, o: Outcome, now: int) -> bool:
-        """Settle one attempt; True when the step succeeded and its dependents may be released."""
-        spec, attempt, failure = o.claim.spec, o.claim.attempt, o.failure
-        result = o.result
-        if o.claim.invalid is not None:  # never executed: its inputs did not resolve
-            result, failure = None, StepFailure(ErrorKind.VALIDATION, o.claim.invalid)
-        if result is not None:
-            output, denied = self._policy(b, Hook.POST, run, step, spec, attempt, dict(result.output), now)
-            if denied is not None:
-                failure = StepFailure(ErrorKind.POLICY_DENIED, denied, usage=result.usage, tool=result.tool,
-                                      provider=result.provider)
-            else:
-                result = ExecutionResult(output, result.usage, result.tool, result.provider, result.model,
-                                         result.latency_ms)
-        usage = result.usage if failure is None and result is not None else (failure.usage if failure else None)
-        used_tokens = usage.tokens if usage else 0
-        used_micros = to_micros(usage.cost_usd) if usage else 0
-        res = o.claim.reservation
-        rows = self._budgets(tx, b, run)
-        B.settle(rows, reserve_tokens=-res.tokens, reserve_micros=-res.micros,
-                 use_tokens=used_tokens, use_micros=used_micros)
-        room = B.headroom(rows)
-        duration_ms = (o.finished_us - o.claim.started_us) / 1000
-        tool = (result.tool if failure is None and result else failure.tool if failure else "") or ""
-        provider = (result.provider if failure is None and result else failure.provider if failure else "") or ""
-        defaults = self.executors[step.type].target(spec)
-        tool, provider = tool or defaults[0], provider or defaults[1]
-        if failure is not None:  # step_failed names what the ledger names (a timeout knows no tool)
-            failure.tool, failure.provider = tool, provider
-        b.done_attempts.append(AttemptRow(
-            run.id, step.step_id, attempt, "failed" if failure else "succeeded", o.claim.worker,
-            o.claim.started_us, o.finished_us, str(failure.kind) if failure else "",
-            res.tokens, used_tokens, res.micros, used_micros,
-            usage.input_tokens if usage else 0, usage.output_tokens if usage else 0,
-            usage.cached_tokens if usage else 0, tool, provider,
-            result.model if result and failure is None else ""))
-        b.events.append(step_event(
-            K.BUDGET_RECONCILED, run, step, attempt, now, tokens_reserved=res.tokens, tokens_used=used_tokens,
-            cost_reserved_usd=to_usd(res.micros), cost_used_usd=to_usd(used_micros),
-            tokens_limit=room.tokens_limit, tokens_remaining=room.tokens_remaining,
-            cost_remaining_usd=to_usd(room.cost_remaining_micros),
-            cost_limit_usd=to_usd(room.cost_limit_micros), budget_active=room.active))
-        if step.type in (StepType.TOOL, StepType.HTTP):  # every attempt that ran, as the ledger counts them
-            b.events.append(step_event(K.TOOL_CALL, run, step, attempt, now, tool=tool, provider=provider,
-                                       ok=failure is None, error_kind=str(failure.kind) if failure else "",
-                                       latency_ms=duration_ms))
-        step.lease_owner, step.lease_expires_us = "", 0
-        if failure is None and result is not None:
-            return self._succeed(b, run, step, spec, result, o, used_tokens, used_micros, duration_ms, now)
-        assert failure is not None
-        return self._fail(b, run, step, spec, failure, o.finished_us, used_tokens, used_micros, duration_ms, now)
-
-    def _succeed(self, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, result: ExecutionResult,
-                 o: Outcome, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
-        step.status, step.finished_us, step.error_kind = StepStatus.SUCCEEDED, o.finished_us, ""
-        step.output = result.output
-        b.step(step)
-        u = result.usage
-        b.events.append(step_event(
-            K.STEP_SUCCEEDED, run, step, o.claim.attempt, now, tokens=tokens, cost_usd=to_usd(micros),
-            duration_ms=duration_ms, tool=result.tool, provider=result.provider, model=result.model,
-            input_tokens=u.input_tokens, output_tokens=u.output_tokens, cached_tokens=u.cached_tokens,
-            recovered_after_ms=(o.finished_us - step.first_failure_us) / 1000 if step.first_failure_us else 0.0))
-        b.touched_runs.add(run.id)
-        return not _doomed(run, b)
-
-    def _fail(self, b: _Batch, run: RunRow, step: StepRow, spec: StepSpec, failure: StepFailure,
-              finished_us: int, tokens: int, micros: int, duration_ms: float, now: int) -> bool:
-        """Record a failed attempt: retry it, or end the step. True when an agent's tool call ended:
-        its agent answers the model with the error (a guardrail or budget denial still ends the run)."""
-        attempt = step.attempt
-        retry = (failure.kind.retriable and attempt < step.max_attempts and not A.held(step)
-                 and (not _doomed(run, b) or gates.compensating(step)))
-        step.first_failure_us = step.first_failure_us or finished_us
-        step.error_kind = str(failure.kind)
-        error = failure.message[:_SCAN_CHARS]
-        kinds = self._redacts(run, step.step_id)
-        if kinds:  # a failure message may echo the inputs or the output
-            error = redact_pii(error, kinds)[0]
-        b.events.append(step_event(
-            K.STEP_FAILED, run, step, attempt, now, tokens=tokens, cost_usd=to_usd(micros),
-            duration_ms=duration_ms, error_kind=str(failure.kind), error=error[:ERROR_CHARS],
-            tool=failure.tool, provider=failure.provider, final=not retry))
-        if retry:
-            ex = spec.execution
-            backoff_us = int(ex.retry_backoff_ms * ex.retry_backoff_factor ** (attempt - 1) * 1000)
-            if failure.retry_after_s:
-                backoff_us = max(backoff_us, int(failure.retry_after_s * 1_000_000))
-            self._queue(b, run, step, now, not_before=now + backoff_us)
-            b.events.append(step_event(K.STEP_RETRY_SCHEDULED, run, step, attempt, now,
-                                       next_attempt=attempt + 1, backoff_ms=backoff_us / 1000,
-                                       error_kind=str(failure.kind)))
-            return False
-        step.status, step.finished_us = StepStatus.FAILED, finished_us
-        b.step(step)
-        if A.held(step):  # its graph step decides what the failure means
-            b.touched_runs.add(run.id)
-            return False
-        if A.unit_of(step) == "call" and failure.kind not in (ErrorKind.POLICY_DENIED, ErrorKind.BUDGET_EXCEEDED):
-            b.touched_runs.add(run.id)
-            return not _doomed(run, b)
-        gates.on_failed(self, b, run, step, str(failure.kind), error[:ERROR_CHARS])
-        self._mark_failed(b, run, str(failure.kind))
-        return False
-
-    # -- run status ----------------------------------------------------------------------------
-
-    def _finish_failed_runs(self, tx: Tx, b: _Batch, now: int, open_rows: list[StepRow] | None = None) -> None:
-        """Skip what failed runs will never run, and close every touched run whose steps are done.
-
-        `open_rows`: the open steps of (at least) the touched runs, locked earlier in this transaction
-        and unchanged in the database since; read (and locked) here when None.
-        """
-        if not b.touched_runs:
-            return
-        open_steps: dict[str, list[StepRow]] = {rid: [] for rid in b.touched_runs}
-        if open_rows is None:
-            open_rows = tx.lock_open_steps(sorted(b.touched_runs))
-        for s in open_rows:
-            if s.run_id not in open_steps:
-                continue
-            s = b.steps.get((s.run_id, s.step_id), s)
-            if s.status not in TERMINAL_STEP:
-                open_steps[s.run_id].append(s)
-        for rid in sorted(b.touched_runs):
-            run = b.runs[rid]
-            if run.status in TERMINAL_RUN:
-                continue
-            gates.start_compensations(b, run, open_steps[rid], now)
-            still_running = False
-            unneeded = [s for s in open_steps[rid] if gates.dormant(s)]  # compensation steps no failure queued
-            for s in open_steps[rid]:
-                if gates.dormant(s):
-                    continue
-                if rid in b.failed_runs and s.status in NOT_STARTED and not gates.compensating(s):
-                    s.status, s.finished_us = StepStatus.SKIPPED, now
-                    b.step(s)
-                    b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now,
-                                               reason=f"run failed ({run.error_kind})"))
-                else:
-                    still_running = True
-            if still_running:
-                continue
-            for s in unneeded:
-                s.status, s.finished_us = StepStatus.SKIPPED, now
-                b.step(s)
-                b.events.append(step_event(K.STEP_SKIPPED, run, s, s.attempt, now, reason="compensation not needed"))
-            failed = rid in b.failed_runs or run.error_kind != ""
-            run.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
-            run.finished_us = now
-            b.runs[rid] = run
-            if not failed:
-                run.outputs = self._run_outputs(tx, b, run) if self.run_spec(run).outputs else {}
-            extra: dict[str, Any] = {"error_kind": run.error_kind} if failed else {"outputs": run.outputs}
-            b.events.append(run_event(K.RUN_FAILED if failed else K.RUN_SUCCEEDED, run, now,
-                                      duration_ms=(now - run.created_us) / 1000,
-                                      queue_target_ms=run.queue_target_ms, **extra))
+        the same transaction. Returns accepted outcomes, claims and events."""
+        return completion.complete_and_claim(self, tx, outcomes, now, worker, room)
 
     # -- leases and cancellation ---------------------------------------------------------------
 
@@ -745,10 +257,10 @@ class Scheduler:
 
     def reap(self, tx: Tx, now: int, limit: int = 100) -> list[Envelope]:
         """Fail attempts whose lease expired (their worker died) so they are retried, never lost."""
-        b = _Batch()
+        b = Batch()
         gates.expire(self, tx, b, now, limit)  # approval waits past their deadline
         if b.runs:
-            self._finish_failed_runs(tx, b, now)
+            completion.finish_failed_runs(self, tx, b, now)
             b.flush(tx, now)
         expired = tx.lock_expired_leases(now, limit)
         if not expired:
@@ -773,7 +285,7 @@ class Scheduler:
         run = tx.get_runs([run_id]).get(run_id)
         if run is None or run.status in TERMINAL_RUN:
             return []
-        b = _Batch()
+        b = Batch()
         run.status, run.finished_us = RunStatus.CANCELED, now
         b.runs[run.id] = run
         for s in tx.lock_open_steps([run_id]):

@@ -85,8 +85,9 @@ class Worker:
         """Work until `stop` is set (finishing what is in flight) or, with `until_idle`, all runs end."""
         stop = stop or asyncio.Event()
         lease_s = self.scheduler.config.lease_ms / 1000
-        next_reap = next_heartbeat = 0.0
         loop = asyncio.get_running_loop()
+        next_reap = 0.0
+        next_heartbeat = loop.time() + lease_s / 3  # nothing is in flight before the first claim grants a lease
 
         def wake() -> None:  # from the store's thread
             loop.call_soon_threadsafe(self._ready)

@@ -94,8 +94,10 @@ class OutboxRecord:
     created_us: int
 
 
-Completion = tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow], dict[str, list[StepRow]]]
-"""What `Tx.lock_for_completion` returns: open steps, runs, budget rows, every step of some runs."""
+Completion = tuple[list[StepRow], dict[str, RunRow], dict[str, BudgetRow], dict[str, list[StepRow]],
+                   dict[str, list[tuple[str, str]]]]
+"""What `Tx.lock_for_completion` returns: open steps, runs, budget rows, every step of some runs and
+their dependency edges (step id, depends on)."""
 
 
 class Tx(Protocol):
@@ -125,6 +127,14 @@ class Tx(Protocol):
     def lock_ready_steps(self, now_us: int, limit: int) -> list[StepRow]:
         """Lock up to `limit` queued steps due by `now_us`, least slack first, skipping locked rows."""
         ...
+    def lock_ready(self, now_us: int, limit: int) -> tuple[list[StepRow], dict[str, RunRow]]:
+        """`lock_ready_steps(now_us, limit)` and `get_runs` of their runs (a backend may read both at once)."""
+        ...
+    def lock_for_claim(self, scopes: Sequence[str], if_limited: Sequence[str],
+                       runs: Sequence[RunRow]) -> tuple[dict[str, BudgetRow], dict[str, RunRow]]:
+        """`lock_budgets(scopes, if_limited=...)` then `reread_runs(runs)`, in this order, as if called one
+        after the other (a backend may send them in one round trip)."""
+        ...
     def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
         """Lock the given (run_id, step_id) steps."""
         ...
@@ -141,8 +151,9 @@ class Tx(Protocol):
     def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
                             if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
         """`lock_open_steps(run_ids)`, `reread_runs(runs)`, `lock_budgets(scopes, if_limited=...)`, then
-        `get_steps` of each run in `steps_of`, in this order, as if called one after the other (a backend may
-        send them in one round trip)."""
+        `get_steps` of each run in `steps_of` and the dependency edges of those runs (by run id: (step id,
+        depends on) pairs), in this order, as if called one after the other (a backend may send them in one
+        round trip)."""
         ...
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         """Write every mutable field of the given steps."""

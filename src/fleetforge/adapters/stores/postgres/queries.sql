@@ -92,6 +92,27 @@ WHERE status = 'queued' AND not_before_us <= %s
 ORDER BY due_us LIMIT %s
 FOR UPDATE SKIP LOCKED;
 
+-- name: ready_steps_with_runs
+-- ready_steps, each with its run's columns (r_*) on the first step of that run only (NULL on the others),
+-- so a claim reads its steps and their runs in one statement.
+WITH ready AS (
+    SELECT * FROM steps
+    WHERE status = 'queued' AND not_before_us <= %(now)s
+    ORDER BY due_us LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), firsts AS (
+    SELECT ready.*, row_number() OVER (PARTITION BY ready.run_id) = 1 AS first_of_run FROM ready
+)
+SELECT f.*, r.id AS r_id, r.workspace AS r_workspace, r.app AS r_app, r.status AS r_status, r.spec AS r_spec,
+       r.seed AS r_seed, r.slo_tier AS r_slo_tier, r.queue_target_ms AS r_queue_target_ms,
+       r.trace_id AS r_trace_id, r.created_us AS r_created_us, r.started_us AS r_started_us,
+       r.finished_us AS r_finished_us, r.error_kind AS r_error_kind, r.labels AS r_labels, r.outputs AS r_outputs
+FROM firsts f LEFT JOIN runs r ON f.first_of_run AND r.id = f.run_id
+ORDER BY f.due_us;
+
+-- name: select_deps_of_runs
+SELECT run_id, step_id, depends_on FROM step_deps WHERE run_id = ANY(%s::text[]) ORDER BY run_id, step_id, depends_on;
+
 -- name: expired_approvals
 -- Steps waiting for a person past their approval deadline (not_before_us; 0 when the wait has no limit).
 SELECT * FROM steps

@@ -190,6 +190,41 @@ class _PostgresTx:
     def lock_ready_steps(self, now_us: int, limit: int) -> list[StepRow]:
         return self._steps("ready_steps", (now_us, limit))
 
+    def lock_ready(self, now_us: int, limit: int) -> tuple[list[StepRow], dict[str, RunRow]]:
+        """One statement: the steps, and each run's columns beside the first of its steps."""
+        name = "ready_steps_with_runs"
+        cur = self._run(name, lambda: self.c.cursor(row_factory=dict_row).execute(Q[name],
+                                                                                    {"now": now_us, "limit": limit}))
+        steps: list[StepRow] = []
+        runs: dict[str, RunRow] = {}
+        for r in self._run(name, cur.fetchall):
+            steps.append(rows.step_from_row(r))
+            if r["r_id"] is not None:
+                runs[r["r_id"]] = rows.run_from_row(tuple(r[c] for c in _RUN_COLUMNS))
+        return steps, runs
+
+    def lock_for_claim(self, scopes: Sequence[str], if_limited: Sequence[str],
+                       runs: Sequence[RunRow]) -> tuple[dict[str, BudgetRow], dict[str, RunRow]]:
+        """Both reads in one pipeline (one round trip, with anything deferred)."""
+        given = {r.id: r for r in runs}
+        wanted = list(dict.fromkeys(scopes))
+
+        def go() -> tuple[Any, Any]:
+            budgets = None
+            if wanted and if_limited:
+                budgets = self.c.execute(Q["lock_budgets_if_limited"],
+                                         {"scopes": wanted, "if_limited": list(if_limited)})
+            elif wanted:
+                budgets = self.c.execute(Q["lock_budgets"], (wanted,))
+            states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
+            return budgets, states
+
+        got = self._send(go, "lock_for_claim", pipeline=True)
+        assert got is not None
+        budgets, states = got
+        return ({b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])},
+                {rid: rows.run_with_state(given[rid], *st) for rid, *st in (states.fetchall() if states else [])})
+
     def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
@@ -213,7 +248,7 @@ class _PostgresTx:
         given = {r.id: r for r in runs}
         wanted = list(dict.fromkeys(scopes))
 
-        def go() -> tuple[Any, Any, Any, dict[str, Any]]:
+        def go() -> tuple[Any, Any, Any, dict[str, Any], Any]:
             steps = self.c.cursor(row_factory=dict_row).execute(Q["open_steps_of_runs"],
                                                                  (list(dict.fromkeys(run_ids)),))
             states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
@@ -225,15 +260,19 @@ class _PostgresTx:
                 budgets = self.c.execute(Q["lock_budgets"], (wanted,))
             every = {rid: self.c.cursor(row_factory=dict_row).execute(Q["select_steps_of_run"], (rid,))
                      for rid in dict.fromkeys(steps_of)}
-            return steps, states, budgets, every
+            deps = self.c.execute(Q["select_deps_of_runs"], (list(every),)) if every else None
+            return steps, states, budgets, every, deps
 
         got = self._send(go, "lock_for_completion", pipeline=True)
         assert got is not None
-        steps, states, budgets, every = got
+        steps, states, budgets, every, deps = got
+        edges: dict[str, list[tuple[str, str]]] = {rid: [] for rid in every}
+        for rid, sid, on in deps.fetchall() if deps else []:
+            edges[rid].append((sid, on))
         return ([rows.step_from_row(r) for r in steps.fetchall()],
                 {rid: rows.run_with_state(given[rid], *st) for rid, *st in (states.fetchall() if states else [])},
                 {b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])},
-                {rid: [rows.step_from_row(r) for r in cur.fetchall()] for rid, cur in every.items()})
+                {rid: [rows.step_from_row(r) for r in cur.fetchall()] for rid, cur in every.items()}, edges)
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         last = {(s.run_id, s.step_id): s for s in steps}  # of a step given twice, the last one is written
@@ -290,6 +329,11 @@ class _PostgresTx:
                                                           for e in events], strict=True))]
         self._defer("insert_event", Q["insert_events_set"], columns)
 
+
+_RUN_COLUMNS = tuple(f"r_{c}" for c in ("id", "workspace", "app", "status", "spec", "seed", "slo_tier",
+                                          "queue_target_ms", "trace_id", "created_us", "started_us",
+                                          "finished_us", "error_kind", "labels", "outputs"))
+"""The run columns of `ready_steps_with_runs`, in the order `rows.run_from_row` takes them."""
 
 # Transactions start with the planner told to prefer indexes: scheduler statements look rows up by
 # key, and a plan prepared while a table was still small (a sequential scan was cheapest then) would

@@ -91,6 +91,9 @@ ORDER BY lease_expires_us LIMIT ?;
 SELECT * FROM steps
 WHERE run_id = ? AND status IN ('pending', 'queued', 'running', 'waiting_approval', 'paused');
 
+-- name: select_deps_of_run
+SELECT step_id, depends_on FROM step_deps WHERE run_id = ? ORDER BY step_id, depends_on;
+
 -- name: release_dependents
 UPDATE steps SET deps_remaining = deps_remaining - 1
 WHERE run_id = ?1

@@ -94,6 +94,14 @@ class _SqliteTx:
     def lock_ready_steps(self, now_us: int, limit: int) -> list[StepRow]:
         return [rows.step_from_row(r) for r in self.c.execute(Q["ready_steps"], (now_us, limit))]
 
+    def lock_ready(self, now_us: int, limit: int) -> tuple[list[StepRow], dict[str, RunRow]]:
+        steps = self.lock_ready_steps(now_us, limit)
+        return steps, self.get_runs([s.run_id for s in steps])
+
+    def lock_for_claim(self, scopes: Sequence[str], if_limited: Sequence[str],
+                       runs: Sequence[RunRow]) -> tuple[dict[str, BudgetRow], dict[str, RunRow]]:
+        return self.lock_budgets(scopes, if_limited=if_limited), self.reread_runs(runs)
+
     def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
         found = (self.c.execute(Q["select_step"], k).fetchone() for k in dict.fromkeys(keys))
         return [rows.step_from_row(r) for r in found if r is not None]
@@ -114,7 +122,9 @@ class _SqliteTx:
     def lock_for_completion(self, run_ids: Sequence[str], runs: Sequence[RunRow], scopes: Sequence[str],
                             if_limited: Sequence[str], steps_of: Sequence[str] = ()) -> Completion:
         return (self.lock_open_steps(run_ids), self.reread_runs(runs),
-                self.lock_budgets(scopes, if_limited=if_limited), {rid: self.get_steps(rid) for rid in steps_of})
+                self.lock_budgets(scopes, if_limited=if_limited), {rid: self.get_steps(rid) for rid in steps_of},
+                {rid: [(str(a), str(b)) for a, b in self.c.execute(Q["select_deps_of_run"], (rid,))]
+                 for rid in dict.fromkeys(steps_of)})
 
     def update_steps(self, steps: Sequence[StepRow]) -> None:
         self.c.executemany(Q["update_step"], [rows.step_update_params(s) for s in steps])
