@@ -41,10 +41,9 @@ def test_a_commit_wakes_subscribers_and_a_rollback_does_not(store: Store) -> Non
     assert not woken.wait(1.0)
 
 
-@pytest.mark.postgres
-def test_postgres_wakes_a_worker_of_another_store_instance(make_store: MakeStore, backend: str) -> None:
-    if backend != "postgres":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_postgres_wakes_a_worker_of_another_store_instance(make_store: MakeStore) -> None:
+    """LISTEN/NOTIFY is PostgreSQL's."""
     listener, sender = make_store(), make_store()
     listener.migrate()
     assert isinstance(listener, PostgresStore) and isinstance(sender, PostgresStore)
