@@ -210,12 +210,7 @@ class _PostgresTx:
         wanted = list(dict.fromkeys(scopes))
 
         def go() -> tuple[Any, Any]:
-            budgets = None
-            if wanted and if_limited:
-                budgets = self.c.execute(Q["lock_budgets_if_limited"],
-                                         {"scopes": wanted, "if_limited": list(if_limited)})
-            elif wanted:
-                budgets = self.c.execute(Q["lock_budgets"], (wanted,))
+            budgets = self._lock_budgets_cursor(wanted, if_limited)
             states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
             return budgets, states
 
@@ -224,6 +219,12 @@ class _PostgresTx:
         budgets, states = got
         return ({b.scope: b for b in map(rows.budget_from_row, budgets.fetchall() if budgets else [])},
                 {rid: rows.run_with_state(given[rid], *st) for rid, *st in (states.fetchall() if states else [])})
+
+    def _lock_budgets_cursor(self, wanted: list[str], if_limited: Sequence[str]) -> Any:
+        """Send the lock of the budget rows `wanted` (only those of `if_limited` scopes when given)."""
+        if wanted and if_limited:
+            return self.c.execute(Q["lock_budgets_if_limited"], {"scopes": wanted, "if_limited": list(if_limited)})
+        return self.c.execute(Q["lock_budgets"], (wanted,)) if wanted else None
 
     def lock_steps(self, keys: Sequence[tuple[str, str]]) -> list[StepRow]:
         wanted = list(dict.fromkeys(keys))
@@ -252,12 +253,7 @@ class _PostgresTx:
             steps = self.c.cursor(row_factory=dict_row).execute(Q["open_steps_of_runs"],
                                                                  (list(dict.fromkeys(run_ids)),))
             states = self.c.execute(Q["select_run_states"], (list(given),)) if given else None
-            budgets = None
-            if wanted and if_limited:
-                budgets = self.c.execute(Q["lock_budgets_if_limited"],
-                                         {"scopes": wanted, "if_limited": list(if_limited)})
-            elif wanted:
-                budgets = self.c.execute(Q["lock_budgets"], (wanted,))
+            budgets = self._lock_budgets_cursor(wanted, if_limited)
             every = {rid: self.c.cursor(row_factory=dict_row).execute(Q["select_steps_of_run"], (rid,))
                      for rid in dict.fromkeys(steps_of)}
             deps = self.c.execute(Q["select_deps_of_runs"], (list(every),)) if every else None
