@@ -38,6 +38,8 @@ __all__ = ["OTEL_TABLES", "SINK_CONSUMER", "STATE_FILE", "EmbeddedStack", "Stack
 log = logging.getLogger("fleetforge.observability")
 STATE_FILE: Final = "observability.json"
 SINK_CONSUMER: Final = "observability-stack"
+STANDBY_GRACE_S: Final = 10.0
+"""How long the stack waits, once it follows a store, before its standby telemetry reader asks for the lease."""
 OTEL_TABLES: Final = (
     "otel_traces",
     "otel_logs",
@@ -96,6 +98,7 @@ class _OutboxFollower:
         self._identity: tuple[int, int] | None = None
         self._store: Store | None = None
         self._telemetry: RunningTelemetry | None = None
+        self._standby_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="outbox-follower", daemon=True)
         self.error = ""
@@ -116,8 +119,9 @@ class _OutboxFollower:
             return
         self._store = store
         self.analytics.start(store)
-        # the telemetry reader beside it: publishes the fleet's metrics while no worker holds its lease
-        self._telemetry = start_telemetry(store, f"observability-{os.getpid()}", service_name="fleetforge-stack")
+        # the telemetry reader beside it starts after a grace period, so the process that just migrated the
+        # store (a worker, the demo) takes the lease first and exports with its own settings
+        self._standby_at = time.monotonic() + STANDBY_GRACE_S
         self.error = ""
         log.info("streaming the outbox of %s into ClickHouse", self.store_url)
 
@@ -143,6 +147,10 @@ class _OutboxFollower:
             except Exception as exc:  # a store that cannot be opened yet: try again later
                 self.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.debug("outbox not followed yet: %s", self.error)
+            if self._store is not None and self._telemetry is None and time.monotonic() >= self._standby_at:
+                # a standby: publishes the fleet's metrics while no worker holds the telemetry lease
+                self._telemetry = start_telemetry(self._store, f"observability-{os.getpid()}",
+                                                  service_name="fleetforge-stack")
             self._stop.wait(1.0)
 
     def start(self) -> None:
