@@ -9,7 +9,7 @@ from fleetforge.core.agent import CALL_ID, PARENT
 from fleetforge.core.ids import attempt_span_id, run_span_id
 from fleetforge.domain.envelope import Envelope, TraceContext
 from fleetforge.domain.models import RunRow, StepRow
-from fleetforge.domain.names import CATALOG, EventKind
+from fleetforge.domain.names import RUN_KINDS, STEP_KINDS, EventKind
 
 __all__ = ["run_event", "step_event"]
 
@@ -26,7 +26,7 @@ def _attempt_trace(trace_id: str, run_id: str, step_id: str, attempt: int) -> Tr
 
 
 def run_event(kind: EventKind, run: RunRow, now_us: int, **payload: Any) -> Envelope:
-    assert CATALOG[kind].scope == "run", kind
+    assert kind in RUN_KINDS, kind
     body = {"status": str(run.status), "slo_tier": run.slo_tier, **payload}
     return Envelope(kind=kind, occurred_us=now_us, run_id=run.id, workspace=run.workspace, app=run.app,
                     trace=_run_trace(run.trace_id, run.id), payload=body)
@@ -34,8 +34,11 @@ def run_event(kind: EventKind, run: RunRow, now_us: int, **payload: Any) -> Enve
 
 def step_event(kind: EventKind, run: RunRow, step: StepRow, attempt: int, now_us: int,
                **payload: Any) -> Envelope:
-    assert CATALOG[kind].scope == "step", kind
-    body = {"step_type": str(step.type), "slo_tier": step.slo_tier, **_agent_fields(kind, step), **payload}
+    assert kind in STEP_KINDS, kind
+    body = {"step_type": str(step.type), "slo_tier": step.slo_tier}
+    if step.spec and PARENT in step.spec:  # an agent's unit
+        body.update(_agent_fields(kind, step))
+    body.update(payload)
     return Envelope(kind=kind, occurred_us=now_us, run_id=run.id, step_id=step.step_id, attempt=attempt,
                     workspace=run.workspace, app=run.app,
                     trace=_attempt_trace(run.trace_id, run.id, step.step_id, attempt),
