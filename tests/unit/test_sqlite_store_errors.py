@@ -4,12 +4,14 @@ rollback after a failed commit never hides the real error."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fleetforge.adapters.stores.sqlite.store import SqliteStore
-from fleetforge.domain.errors import StoreError, StoreFull
+from fleetforge.domain.errors import StoreError, StoreFull, StoreUnavailable
 
 
 def _fill_up(store: SqliteStore) -> None:
@@ -52,4 +54,37 @@ def test_rollback_after_sqlite_ended_the_transaction_is_silent(tmp_path: Path) -
     with pytest.raises(StoreError, match="SQLite transaction failed"), store.transaction() as tx:
         tx.c.execute("ROLLBACK")  # as SQLite does by itself after some errors
         raise sqlite3.OperationalError("database or disk is fine, but something failed")
+    store.close()
+
+
+def test_a_writer_waits_for_another_writers_lock_then_commits(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db", busy_timeout_s=10)
+    store.migrate()
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, other.execute, ("COMMIT",))
+    release.start()
+    started = time.monotonic()
+    with store.transaction() as tx:
+        waited = time.monotonic() - started
+        tx.c.execute("CREATE TABLE after_wait (x INTEGER)")
+    release.join()
+    assert 0.25 <= waited < 5
+    assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000  # other statements keep it
+    other.close()
+    store.close()
+
+
+def test_a_writer_gives_up_after_the_busy_timeout_with_a_clear_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db", busy_timeout_s=0.2)
+    store.migrate()
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="is not writable: database is locked"), store.transaction():
+        pass
+    assert 0.2 <= time.monotonic() - started < 3
+    assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 200
+    other.execute("ROLLBACK")
+    other.close()
     store.close()
