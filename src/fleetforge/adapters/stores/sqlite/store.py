@@ -198,7 +198,7 @@ class SqliteStore:
                     self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
                 )
                 conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._when_free(conn, "PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA foreign_keys=ON")
             except (sqlite3.Error, OSError) as exc:
@@ -232,7 +232,7 @@ class SqliteStore:
     def transaction(self) -> Iterator[_SqliteTx]:
         conn = self._conn()
         try:
-            self._begin(conn)
+            self._when_free(conn, "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store {self.path} is not writable: {exc}") from exc
         tx = _SqliteTx(conn, self.clock)
@@ -256,16 +256,17 @@ class SqliteStore:
                 except Exception:  # committed already: a subscriber's failure is not the transaction's
                     log.exception("wake-up callback failed")
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting for another writer's lock in steps of 50 to 500 us (SQLite's own busy
-        handler sleeps 1, 2, 5 ... 100 ms, long past a transaction of this store that lasts well under
-        one), up to the busy timeout. Every other statement keeps SQLite's handler."""
+    def _when_free(self, conn: sqlite3.Connection, statement: str) -> None:
+        """Run `statement` (BEGIN IMMEDIATE, or the switch to WAL), waiting for another writer's lock in steps
+        of 50 to 500 us up to the busy timeout. SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms, long
+        past a transaction of this store that lasts well under one, and is not called at all when a
+        connection that reads wants to write. Every other statement keeps SQLite's handler."""
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             pause, deadline = 50e-6, 0.0
             while True:
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(statement)
                     return
                 except sqlite3.OperationalError as exc:
                     now = time.monotonic()
