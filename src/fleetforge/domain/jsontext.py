@@ -9,13 +9,15 @@ magnitude in [1e-4, 1e16): there both print the shortest round-trip digits in th
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 import orjson
 
-__all__ = ["MAX_DEPTH", "compact", "compact_plain", "fits", "plain"]
+__all__ = ["MAX_DEPTH", "compact", "compact_plain", "fits", "parse", "plain"]
 
 MAX_DEPTH: Final = 32  # deeper data (or a reference cycle) is left to `json`
+_LONG_DIGITS = re.compile(rb"[0-9]{16}")  # an integer orjson may turn into a float, or a long fraction
 
 
 def plain(value: object, depth: int = 0) -> bool:
@@ -78,3 +80,16 @@ def fits(value: Any, limit: int) -> bool:
         return 4 * len(orjson.dumps(value)) <= limit
     except (TypeError, orjson.JSONEncodeError):
         return False
+
+
+def parse(text: str | bytes) -> Any:
+    """``json.loads(text)``, the same value, faster: orjson reads JSON text to the same values except
+    integers beyond 64 bits (it makes them floats), which a run of 16 digits rules out, and what it
+    refuses (NaN, Infinity, lone surrogates...), left to `json`."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from fleetforge.domain.jsontext import compact
+from fleetforge.domain.jsontext import compact, parse
 from fleetforge.domain.models import BudgetRow, RunRow, RunStatus, StepRow, StepStatus, StepType
 from fleetforge.ports.store import AttemptRow, DecisionRow, RunOrigin
 
@@ -51,7 +50,7 @@ def _dump(value: Any) -> str:
 
 
 def _load(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+    return parse(value) if isinstance(value, str) else value
 
 
 def run_params(r: RunRow) -> tuple[Any, ...]:

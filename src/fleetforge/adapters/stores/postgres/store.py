@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from fleetforge.adapters.stores import rows, sqlfiles, token_rows
 from fleetforge.adapters.stores.postgres.pool import Pool
@@ -25,6 +26,7 @@ from fleetforge.adapters.stores.postgres.wakeup import ReadyListener, channel_fo
 from fleetforge.adapters.stores.sqlfiles import Migration, load_queries
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import ConfigError, StoreError, StoreUnavailable
+from fleetforge.domain.jsontext import parse
 from fleetforge.domain.models import BudgetRow, RunRow, StepRow
 from fleetforge.domain.secrets import redact_text
 from fleetforge.domain.tokens import TokenRow
@@ -390,6 +392,7 @@ class PostgresStore:
             conn = psycopg.connect(self._dsn, autocommit=True, **extra)
         except psycopg.Error as exc:
             self._errors.raise_(exc, "connect")
+        set_json_loads(parse, conn)  # jsonb columns read as `json.loads` would, faster
         try:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
         except psycopg.Error as exc:
