@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Callable
@@ -526,3 +527,48 @@ def test_spec_bytes_must_be_utf8_and_a_bom_is_dropped() -> None:
         decode_spec_bytes(b"steps:\n- \xc3(\n", source="run.yaml")
     with pytest.raises(SpecError, match="got more than 1048576 bytes"):
         decode_spec_bytes(b"x" * (MAX_SPEC_BYTES + 1))
+
+
+# -- the step memo -------------------------------------------------------------------------------
+
+
+def _warm_memo() -> dict[bytes, Any]:
+    """A memo holding every step of the valid specs above, and steps that depend on others."""
+    memo: dict[bytes, Any] = {}
+    for data in (load_spec_text(YAML_SPEC), _valid(), _run(_step()),
+                 _run(_step(), _step(id="b", depends_on=["a"]), _step(id="c", depends_on=["zz"]))):
+        with contextlib.suppress(SpecError):
+            parse_spec(data, packs=PACKS, memo=memo)
+    assert memo
+    return memo
+
+
+@pytest.mark.parametrize(("data", "expected"), BAD_SPECS)
+def test_a_warm_memo_reports_every_problem_a_cold_parse_reports(data: Any, expected: str) -> None:
+    memo = _warm_memo()
+    with pytest.raises(SpecError) as info:
+        parse_spec(copy.deepcopy(data), packs=PACKS, memo=memo)
+    assert str(info.value) == _problems(data)
+
+
+def test_a_remembered_step_is_the_step_a_cold_parse_builds() -> None:
+    memo = _warm_memo()
+    for data in (load_spec_text(YAML_SPEC), _valid()):
+        assert parse_spec(data, packs=PACKS, memo=memo) == parse_spec(data, packs=PACKS)
+
+
+def test_a_remembered_step_still_needs_its_dependencies_in_this_spec() -> None:
+    memo = _warm_memo()
+    parse_spec(_run(_step(), _step(id="b", depends_on=["a"])), packs=PACKS, memo=memo)
+    message = _problems(_run(_step(id="x"), _step(id="b", depends_on=["a"])))
+    with pytest.raises(SpecError) as info:
+        parse_spec(_run(_step(id="x"), _step(id="b", depends_on=["a"])), packs=PACKS, memo=memo)
+    assert str(info.value) == message and "steps[1].depends_on: got 'a'" in message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_value_json_cannot_hold_never_matches_a_remembered_step(bad: float) -> None:
+    memo: dict[bytes, Any] = {}
+    parse_spec(_run(_step(inputs={"prompt": "hi", "temperature": None})), packs=PACKS, memo=memo)
+    with pytest.raises(SpecError, match="a finite number"):
+        parse_spec(_run(_step(inputs={"prompt": "hi", "temperature": bad})), packs=PACKS, memo=memo)

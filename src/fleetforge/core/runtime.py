@@ -14,7 +14,7 @@ from fleetforge.core.worker import Observer, Worker
 from fleetforge.domain.envelope import Envelope
 from fleetforge.domain.errors import NotFoundError, SpecError
 from fleetforge.domain.models import RunSpec
-from fleetforge.domain.spec import parse_spec, spec_to_dict
+from fleetforge.domain.spec import StepMemo, parse_spec, spec_to_dict
 from fleetforge.domain.steptypes import STEP_TYPES, StepTypeSpec
 from fleetforge.domain.stored_spec import parse_stored_spec
 from fleetforge.ports.clock import Clock, SystemClock
@@ -48,13 +48,14 @@ class Runtime:
         self.clock = clock or SystemClock()
         self.observer = observer
         self._validators = validators = option_validators(packs)
+        self._memo: StepMemo = {}
         # the scheduler reads specs this runtime stored, validated at submit (see parse_stored_spec)
         self.scheduler = Scheduler(executors=executors, packs=packs, config=config,
                                    parse=lambda d: parse_stored_spec(d, packs=validators))
 
     def parse(self, data: Mapping[str, Any]) -> RunSpec:
         """Validate a spec mapping; raises SpecError naming every problem."""
-        return parse_spec(data, packs=self._validators, step_types=self.step_types)
+        return parse_spec(data, packs=self._validators, step_types=self.step_types, memo=self._memo)
 
     def submit(self, spec: RunSpec | Mapping[str, Any], *, run_id: str | None = None,
                idempotency_key: str | None = None) -> str:

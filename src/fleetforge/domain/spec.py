@@ -309,18 +309,28 @@ def _agent_namespaces(check: _Checker, steps: tuple[StepSpec, ...]) -> None:
                           f"(the ids of agent step {agent!r}'s turns and tool calls)")
 
 
+StepMemo = dict[bytes, StepSpec]
+"""Steps already validated, by their JSON text (keys sorted): a fleet submits the same steps again and
+again. Valid only with the same `packs` and `step_types`; kept by the caller (see `parse_spec`)."""
+_MEMO_MAX: Final = 4096
+
+
 def parse_spec(
-    data: Mapping[str, Any], *, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec] = STEP_TYPES
+    data: Mapping[str, Any], *, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec] = STEP_TYPES,
+    memo: StepMemo | None = None,
 ) -> RunSpec:
     """Validate `data` into a `RunSpec`; raise one `SpecError` listing every problem found.
 
     `packs` maps each known guardrail pack name to the validator of its options; `step_types` each
-    step type to its input check (domain.steptypes).
+    step type to its input check (domain.steptypes). `memo`, when given, keeps the steps found valid
+    for the next call with the same `packs` and `step_types`: a step seen before is not checked again
+    (only its dependencies, against this spec's steps).
     """
     problem = _shape_problem(data)
     if problem is not None:
         raise SpecError([problem])
-    check = _Checker(packs, step_types)
+    # plain JSON data (no NaN, no non-string keys...) has one JSON text per value: a faithful memo key
+    check = _Checker(packs, step_types, memo if memo is not None and plain(data) else None)
     top = check.mapping(data, "", "a mapping with a 'steps' list", _TOP_KEYS)
     if top is None:
         raise SpecError(check.problems)
@@ -408,9 +418,11 @@ def _find_cycle(graph: Mapping[str, tuple[str, ...]]) -> list[str] | None:
 class _Checker:
     """Builds spec parts from raw data; records problems instead of raising."""
 
-    def __init__(self, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec]) -> None:
+    def __init__(self, packs: Mapping[str, PackValidator], step_types: Mapping[str, StepTypeSpec],
+                 memo: StepMemo | None = None) -> None:
         self.validators = packs
         self.step_types = step_types
+        self.memo = memo
         self.problems: list[str] = []
         self.run_inputs_value: dict[str, Any] = {}
 
@@ -563,7 +575,7 @@ class _Checker:
             self.problems.append(f"steps: got {len(value)} steps, expected at most {MAX_STEPS}")
         ids = self.step_ids(value)
         known, id_set = f"the id of another step (known: {_known(ids)})", set(ids)
-        built = [self.step(raw, f"steps[{i}]", id_set, known) for i, raw in enumerate(value)]
+        built = [self.known_step(raw, f"steps[{i}]", id_set, known) for i, raw in enumerate(value)]
         steps = tuple(step for step in built if step is not None)
         graph: dict[str, tuple[str, ...]] = {}
         for step in steps:
@@ -624,6 +636,23 @@ class _Checker:
             else:
                 first[sid] = index
         return list(first)
+
+    def known_step(self, raw: object, path: str, ids: set[str], known: str) -> StepSpec | None:
+        """`step`, or the same step from the memo when it was found valid before and its dependencies are
+        steps of this spec too."""
+        if self.memo is None or type(raw) is not dict:
+            return self.step(raw, path, ids, known)
+        key = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+        hit = self.memo.get(key)
+        if hit is not None and all(d in ids for d in hit.depends_on):
+            return hit
+        before = len(self.problems)
+        step = self.step(raw, path, ids, known)
+        if step is not None and len(self.problems) == before:
+            if len(self.memo) >= _MEMO_MAX:
+                self.memo.clear()
+            self.memo[key] = step
+        return step
 
     def step(self, raw: object, path: str, ids: set[str], known: str) -> StepSpec | None:
         m = self.mapping(raw, path, "a mapping with id, type and inputs", _STEP_KEYS)
