@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import math
 import random
@@ -9,6 +11,13 @@ import random
 import pytest
 
 from fleetforge.domain.jsontext import compact, parse
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
 
 TEXTS = [
     '{"a":1}', "123456789012345678901234567890", "[1e400]", "[-1e400]", "NaN", "[Infinity]", '{"x":"\\ud800"}',
@@ -54,3 +63,26 @@ def test_round_trips_of_random_values_match_the_standard_library() -> None:
         text = compact(v)
         assert text == json.dumps(v, separators=(",", ":"), ensure_ascii=False)
         assert repr(parse(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("value", [
+    {"x": math.nan}, [math.inf], {"x": -math.inf, "y": None}, math.nan, 1e-5, 1e16, "e-1", {"k": "null"},
+    {"small": 9.99e-5}, {"tiny": -1e-10}, {"big": 1.5e300}, {"t": (1, 2)}, {"s": "\ud800"}, {1: "int key"},
+    {"n": 2**64}, {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+])
+def test_compact_writes_what_json_writes(value: object) -> None:
+    try:
+        want = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            compact(value)
+        return
+    assert compact(value) == want
+
+
+@pytest.mark.parametrize("value", [{"when": datetime.datetime(2026, 1, 1)}, {"d": Point(1, 2)}, {"b": b"x"}])
+def test_compact_refuses_what_json_refuses(value: object) -> None:
+    with pytest.raises(TypeError):
+        json.dumps(value)
+    with pytest.raises(TypeError):
+        compact(value)

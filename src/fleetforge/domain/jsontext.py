@@ -18,6 +18,7 @@ __all__ = ["MAX_DEPTH", "compact", "compact_plain", "fits", "parse", "plain"]
 
 MAX_DEPTH: Final = 32  # deeper data (or a reference cycle) is left to `json`
 _LONG_DIGITS = re.compile(rb"[0-9]{16}")  # an integer orjson may turn into a float, or a long fraction
+_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME  # both raise, as in `json`
 
 
 def plain(value: object, depth: int = 0) -> bool:
@@ -51,8 +52,19 @@ def plain(value: object, depth: int = 0) -> bool:
 
 
 def compact(value: Any) -> str:
-    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, the same text, faster."""
-    return compact_plain(value) if plain(value) else _standard(value)
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, the same text, faster.
+
+    orjson writes it first; only text where the two could differ is checked value by value (`plain`):
+    text with a number in exponent form or below 1e-4, or a null (orjson's NaN and infinities), or
+    only looking like one.
+    """
+    try:
+        raw = orjson.dumps(value, option=_STRICT)
+    except (TypeError, orjson.JSONEncodeError):  # not JSON data, a lone surrogate, an integer over 64 bits
+        return _standard(value)
+    if raw[:1] in b"{[" and b"null" not in raw and b"e+" not in raw and b"e-" not in raw and b"0.0000" not in raw:
+        return raw.decode()
+    return raw.decode() if plain(value) else _standard(value)
 
 
 def compact_plain(value: Any) -> str:
