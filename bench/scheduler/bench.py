@@ -89,17 +89,25 @@ class Target:
 
     def counts(self) -> tuple[int, int]:
         """(succeeded attempts, outbox rows), read directly."""
-        q_done = "SELECT count(*) FROM attempts WHERE status = 'succeeded'"
-        q_events = "SELECT count(*) FROM outbox"
+        done, events = self._ask("SELECT count(*) FROM attempts WHERE status = 'succeeded'",
+                                 "SELECT count(*) FROM outbox")
+        return done, events
+
+    def drained(self) -> bool:
+        """No step left to run: one look at the open-steps index, so that waiting for the drain costs the
+        database next to nothing (counting every attempt 50 times a second took a tenth of the CPU)."""
+        (open_steps,) = self._ask("SELECT count(*) FROM (SELECT 1 FROM steps WHERE status IN "
+                                  "('pending', 'queued', 'running') LIMIT 1) AS s")
+        return open_steps == 0
+
+    def _ask(self, *queries: str) -> list[int]:
         if self.backend == "sqlite":
             with contextlib.closing(sqlite3.connect(self.sqlite_path, timeout=60)) as c:
-                return int(c.execute(q_done).fetchone()[0]), int(c.execute(q_events).fetchone()[0])
+                return [int(c.execute(q).fetchone()[0]) for q in queries]
         with psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            done = c.execute(q_done).fetchone()
-            events = c.execute(q_events).fetchone()
-            assert done is not None and events is not None
-            return int(done[0]), int(events[0])
+            rows = [c.execute(q).fetchone() for q in queries]
+            return [int(r[0]) for r in rows if r is not None]
 
 
 @contextlib.contextmanager
@@ -263,10 +271,8 @@ def measure(target: Target, *, variant: str, mode: str, workers: int, concurrenc
     if submitter is not None:
         submitter.start()
     if variant == "presubmitted":
-        done = done0
-        while done < total and time.perf_counter() - t0 < duration_s * 2:
+        while not target.drained() and time.perf_counter() - t0 < duration_s * 2:
             time.sleep(0.02)
-            done, _ = target.counts()
     else:
         time.sleep(duration_s)
     done, events = target.counts()
