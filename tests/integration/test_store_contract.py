@@ -781,3 +781,49 @@ def test_find_run_ids_matches_prefixes_exactly_in_id_order(store: Store) -> None
     assert store.find_run_ids("abé", 10) == ["abé"]
     assert store.find_run_ids("a", 100) == sorted(i for i in ids if i.startswith("a"))
     assert store.find_run_ids("zz", 10) == [] and store.find_run_ids("ab-3", 10) == []
+
+
+def _statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the store sends from now on (their start), recorded at psycopg's cursors."""
+    sent: list[str] = []
+    real = psycopg.Cursor.execute
+
+    def spy(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        text = query.as_string(self.connection) if isinstance(query, sql.Composable) else str(query)
+        sent.append(" ".join(line for line in text.split("\n") if not line.lstrip().startswith("--"))[:40])
+        return real(self, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+    return sent
+
+
+def test_postgres_writes_travel_as_one_statement(pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _statements(monkeypatch)
+    with pg_store.transaction() as tx:  # inserts only: one statement, its own transaction
+        tx.insert_run(run_row("r1"))
+        tx.insert_steps([step_row("r1", "a"), step_row("r1", "b")], [])
+        tx.append_events([event("r1", 1), event("r1", 2)])
+        tx.notify_ready()
+    assert len(sent) == 1 and sent[0].startswith("WITH w0 AS ( INSERT INTO runs"), sent
+    sent.clear()
+    with pg_store.transaction() as tx:  # a read first: BEGIN, the read, then one write and COMMIT
+        (a, b) = tx.lock_steps([("r1", "a"), ("r1", "b")])
+        a.status = b.status = StepStatus.RUNNING
+        tx.update_steps([a, b])
+        tx.append_events([event("r1", 3)])
+    assert [s.split()[0] for s in sent] == ["BEGIN", "SET", "SELECT", "WITH", "COMMIT"], sent
+    sent.clear()
+    with pg_store.transaction() as tx:  # an update left unread keeps its transaction (and planner setting)
+        tx.update_runs([replace(run_row("r1"), status=RunStatus.RUNNING, started_us=T0)])
+    assert [s.split()[0] for s in sent] == ["BEGIN", "SET", "WITH", "COMMIT"], sent
+    assert [s.status for s in pg_store.get_steps("r1")] == [StepStatus.RUNNING] * 2
+    assert pg_store.get_run("r1").status is RunStatus.RUNNING  # type: ignore[union-attr]
+    assert len(read_until(pg_store, (0, 0), 3)) == 3
+
+
+def test_postgres_one_statement_is_all_or_nothing(pg_store: PostgresStore) -> None:
+    with pytest.raises(StoreError), pg_store.transaction() as tx:
+        tx.insert_run(run_row("r9"))
+        tx.insert_steps([step_row("r9", "a"), step_row("r9", "a")], [])  # its second row breaks the key
+        tx.append_events([event("r9")])
+    assert pg_store.get_run("r9") is None and pg_store.read_outbox((0, 0), 10) == []

@@ -114,8 +114,17 @@ class _PostgresTx:
         return got[0] if got else None
 
     def commit(self) -> None:
-        """Send what is deferred and COMMIT, in one round trip."""
-        self._defer("commit", "COMMIT", None)
+        """Send what is deferred and COMMIT, in one round trip: the writes as one statement where they can be
+        (`_one_statement`), and that statement alone when nothing was read (it is a transaction of its own)."""
+        unread = len(self._pending) >= len(_BEGIN) and self._pending[0][0] == "transaction"
+        begin, writes = (self._pending[:len(_BEGIN)], self._pending[len(_BEGIN):]) if unread else ([], self._pending)
+        one = _one_statement(writes)
+        if unread and (not writes or (one is not None and all(w[0] in _INSERTS for w in writes))):
+            # nothing was read and only inserts are left (they need no planner setting): no BEGIN, no COMMIT
+            self._pending = [one] if one is not None else []
+        else:
+            self._pending = [*begin, *([one] if one is not None else writes)]
+            self._defer("commit", "COMMIT", None)
         self._send()
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
@@ -326,6 +335,43 @@ class _PostgresTx:
         columns = [self.clock.now_us(), *map(list, zip(*[(e.id, str(e.kind), e.run_id, e.to_json())
                                                           for e in events], strict=True))]
         self._defer("insert_event", Q["insert_events_set"], columns)
+
+
+_WRITES = {"insert_run": "runs", "update_runs_json": "runs", "insert_steps_json": "steps",
+           "update_steps_json": "steps", "ensure_budgets_json": "budgets", "upsert_budgets_json": "budgets",
+           "insert_attempts_json": "attempts", "finish_attempts_json": "attempts", "insert_event": "outbox"}
+"""Deferred writes `_one_statement` may join, by the table each writes."""
+_INSERTS = frozenset({"insert_run", "insert_steps_json", "ensure_budgets_json", "upsert_budgets_json",
+                      "insert_attempts_json", "insert_event", "notify_ready"})
+"""Of those, the ones that only insert (or, for budgets, insert or update one row found by its key)."""
+
+
+def _one_statement(writes: list[tuple[str, Any, Any, bool]]) -> tuple[str, Any, Any, bool] | None:
+    """The deferred `writes` as one statement (each a data-modifying WITH query, then the NOTIFY, if any, as
+    the main query), saving a statement each; None when they are not all joinable or write a table twice (a
+    WITH query does not see its siblings' rows: an insert and an update of one row must stay two statements)."""
+    if len(writes) == 1 and (writes[0][0] in _WRITES or writes[0][0] == "notify_ready"):
+        return writes[0]
+    parts: list[str] = []
+    params: list[Any] = []
+    tables: set[str] = set()
+    main, tail = "SELECT 1", ()  # type: tuple[str, Sequence[Any]]
+    for name, query, args, many in writes:
+        if many or not isinstance(args, (list, tuple)):
+            return None
+        if name == "notify_ready":
+            main, tail = query, args
+            continue
+        table = _WRITES.get(name)
+        if table is None or table in tables:
+            return None
+        tables.add(table)
+        parts.append(f"w{len(parts)} AS (\n{query}\n)")
+        params.extend(args)
+    if not parts:
+        return None
+    names = ", ".join(name for name, *_ in writes)
+    return names, "WITH " + ",\n".join(parts) + "\n" + main, [*params, *tail], False
 
 
 _RUN_COLUMNS = tuple(f"r_{c}" for c in ("id", "workspace", "app", "status", "spec", "seed", "slo_tier",
