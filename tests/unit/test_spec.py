@@ -572,3 +572,12 @@ def test_a_value_json_cannot_hold_never_matches_a_remembered_step(bad: float) ->
     parse_spec(_run(_step(inputs={"prompt": "hi", "temperature": None})), packs=PACKS, memo=memo)
     with pytest.raises(SpecError, match="a finite number"):
         parse_spec(_run(_step(inputs={"prompt": "hi", "temperature": bad})), packs=PACKS, memo=memo)
+
+
+def test_a_remembered_step_with_a_reference_is_checked_against_each_specs_inputs() -> None:
+    memo: dict[bytes, Any] = {}
+    step = _step(inputs={"prompt": "${{ inputs.ticket }}"})
+    parse_spec(_run(step, inputs={"ticket": "T-1"}), packs=PACKS, memo=memo)
+    assert memo
+    with pytest.raises(SpecError, match=r"steps\[0\]\.inputs\.prompt: got .*expected a path in the run's inputs"):
+        parse_spec(_run(step, inputs={"other": 1}), packs=PACKS, memo=memo)

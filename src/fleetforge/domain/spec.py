@@ -219,15 +219,16 @@ class _Abort(Exception):
     """Stops the shape walk at the first problem."""
 
 
-def _shape_problem(data: object) -> str | None:
-    """A problem when `data` encodes to over MAX_SPEC_BYTES of JSON or nests deeper than MAX_DEPTH.
+def _shape_problem(data: object, is_plain: bool | None = None) -> str | None:
+    """A problem when `data` encodes to over MAX_SPEC_BYTES of JSON or nests deeper than MAX_DEPTH
+    (`is_plain`: `jsontext.plain(data)`, when the caller knows it).
 
     Measures without encoding and stops early, so aliased (YAML) or self-referencing
     structures cannot blow up memory or time. Plain JSON data (`jsontext.plain`, at most 32 levels)
     whose compact encoding is at most half the limit passes at once: the measured text only adds a
     space after each separator, a byte of the compact one.
     """
-    if plain(data):
+    if plain(data) if is_plain is None else is_plain:
         try:
             if 2 * len(orjson.dumps(data)) <= MAX_SPEC_BYTES:
                 return None
@@ -326,11 +327,12 @@ def parse_spec(
     for the next call with the same `packs` and `step_types`: a step seen before is not checked again
     (only its dependencies, against this spec's steps).
     """
-    problem = _shape_problem(data)
+    is_plain = plain(data)
+    problem = _shape_problem(data, is_plain)
     if problem is not None:
         raise SpecError([problem])
     # plain JSON data (no NaN, no non-string keys...) has one JSON text per value: a faithful memo key
-    check = _Checker(packs, step_types, memo if memo is not None and plain(data) else None)
+    check = _Checker(packs, step_types, memo if is_plain else None)
     top = check.mapping(data, "", "a mapping with a 'steps' list", _TOP_KEYS)
     if top is None:
         raise SpecError(check.problems)
@@ -423,6 +425,7 @@ class _Checker:
         self.validators = packs
         self.step_types = step_types
         self.memo = memo
+        self.ref_free: set[int] = set()  # ids of remembered steps whose inputs hold no reference
         self.problems: list[str] = []
         self.run_inputs_value: dict[str, Any] = {}
 
@@ -587,9 +590,13 @@ class _Checker:
             return steps
         above = flow.ancestors(graph)
         control.check_compensations(self, steps, above)
+        compensated: dict[str, set[str]] = {}
+        for s in steps:
+            if s.execution.compensation is not None:
+                compensated.setdefault(s.execution.compensation, set()).add(s.id)
         for index, one in enumerate(built):
-            if one is not None and one.id in id_set:
-                failing = frozenset(s.id for s in steps if s.execution.compensation == one.id)
+            if one is not None and one.id in id_set and id(one) not in self.ref_free:
+                failing = frozenset(compensated.get(one.id, ()))
                 self.problems += flow.check_refs(one.inputs, f"steps[{index}].inputs", step=one.id,
                                                  ancestors_of=above.get(one.id, frozenset()),
                                                  known=frozenset(id_set), run_inputs=self.run_inputs_value,
@@ -645,6 +652,8 @@ class _Checker:
         key = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
         hit = self.memo.get(key)
         if hit is not None and all(d in ids for d in hit.depends_on):
+            if b"${{" not in key:  # no string of it holds a reference: nothing for `check_refs` to check
+                self.ref_free.add(id(hit))
             return hit
         before = len(self.problems)
         step = self.step(raw, path, ids, known)
