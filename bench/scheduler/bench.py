@@ -421,7 +421,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("procs", "inproc"), default=os.environ.get("FFBENCH_MODE", "procs"),
                    help="procs: one process per worker; inproc: all workers in this process "
                         "[env FFBENCH_MODE]")
-    p.add_argument("--concurrency", type=int, default=int(os.environ.get("FFBENCH_CONCURRENCY", 64)),
+    p.add_argument("--concurrency", type=int, default=int(os.environ.get("FFBENCH_CONCURRENCY", 128)),
                    help="Steps in flight per worker [env FFBENCH_CONCURRENCY]")
     p.add_argument("--poll-ms", type=int, default=int(os.environ.get("FFBENCH_POLL_MS", 10)),
                    help="Worker idle poll interval in ms [env FFBENCH_POLL_MS]")
