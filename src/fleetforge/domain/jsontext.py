@@ -9,7 +9,6 @@ magnitude in [1e-4, 1e16): there both print the shortest round-trip digits in th
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
 import orjson
@@ -17,7 +16,8 @@ import orjson
 __all__ = ["MAX_DEPTH", "compact", "compact_plain", "fits", "parse", "plain"]
 
 MAX_DEPTH: Final = 32  # deeper data (or a reference cycle) is left to `json`
-_LONG_DIGITS = re.compile(rb"[0-9]{16}")  # an integer orjson may turn into a float, or a long fraction
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # each digit to 0, the rest to a space
+_LONG_DIGITS = b"0" * 16  # in the translated text: an integer orjson may turn into a float (or a long fraction)
 _STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME  # both raise, as in `json`
 
 
@@ -99,7 +99,7 @@ def parse(text: str | bytes) -> Any:
     integers beyond 64 bits (it makes them floats), which a run of 16 digits rules out, and what it
     refuses (NaN, Infinity, lone surrogates...), left to `json`."""
     raw = text.encode() if isinstance(text, str) else text
-    if _LONG_DIGITS.search(raw) is None:
+    if _LONG_DIGITS not in raw.translate(_DIGITS):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
