@@ -257,13 +257,14 @@ class SqliteStore:
                     log.exception("wake-up callback failed")
 
     def _when_free(self, conn: sqlite3.Connection, statement: str) -> None:
-        """Run `statement` (BEGIN IMMEDIATE, or the switch to WAL), waiting for another writer's lock in steps
-        of 50 to 500 us up to the busy timeout. SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms, long
-        past a transaction of this store that lasts well under one, and is not called at all when a
-        connection that reads wants to write. Every other statement keeps SQLite's handler."""
+        """Run `statement` (BEGIN IMMEDIATE, or the switch to WAL), trying again every 100 us while another
+        writer holds the lock, up to the busy timeout. SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms,
+        long past a transaction of this store that lasts well under one (and a waiter that backs off
+        further each time loses the lock to the writer that keeps it busy); it is not called at all when
+        a connection that reads wants to write. Every other statement keeps SQLite's handler."""
         conn.execute("PRAGMA busy_timeout = 0")
         try:
-            pause, deadline = 50e-6, 0.0
+            deadline = 0.0
             while True:
                 try:
                     conn.execute(statement)
@@ -273,8 +274,7 @@ class SqliteStore:
                     deadline = deadline or now + self._busy_timeout_s
                     if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY or now >= deadline:
                         raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.0005)
+                time.sleep(100e-6)
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
 
