@@ -99,6 +99,9 @@ class _PostgresTx:
         names = names if pending else doing
         got: list[Any] = []
         try:
+            if last is None and len(pending) == 1 and not pending[0][3]:  # one statement: no pipeline to set up
+                self.c.execute(pending[0][1], pending[0][2])
+                return None
             with self.c.pipeline():
                 for _, query, params, many in pending:
                     if many:
