@@ -46,7 +46,7 @@ def new_event_id() -> str:
     if _id_prefix[0] != ms:  # the events of one transaction mostly share their millisecond
         h = f"{ms:012x}"
         _id_prefix = (ms, f"{h[:8]}-{h[8:]}-7")
-    r = _random.randbytes(10).hex()
+    r = _random.getrandbits(80).to_bytes(10, "little").hex()  # random.randbytes, without its Python frame
     return f"{_id_prefix[1]}{r[:3]}-{_VARIANT[r[3]]}{r[4:7]}-{r[7:19]}"
 
 
@@ -65,13 +65,13 @@ def traceparent(trace_id: str, span_id: str) -> str:
 class TraceContext:
     trace_id: str
     span_id: str
+    traceparent: str = field(init=False, compare=False, repr=False)  # written once, read by every event
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "traceparent", traceparent(self.trace_id, self.span_id))
 
     def as_dict(self) -> dict[str, str]:
-        return {
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-            "traceparent": traceparent(self.trace_id, self.span_id),
-        }
+        return {"trace_id": self.trace_id, "span_id": self.span_id, "traceparent": self.traceparent}
 
 
 @dataclass(slots=True)

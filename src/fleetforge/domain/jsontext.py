@@ -46,7 +46,18 @@ def plain(value: object, depth: int = 0) -> bool:
                 return False
         return True
     if type(value) is list or type(value) is tuple:
-        return all(plain(v, depth + 1) for v in value)
+        for v in value:  # as for dicts
+            tv = type(v)
+            if tv is str or tv is int or tv is bool or v is None:
+                continue
+            if tv is float:
+                a = abs(v)
+                if a == 0.0 or 1e-4 <= a < 1e16:
+                    continue
+                return False
+            if not plain(v, depth + 1):
+                return False
+        return True
     # str and int enums and subclasses: both write their str / int value
     return isinstance(value, str | int) and not isinstance(value, float)
 
