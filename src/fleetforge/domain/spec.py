@@ -584,11 +584,12 @@ class _Checker:
         for step in steps:
             if step.id in id_set:
                 graph.setdefault(step.id, step.depends_on)
-        cycle = _find_cycle(graph)
+        edges = any(graph.values())  # without one there is no cycle, and no step has an ancestor
+        cycle = _find_cycle(graph) if edges else None
         if cycle is not None:
             self.problems.append(f"steps: cycle {' -> '.join(cycle)}, expected an acyclic graph")
             return steps
-        above = flow.ancestors(graph)
+        above = flow.ancestors(graph) if edges else dict.fromkeys(graph, frozenset[str]())
         control.check_compensations(self, steps, above)
         compensated: dict[str, set[str]] = {}
         for s in steps:
