@@ -67,7 +67,7 @@ def compact(value: Any) -> str:
 
     orjson writes it first; only text where the two could differ is checked value by value (`plain`):
     text with a number in exponent form or below 1e-4, or a null (orjson's NaN and infinities), or
-    only looking like one.
+    only looking like one. Callers pass JSON data: orjson also writes UUIDs and enums `json` refuses.
     """
     try:
         raw = orjson.dumps(value, option=_STRICT)
