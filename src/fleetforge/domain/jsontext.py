@@ -31,22 +31,16 @@ def plain(value: object, depth: int = 0) -> bool:
     if depth >= MAX_DEPTH:
         return False
     if type(value) is dict:
-        for k, v in value.items():  # scalars inline: a call per value would cost more than the check
+        for k in value:
             if type(k) is not str:
                 return False
-            tv = type(v)
-            if tv is str or tv is int or tv is bool or v is None:
-                continue
-            if tv is float:
-                a = abs(v)
-                if a == 0.0 or 1e-4 <= a < 1e16:
-                    continue
-                return False
-            if not plain(v, depth + 1):
-                return False
-        return True
-    if type(value) is list or type(value) is tuple:
-        for v in value:  # as for dicts
+        items: Any = value.values()
+    elif type(value) is list or type(value) is tuple:
+        items = value
+    else:
+        items = None
+    if items is not None:
+        for v in items:  # scalars inline: a call per value would cost more than the check
             tv = type(v)
             if tv is str or tv is int or tv is bool or v is None:
                 continue
