@@ -581,3 +581,24 @@ def test_a_remembered_step_with_a_reference_is_checked_against_each_specs_inputs
     assert memo
     with pytest.raises(SpecError, match=r"steps\[0\]\.inputs\.prompt: got .*expected a path in the run's inputs"):
         parse_spec(_run(step, inputs={"other": 1}), packs=PACKS, memo=memo)
+
+
+def test_steps_under_guardrails_are_not_remembered() -> None:
+    """Their inputs may hold PII a pack redacts after validation: the memo never keeps them in clear."""
+    memo: dict[bytes, Any] = {}
+    secret = _step(inputs={"prompt": "mail jane@example.com"})
+    parse_spec(_run(secret, packs=["pii_redaction"]), packs=PACKS, memo=memo)
+    parse_spec(_run(_step(inputs={"prompt": "mail jane@example.com"},
+                          policy={"packs": ["pii_redaction"]})), packs=PACKS, memo=memo)
+    assert memo == {}
+    parse_spec(_run(secret), packs=PACKS, memo=memo)  # no guardrail: remembered
+    assert len(memo) == 1
+
+
+def test_the_memo_stays_bounded() -> None:
+    from fleetforge.domain.spec import _MEMO_MAX
+
+    memo: dict[bytes, Any] = {}
+    for i in range(_MEMO_MAX + 50):
+        parse_spec(_run(_step(inputs={"prompt": f"p{i}"})), packs=PACKS, memo=memo)
+        assert len(memo) <= _MEMO_MAX

@@ -332,7 +332,9 @@ def parse_spec(
     if problem is not None:
         raise SpecError([problem])
     # plain JSON data (no NaN, no non-string keys...) has one JSON text per value: a faithful memo key
-    check = _Checker(packs, step_types, memo if is_plain else None)
+    # nor are the steps of a run under guardrails (they may redact PII in any step's inputs)
+    run_packs_given = isinstance(data, Mapping) and bool(data.get("packs"))
+    check = _Checker(packs, step_types, memo if is_plain and not run_packs_given else None)
     top = check.mapping(data, "", "a mapping with a 'steps' list", _TOP_KEYS)
     if top is None:
         raise SpecError(check.problems)
@@ -648,8 +650,9 @@ class _Checker:
     def known_step(self, raw: object, path: str, ids: set[str], known: str) -> StepSpec | None:
         """`step`, or the same step from the memo when it was found valid before and its dependencies are
         steps of this spec too."""
-        if self.memo is None or type(raw) is not dict:
-            return self.step(raw, path, ids, known)
+        policy = raw.get("policy") if type(raw) is dict else None
+        if self.memo is None or type(raw) is not dict or (type(policy) is dict and policy.get("packs")):
+            return self.step(raw, path, ids, known)  # a step under guardrails is not kept: its inputs may hold PII
         key = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
         hit = self.memo.get(key)
         if hit is not None and all(d in ids for d in hit.depends_on):
