@@ -8,6 +8,7 @@ reaped so their attempts are retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._look = True  # steps may be ready that this worker has not tried to claim yet
         self._signals = 0  # wake-ups received (`_ready`), to tell one that came during a claim
+        self._claimed_at = 0.0  # loop time of the last claim
         self.completed = 0
 
     @property
@@ -92,10 +94,16 @@ class Worker:
         def wake() -> None:  # from the store's thread
             loop.call_soon_threadsafe(self._ready)
 
-        unsubscribe = self.store.on_ready(wake)
+        unsubscribe: Callable[[], None] | None = None  # wake-ups are asked for only while idle
+        stopping = asyncio.create_task(self._wake_when(stop))  # an idle worker stops without its poll tick
         try:
             while True:
                 now = loop.time()
+                if unsubscribe is not None and self._inflight:  # busy: its own poll ticks find new work
+                    unsubscribe()
+                    unsubscribe = None
+                if now - self._claimed_at >= self.poll_interval_s:  # the poll: steps may have become due
+                    self._look = True  # since (a retry's backoff ended, a wake-up came while busy)
                 if self._done:
                     await self._flush(0 if stop.is_set() else self.concurrency - len(self._inflight))
                 if now >= next_reap:
@@ -115,16 +123,25 @@ class Worker:
                     continue
                 if until_idle and not self._inflight and await self._call(self.store.count_open_runs) == 0:
                     return
+                if unsubscribe is None and not self._inflight:
+                    # idle: be woken from now on, and look once more for what was queued before that
+                    unsubscribe = self.store.on_ready(wake)
+                    self._look = True
+                    continue
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):  # the poll tick above then looks again
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-                except TimeoutError:
-                    self._look = True  # the poll: steps may have become due (a retry's backoff ended)
         finally:
-            unsubscribe()
+            stopping.cancel()
+            if unsubscribe is not None:
+                unsubscribe()
             for _, task in self._inflight.values():
                 task.cancel()
             self._db.shutdown(wait=True)
+
+    async def _wake_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
 
     async def _tx(self, fn: Callable[..., list[Envelope]]) -> list[Envelope] | None:
         """Run `fn(tx, now)` in one transaction on the DB thread; None when the store failed."""
@@ -149,6 +166,7 @@ class Worker:
             return events
 
         signals = self._signals
+        self._claimed_at = asyncio.get_running_loop().time()
         events = await self._tx(fn)
         if events is None:  # rolled back: nothing was leased
             return 0

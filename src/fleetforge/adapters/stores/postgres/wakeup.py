@@ -31,8 +31,10 @@ def channel_for(schema: str) -> str:
 
 
 class ReadyListener:
-    """LISTENs on `channel` on its own connection (from `connect`) from the first subscription until
-    `close` (so a process that starts one worker after another does not connect again for each)."""
+    """LISTENs on `channel` on its own connection (from `connect`) while it has subscribers, from the first
+    subscription until `close` (so a process that starts one worker after another does not connect again for
+    each). With none, it UNLISTENs: a busy worker finds new steps itself, and each notification would cost
+    this connection's backend and this process a wake-up."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], channel: str) -> None:
         self._connect = connect
@@ -41,11 +43,13 @@ class ReadyListener:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._changed = threading.Event()  # the subscribers changed
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake` on each notification until the returned function is called."""
         with self._lock:
             self._wakes.append(wake)
+            self._changed.set()
             if self._thread is None or not self._thread.is_alive():
                 self._stop = threading.Event()
                 self._thread = threading.Thread(target=self._listen, args=(self._stop,), daemon=True,
@@ -56,6 +60,7 @@ class ReadyListener:
             with self._lock:
                 if wake in self._wakes:
                     self._wakes.remove(wake)
+                    self._changed.set()
 
         return stop
 
@@ -64,6 +69,7 @@ class ReadyListener:
         with self._lock:
             self._wakes.clear()
             self._stop.set()
+            self._changed.set()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(2 * _WAIT_S)
@@ -78,13 +84,24 @@ class ReadyListener:
                 log.exception("wake-up callback failed")
 
     def _listen(self, stop: threading.Event) -> None:
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+        unlisten = sql.SQL("UNLISTEN {}").format(sql.Identifier(self._channel))
         while not stop.is_set():
             try:
                 with self._connect() as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    self._wake_all()  # anything queued while not listening
+                    listening = False
                     while not stop.is_set():
-                        if any(True for _ in conn.notifies(timeout=_WAIT_S)):
+                        self._changed.clear()
+                        with self._lock:
+                            wanted = bool(self._wakes)
+                        if wanted != listening:
+                            conn.execute(listen if wanted else unlisten)
+                            listening = wanted
+                            if listening:
+                                self._wake_all()  # anything queued while not listening
+                        if not listening:
+                            self._changed.wait(_WAIT_S)
+                        elif any(True for _ in conn.notifies(timeout=_WAIT_S)):
                             self._wake_all()
             except Exception as exc:  # the database went away: wake-ups fall back to polling meanwhile
                 log.warning("LISTEN %s failed, retrying: %s", self._channel, exc)
