@@ -152,11 +152,14 @@ def submit_runs(target: Target, n: int, start: int = 0) -> None:
 
 
 class Submitter(threading.Thread):
-    """The concurrent variant's enqueuer: one run (10 steps, one transaction) after another."""
+    """The concurrent variant's enqueuer: one run (10 steps, one transaction) after another, from `go`. Its
+    store and runtime are made before (`ready`), as the workers are started before the clock starts."""
 
     def __init__(self, target: Target) -> None:
         super().__init__(daemon=True, name="submitter")
         self.target = target
+        self.ready = threading.Event()
+        self.go = threading.Event()
         self.stop = threading.Event()
         self.submitted = 0
 
@@ -166,6 +169,8 @@ class Submitter(threading.Thread):
         async def go() -> None:
             async with httpx.AsyncClient() as client:
                 runtime = make_runtime(store, client)
+                self.ready.set()
+                self.go.wait()
                 for i in itertools.count(1_000_000):
                     if self.stop.is_set():
                         return
@@ -265,11 +270,15 @@ def measure(target: Target, *, variant: str, mode: str, workers: int, concurrenc
         release, halt = go_flag.set, stop_flag.set
 
     submitter = Submitter(target) if variant == "concurrent" else None
+    if submitter is not None:
+        submitter.start()
+        if not submitter.ready.wait(120):
+            raise RuntimeError("the submitter did not start within 120s")
     done0, events0 = target.counts()
     t0 = time.perf_counter()
     release()
     if submitter is not None:
-        submitter.start()
+        submitter.go.set()
     if variant == "presubmitted":
         while not target.drained() and time.perf_counter() - t0 < duration_s * 2:
             time.sleep(0.02)

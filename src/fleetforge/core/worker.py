@@ -123,11 +123,8 @@ class Worker:
                     continue
                 if until_idle and not self._inflight and await self._call(self.store.count_open_runs) == 0:
                     return
-                if unsubscribe is None and not self._inflight:
-                    # idle: be woken from now on, and look once more for what was queued before that
+                if unsubscribe is None and not self._inflight:  # idle: be woken from now on
                     unsubscribe = self.store.on_ready(wake)
-                    self._look = True
-                    continue
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):  # the poll tick above then looks again
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
