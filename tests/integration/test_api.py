@@ -10,7 +10,6 @@ import gzip
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from fleetforge.domain.tokens import TOKEN_PATTERN, Forbidden, Scope, Unauthoriz
 from fleetforge.ports.clock import SystemClock
 from fleetforge.ports.store import Store
 from fleetforge.ports.tokens import TokenStore
+from tests.support import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,13 +104,6 @@ GATED = {"workspace": "acme", "app": "api",
 
 def step_status(store: Store, run_id: str, step: str) -> str:
     return {s.step_id: str(s.status) for s in store.get_steps(run_id)}[step]
-
-
-def until(check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def waiting(api: Api) -> str:

@@ -22,6 +22,7 @@ from fleetforge.ports.clock import SystemClock
 from fleetforge.ports.store import Store
 from tests.conftest import PG_DSN, MakeStore
 from tests.fakes import Hang, ScriptedExecutor, tool
+from tests.support import until
 
 
 def _notify(store: Store, *, commit: bool) -> None:
@@ -84,15 +85,6 @@ def _listener_statement(store: PostgresStore) -> str:
     return "" if row is None else str(row[0]).split()[0]
 
 
-def _eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_postgres_listens_only_while_someone_asks(make_store: MakeStore) -> None:
     listener, sender = make_store(), make_store()
@@ -103,7 +95,7 @@ def test_postgres_listens_only_while_someone_asks(make_store: MakeStore) -> None
     assert woken.wait(5.0)  # listening
     assert _listener_statement(listener) == "LISTEN"
     stop()
-    assert _eventually(lambda: _listener_statement(listener) == "UNLISTEN")
+    until(lambda: _listener_statement(listener) == "UNLISTEN", timeout=10)
     woken.clear()
     _notify(sender, commit=True)
     assert not woken.wait(1.0)  # nobody asks: nobody is woken
