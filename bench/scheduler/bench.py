@@ -433,7 +433,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("FFBENCH_CONCURRENCY", 128)),
                    help="Steps in flight per worker [env FFBENCH_CONCURRENCY]")
     p.add_argument("--poll-ms", type=int, default=int(os.environ.get("FFBENCH_POLL_MS", 10)),
-                   help="Worker idle poll interval in ms [env FFBENCH_POLL_MS]")
+                   help="Worker poll interval in ms (how often a busy worker claims; an idle one is also "
+                        "woken) [env FFBENCH_POLL_MS]")
     p.add_argument("--backends", default=os.environ.get("FFBENCH_BACKENDS", "sqlite,postgres"),
                    help="Comma-separated: sqlite, postgres [env FFBENCH_BACKENDS]")
     p.add_argument("--variants", default=os.environ.get("FFBENCH_VARIANTS", "presubmitted,concurrent"),

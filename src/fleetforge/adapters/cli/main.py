@@ -110,7 +110,9 @@ def worker(
     until_idle: Annotated[bool, typer.Option("--until-idle", envvar="FLEETFORGE_WORKER_UNTIL_IDLE",
                                              help="Exit once no run is open.")] = False,
     poll_ms: Annotated[int, typer.Option(envvar="FLEETFORGE_WORKER_POLL_MS", min=1,
-                                         help="Idle poll interval in milliseconds.")] = 50,
+                                         help="Poll interval in milliseconds: the longest a worker goes without "
+                                              "looking for new steps (an idle one is also woken when steps are "
+                                              "queued).")] = 50,
     tools: Annotated[list[str] | None, typer.Option(
         "--tools", envvar="FLEETFORGE_TOOLS", show_default=False,
         help="Register your own tools: 'module:function', called with the ToolRegistry. "
