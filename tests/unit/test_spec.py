@@ -13,7 +13,14 @@ import pytest
 
 from fleetforge.domain.errors import SpecError
 from fleetforge.domain.models import BudgetLimit, CostHint, PackSpec, SloSpec, StepType
-from fleetforge.domain.spec import MAX_SPEC_BYTES, decode_spec_bytes, load_spec_text, parse_spec, spec_to_dict
+from fleetforge.domain.spec import (
+    _MEMO_MAX,
+    MAX_SPEC_BYTES,
+    decode_spec_bytes,
+    load_spec_text,
+    parse_spec,
+    spec_to_dict,
+)
 
 
 def _pii(options: dict[str, Any]) -> list[str]:
@@ -596,8 +603,6 @@ def test_steps_under_guardrails_are_not_remembered() -> None:
 
 
 def test_the_memo_stays_bounded() -> None:
-    from fleetforge.domain.spec import _MEMO_MAX
-
     memo: dict[bytes, Any] = {}
     for i in range(_MEMO_MAX + 50):
         parse_spec(_run(_step(inputs={"prompt": f"p{i}"})), packs=PACKS, memo=memo)
