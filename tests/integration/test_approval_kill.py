@@ -42,6 +42,11 @@ def _workers(store_args: list[str], tag: str, tmp: Path) -> list[subprocess.Pope
     return procs
 
 
+def _logs(tmp: Path, tag: str) -> str:
+    """What the worker processes tagged `tag` printed, for a failing assertion."""
+    return "\n".join(f"{p.name}: {p.read_text(errors='replace')}" for p in sorted(tmp.glob(f"{tag}*.out")))
+
+
 def _serve(store_args: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A `fleetforge serve` process on a free port and its URL (read from its log)."""
     log = tmp / "serve.out"
@@ -83,7 +88,7 @@ def test_waiting_runs_survive_sigkilled_workers_and_finish_when_answered(
         for p in first:
             p.send_signal(signal.SIGKILL)
             p.wait(timeout=30)
-    assert all(p.returncode == -signal.SIGKILL for p in first)
+    assert all(p.returncode == -signal.SIGKILL for p in first), _logs(tmp_path, "first")
     for rid in run_ids:  # no lease, no worker: the wait is only rows
         pay = {s.step_id: s for s in store.get_steps(rid)}["pay"]
         assert pay.status is StepStatus.WAITING_APPROVAL and pay.lease_owner == "" and pay.attempt == 0
