@@ -204,12 +204,14 @@ class BackgroundServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            # with SO_REUSEADDR two processes may both bind a port no one listens on yet; the second to
+            # listen is the one refused (two workers starting at once on the default metrics port)
+            sock.listen(128)
         except OSError as exc:
             sock.close()
             raise ConfigError(
                 f"cannot serve {name} on {host}:{port}: {exc.strerror or exc}; pass another {flag}"
             ) from None
-        sock.listen(128)
         sock.set_inheritable(True)
         return sock
 
