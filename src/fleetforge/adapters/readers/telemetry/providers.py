@@ -198,6 +198,11 @@ class Telemetry:
             return self._server.address
 
     @property
+    def pushes(self) -> bool:
+        """Telemetry leaves this process without a scrape: an OTLP metrics exporter or a span exporter."""
+        return bool(self.settings is not None and self.settings.metrics is not None) or self.spans is not None
+
+    @property
     def prometheus_address(self) -> tuple[str, int] | None:
         """The bound (host, port) of the scrape endpoint, None when not serving."""
         return self._server.address if self._server is not None else None

@@ -65,8 +65,11 @@ def start_telemetry(store: Store, holder: str, *, reader: bool = True, service_n
                     series_retention_s: float | None = None, lease_ms: int | None = None,
                     port: int | None = None) -> RunningTelemetry:
     """Build telemetry from the environment, serve /metrics (a busy port is only a warning) and, with `reader`,
-    start the telemetry reader: it publishes the fleet's metrics while this process holds its lease.
-    `inflight` feeds the process gauge of steps in flight. Raises ConfigError for invalid settings."""
+    start the telemetry reader: it publishes the fleet's metrics while this process holds its lease. A process
+    with neither a scrape endpoint nor an OTLP exporter does not run the reader: holding the lease, it would
+    publish the fleet's metrics where no one sees them (e.g. a second worker on a host, the port taken by
+    the first). `inflight` feeds the process gauge of steps in flight. Raises ConfigError for invalid
+    settings."""
     env = os.environ if env is None else env
     retention_s = _series_retention(env) if series_retention_s is None else series_retention_s
     ttl_ms = _lease_ms(env) if lease_ms is None else lease_ms
@@ -79,8 +82,13 @@ def start_telemetry(store: Store, holder: str, *, reader: bool = True, service_n
         log.warning("no Prometheus endpoint: %s", exc)
     service = None
     if reader and telemetry.meter_provider is not None:
-        rs: ReaderStateStore = store  # both stores implement ReaderStateStore
-        service = TelemetryService(rs, telemetry.reader(rs, series_retention_s=retention_s), holder=holder,
-                                   options=replace(READER_OPTIONS, lease_ttl_ms=ttl_ms),
-                                   observer=telemetry.delivery).start()
+        if telemetry.prometheus_address is None and not telemetry.pushes:
+            log.warning("the telemetry reader is not started: with no Prometheus endpoint and no OTLP exporter "
+                        "this process would publish the fleet's metrics nowhere; a process that serves them "
+                        "takes the lease")
+        else:
+            rs: ReaderStateStore = store  # both stores implement ReaderStateStore
+            service = TelemetryService(rs, telemetry.reader(rs, series_retention_s=retention_s), holder=holder,
+                                       options=replace(READER_OPTIONS, lease_ttl_ms=ttl_ms),
+                                       observer=telemetry.delivery).start()
     return RunningTelemetry(telemetry, service)
