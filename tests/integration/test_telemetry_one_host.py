@@ -56,3 +56,17 @@ def test_the_worker_without_the_port_leaves_the_fleet_series_to_the_one_with_it(
             p.terminate()
             p.wait(60)
         store.close()
+
+
+def test_fleetforge_telemetry_with_nowhere_to_publish_exits_with_the_fix(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_EXPORTER_OTLP", "OTEL_TRACES"))}
+        done = subprocess.run([*_cli(), "telemetry", "--data-dir", str(tmp_path / "data"), "--port", str(port)],
+                              cwd=REPO, env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    said = " ".join(done.stderr.decode(errors="replace").split())
+    assert done.returncode == 2, said
+    assert "the telemetry reader would publish nothing: the Prometheus port is taken (pass another --port" in said
+    assert "Traceback" not in said

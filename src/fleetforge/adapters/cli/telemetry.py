@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, err, guard
+from fleetforge.adapters.cli.common import DataDirOpt, StoreOpt, die, err, guard
 from fleetforge.adapters.cli.wiring import store_for
 from fleetforge.adapters.process import process_id, stop_event
 from fleetforge.adapters.readers.telemetry.reader import DEFAULT_SERIES_RETENTION_S, READER_NAME
@@ -54,6 +54,12 @@ def register(app: typer.Typer) -> None:
             running = start_telemetry(st, process_id(holder),
                                       service_name="fleetforge-telemetry", series_retention_s=retention_s,
                                       lease_ms=lease_ms, port=port)
+            if running.service is None:
+                running.stop()
+                why = ("OTEL_SDK_DISABLED=true" if running.telemetry.meter_provider is None else
+                       "the Prometheus port is taken (pass another --port; 0 picks a free one) and no OTLP "
+                       "exporter is set (OTEL_EXPORTER_OTLP_ENDPOINT)")
+                die(f"the telemetry reader would publish nothing: {why}", 2)
             with stop_event() as stop:
                 err.print(f"telemetry reader {READER_NAME!r} running; standing by while another process holds "
                           "it", highlight=False)
