@@ -17,11 +17,14 @@ from tests.integration.test_worker_kill import REPO, _cli
 from tests.support import until
 
 
+def _no_otlp() -> dict[str, str]:
+    """This environment without OTLP exporters: the scrape endpoint is the only way out."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_EXPORTER_OTLP", "OTEL_TRACES"))}
+
+
 def _worker(data: Path, port: int, name: str, tmp: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OTEL_EXPORTER_PROMETHEUS_PORT": str(port), "FLEETFORGE_RETENTION": "false",
+    env = {**_no_otlp(), "OTEL_EXPORTER_PROMETHEUS_PORT": str(port), "FLEETFORGE_RETENTION": "false",
            "FLEETFORGE_TELEMETRY_LEASE_MS": "1000"}
-    for key in [k for k in env if k.startswith("OTEL_EXPORTER_OTLP") or k == "OTEL_TRACES_EXPORTER"]:
-        env.pop(key)  # no OTLP: the scrape endpoint is the only way out
     with (tmp / f"{name}.out").open("wb") as out:
         return subprocess.Popen([*_cli(), "worker", "--data-dir", str(data), "--id", name], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -63,9 +66,8 @@ def test_fleetforge_telemetry_with_nowhere_to_publish_exits_with_the_fix(tmp_pat
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_EXPORTER_OTLP", "OTEL_TRACES"))}
         done = subprocess.run([*_cli(), "telemetry", "--data-dir", str(tmp_path / "data"), "--port", str(port)],
-                              cwd=REPO, env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+                              cwd=REPO, env=_no_otlp(), capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     said = " ".join(done.stderr.decode(errors="replace").split())
     assert done.returncode == 2, said
     assert "the telemetry reader would publish nothing: the Prometheus port is taken (pass another --port" in said
