@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -30,12 +31,6 @@ pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "deploy/otel/dashboards/observability.json").read_text())
 ALERTS = yaml.safe_load((ROOT / "deploy/grafana/provisioning/alerting/fleetforge-alerts.yaml").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fleetforge(
@@ -54,11 +49,11 @@ def fleetforge(
 
 
 class Stack:
-    """An embedded stack started with `observability up --detach` on free ports."""
+    """An embedded stack started with `observability up --detach` on ports it picks itself (0): ports chosen
+    here and bound later by the stack could be taken in between. The bound ones are read from its state."""
 
     def __init__(self, stack_dir: Path, *extra: str) -> None:
         self.dir = stack_dir
-        self.ports = {"http": free_port(), "grpc": free_port(), "otlp_http": free_port(), "prom": free_port()}
         fleetforge(
             "observability",
             "up",
@@ -68,18 +63,21 @@ class Stack:
             "--stack-dir",
             str(stack_dir),
             "--http-port",
-            str(self.ports["http"]),
+            "0",
             "--otlp-grpc-port",
-            str(self.ports["grpc"]),
+            "0",
             "--otlp-http-port",
-            str(self.ports["otlp_http"]),
+            "0",
             "--prometheus-port",
-            str(self.ports["prom"]),
+            "0",
             *extra,
             timeout=120,
         )
-        self.url = f"http://127.0.0.1:{self.ports['http']}/"
         self.state = json.loads((stack_dir / "observability.json").read_text())
+        bound = {k: urlsplit(v).port for k, v in self.state["addresses"].items()}
+        self.ports = {"http": bound["clickhouse_http"], "grpc": bound["otlp_grpc"], "otlp_http": bound["otlp_http"],
+                      "prom": bound["prometheus"]}
+        self.url = f"http://127.0.0.1:{self.ports['http']}/"
 
     def query(self, sql: str, fmt: str = "JSONCompact", **params: str) -> httpx.Response:
         return httpx.post(

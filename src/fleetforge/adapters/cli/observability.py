@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
                 envvar="FLEETFORGE_OTLP_GRPC_PORT",
                 min=0,
                 max=65535,
-                help="OTLP/gRPC port.",
+                help="OTLP/gRPC port (0 picks a free one).",
             ),
         ] = 4317,
         otlp_http_port: Annotated[
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
                 envvar="FLEETFORGE_OTLP_HTTP_PORT",
                 min=0,
                 max=65535,
-                help="OTLP/HTTP port.",
+                help="OTLP/HTTP port (0 picks a free one).",
             ),
         ] = 4318,
         prometheus_port: Annotated[
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
                 envvar="FLEETFORGE_OBSERVABILITY_PROMETHEUS_PORT",
                 min=0,
                 max=65535,
-                help="Port of the Prometheus endpoint with the metrics received over OTLP.",
+                help="Port of the Prometheus endpoint with the metrics received over OTLP (0 picks a free one).",
             ),
         ] = 9464,
         allow_writes: Annotated[
