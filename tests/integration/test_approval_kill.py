@@ -20,6 +20,7 @@ from fleetforge.domain.tokens import Scope
 from fleetforge.ports.clock import SystemClock
 from fleetforge.ports.store import Store
 from tests.integration.test_worker_kill import REPO, _cli, target
+from tests.support import until
 
 __all__ = ["target"]  # the fixture: SQLite data dir or a fresh PostgreSQL database
 
@@ -60,20 +61,13 @@ def _serve(store_args: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], s
         found[:] = re.findall(r"API on (http://\S+/)", log.read_text(errors="replace"))
         return bool(found)
 
-    _until(started)
+    until(started, 60)
     return proc, found[0]
 
 
 def _waiting(store: Store, run_ids: list[str]) -> bool:
     return all({s.step_id: s.status for s in store.get_steps(r)}["pay"] is StepStatus.WAITING_APPROVAL
                for r in run_ids)
-
-
-def _until(check: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_waiting_runs_survive_sigkilled_workers_and_finish_when_answered(
@@ -83,7 +77,7 @@ def test_waiting_runs_survive_sigkilled_workers_and_finish_when_answered(
     run_ids = [client.submit(_spec(i)).run_id for i in range(3)]
     first = _workers(store_args, "first", tmp_path)
     try:
-        _until(lambda: _waiting(store, run_ids))
+        until(lambda: _waiting(store, run_ids), 60)
     finally:
         for p in first:
             p.send_signal(signal.SIGKILL)
@@ -125,7 +119,7 @@ def test_a_waiting_run_approved_through_the_api_after_every_process_is_killed_co
     run_id = Client(store=store).submit(_spec(7)).run_id
     first = [*_workers(store_args, "first", tmp_path), _serve(store_args, tmp_path)[0]]
     try:
-        _until(lambda: _waiting(store, [run_id]))
+        until(lambda: _waiting(store, [run_id]), 60)
     finally:
         for p in first:
             p.send_signal(signal.SIGKILL)

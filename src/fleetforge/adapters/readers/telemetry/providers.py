@@ -33,6 +33,7 @@ from fleetforge.adapters.readers.telemetry.reader import (
 from fleetforge.adapters.readers.telemetry.settings import (
     DEFAULT_PROMETHEUS_HOST,
     DEFAULT_PROMETHEUS_PORT,
+    OtlpTarget,
     RunIdMode,
     TelemetrySettings,
 )
@@ -146,8 +147,8 @@ class Telemetry:
         endpoint by the reader while it holds the lease) and pushed over OTLP when configured."""
         registry = CollectorRegistry(auto_describe=False)
         readers: list[MetricReader] = [PrometheusMetricReader(registry=registry, disable_target_info=True)]
-        if self.settings is not None and self.settings.metrics is not None:
-            readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(self.settings.metrics)))
+        if self._otlp_metrics is not None:
+            readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(self._otlp_metrics)))
         provider = MeterProvider(metric_readers=readers, resource=self._resource or Resource.create({}),
                                  views=metric_views(), shutdown_on_exit=False)
         return MeterGeneration(provider, registry)
@@ -198,9 +199,13 @@ class Telemetry:
             return self._server.address
 
     @property
+    def _otlp_metrics(self) -> OtlpTarget | None:
+        return self.settings.metrics if self.settings is not None else None
+
+    @property
     def pushes(self) -> bool:
         """Telemetry leaves this process without a scrape: an OTLP metrics exporter or a span exporter."""
-        return bool(self.settings is not None and self.settings.metrics is not None) or self.spans is not None
+        return self._otlp_metrics is not None or self.spans is not None
 
     @property
     def prometheus_address(self) -> tuple[str, int] | None:
