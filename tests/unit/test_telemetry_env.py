@@ -151,6 +151,13 @@ def test_a_busy_port_is_a_clear_config_error(served: tuple[Telemetry, str, list[
     other.shutdown()
 
 
+def test_a_page_the_operator_opens_cannot_read_the_scrape_endpoint(
+        served: tuple[Telemetry, str, list[Envelope]]) -> None:
+    _, url, _ = served  # loopback only (the fixture checks the address); a rebound name is refused
+    assert httpx.get(url, headers={"Host": "attacker.example"}).status_code == 421
+    assert "access-control-allow-origin" not in httpx.get(url, headers={"Origin": "http://attacker.example"}).headers
+
+
 def test_stop_frees_the_port(served: tuple[Telemetry, str, list[Envelope]]) -> None:
     telemetry, url, _ = served
     telemetry.stop_prometheus()
